@@ -1,0 +1,165 @@
+"""Artifact directories: exported library + metadata.json + tokenizer, written atomically.
+
+An artifact loads in a fresh process with nothing registered by hand: `Artifact.load(dir)` loads
+the library onto the Relax VM and `run` feeds it inputs in chunks of the compiled batch size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import shutil
+import time
+from importlib import metadata as pkg_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from . import __version__
+from .errors import EdgeBertError
+from .fileio import atomic_directory
+from .inputs import INPUT_NAMES
+
+if TYPE_CHECKING:  # running an artifact must not import torch
+    from .compiler import CompiledModel, CompileOptions
+    from .models.checkpoint import Checkpoint
+
+LIBRARY_NAME = "model.so"
+METADATA_NAME = "metadata.json"
+TOKENIZER_NAME = "tokenizer.json"
+FORMAT_VERSION = 1
+
+
+def _versions() -> dict[str, str]:
+    versions = {"edgebert-tvm": __version__, "python": platform.python_version()}
+    for package in ("apache-tvm", "apache-tvm-ffi", "torch", "transformers"):
+        try:
+            versions[package] = pkg_metadata.version(package)
+        except pkg_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", options: "CompileOptions", out_dir: Path) -> None:
+    """Export the library and write the artifact directory; nothing appears unless all of it is written."""
+    model = checkpoint.model
+    config = model.config
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "model": {
+            "source": checkpoint.source,
+            "model_type": config.model_type,
+            "num_layers": config.num_hidden_layers,
+            "hidden_size": config.hidden_size,
+            "num_attention_heads": config.num_attention_heads,
+            "num_labels": model.edgebert.num_labels,
+            "vocab_size": config.vocab_size,
+            "type_vocab_size": config.type_vocab_size,
+            "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        },
+        "input": {"names": list(INPUT_NAMES), "batch": options.batch, "seq_len": options.seq_len},
+        "target": {"name": options.target, "tvm": str(compiled.target)},
+        "passes": compiled.passes,
+        "edgebert": model.edgebert.to_dict(),
+        "constant_bytes": compiled.constant_bytes,
+        "compile_seconds": compiled.compile_seconds,
+        "versions": _versions(),
+    }
+    with atomic_directory(out_dir) as tmp:
+        compiled.executable.export_library(str(tmp / LIBRARY_NAME))
+        if checkpoint.tokenizer_dir is not None:
+            shutil.copy2(checkpoint.tokenizer_dir / TOKENIZER_NAME, tmp / TOKENIZER_NAME)
+        (tmp / METADATA_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """Outputs of `main` for every input row, and optionally per-call times in milliseconds."""
+
+    logits: np.ndarray
+    exit_layer: np.ndarray
+    times_ms: list[float]
+
+
+class Artifact:
+    """A compiled model loaded onto the Relax VM of its target's device."""
+
+    def __init__(self, directory: Path, metadata: dict[str, Any], vm: relax.VirtualMachine) -> None:
+        self.directory = directory
+        self.metadata = metadata
+        self.vm = vm
+        self.device = vm.devices[0] if hasattr(vm, "devices") else tvm.cpu()
+
+    @classmethod
+    def load(cls, directory: Path) -> "Artifact":
+        directory = Path(directory)
+        meta_path, lib_path = directory / METADATA_NAME, directory / LIBRARY_NAME
+        if not directory.is_dir():
+            raise EdgeBertError(f"{directory}: no such artifact directory")
+        if not meta_path.is_file() or not lib_path.is_file():
+            raise EdgeBertError(f"{directory}: not an artifact (needs {METADATA_NAME} and {LIBRARY_NAME})")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise EdgeBertError(f"{meta_path}: not valid JSON ({err})") from None
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            raise EdgeBertError(f"{meta_path}: unsupported artifact format (expected version {FORMAT_VERSION})")
+        device = tvm.cuda() if meta["target"]["name"] == "cuda" else tvm.cpu()
+        if not device.exist:
+            raise EdgeBertError(f"{directory}: compiled for {meta['target']['name']}, but no such device is present")
+        try:
+            library = tvm.runtime.load_module(str(lib_path))
+        except tvm.error.TVMError as err:
+            raise EdgeBertError(f"{lib_path}: cannot load library ({str(err).splitlines()[0]})") from None
+        return cls(directory, meta, relax.VirtualMachine(library, device))
+
+    @property
+    def batch(self) -> int:
+        return self.metadata["input"]["batch"]
+
+    @property
+    def seq_len(self) -> int:
+        return self.metadata["input"]["seq_len"]
+
+    @property
+    def tokenizer_path(self) -> Path | None:
+        path = self.directory / TOKENIZER_NAME
+        return path if path.is_file() else None
+
+    def _chunks(self, inputs: dict[str, np.ndarray]) -> list[list[tvm.runtime.Tensor]]:
+        """Split rows into compiled-batch chunks; the last is padded by repeating its final row."""
+        rows = len(inputs["input_ids"])
+        chunks = []
+        for start in range(0, rows, self.batch):
+            picked = np.minimum(np.arange(start, start + self.batch), rows - 1)
+            chunks.append([tvm.runtime.tensor(inputs[name][picked], self.device) for name in INPUT_NAMES])
+        return chunks
+
+    def _call(self, function: str, inputs: dict[str, np.ndarray], repeat: int) -> tuple[list[np.ndarray], list[float]]:
+        """Call `function` on every chunk `repeat` times; outputs (rows first) and per-call milliseconds."""
+        rows = len(inputs["input_ids"])
+        chunks = self._chunks(inputs)
+        times: list[float] = []
+        for _ in range(repeat):
+            outputs = []
+            for args in chunks:
+                start = time.perf_counter()
+                out = self.vm[function](*args)
+                fields = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
+                outputs.append([field.numpy() for field in fields])
+                times.append((time.perf_counter() - start) * 1e3)
+        return [np.concatenate(parts)[:rows] for parts in zip(*outputs)], times
+
+    def run(self, inputs: dict[str, np.ndarray], repeat: int = 1) -> RunResult:
+        """The deployed model (`main`) on inputs already checked by `inputs.check_inputs`."""
+        (logits, exit_layer), times = self._call("main", inputs, repeat)
+        return RunResult(logits, exit_layer, times)
+
+    def all_exits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits of every exit, (rows, layers, labels), for checks against the PyTorch model."""
+        (logits,), _ = self._call("all_exits", inputs, 1)
+        return logits

@@ -1,0 +1,82 @@
+"""Model inputs: tokenised text or an .npz of HuggingFace-named arrays, checked against the artifact."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .errors import EdgeBertError
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def load_tokenizer(path: Path, seq_len: int) -> Tokenizer:
+    """A fast tokenizer that truncates and pads every input to the compiled sequence length."""
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises plain Exception for unreadable files
+        raise EdgeBertError(f"{path}: unreadable tokenizer ({err})") from None
+    padding = tokenizer.padding or {}
+    tokenizer.enable_padding(
+        length=seq_len, pad_id=padding.get("pad_id", 0), pad_token=padding.get("pad_token", "[PAD]")
+    )
+    tokenizer.enable_truncation(max_length=seq_len)
+    return tokenizer
+
+
+def encode(tokenizer: Tokenizer, texts: Sequence[str], pairs: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:
+    """Tokenise sentences (or sentence pairs) into int64 arrays of shape (n, seq_len)."""
+    batch = list(texts) if pairs is None else [(a, b) if b is not None else a for a, b in zip(texts, pairs)]
+    encodings = tokenizer.encode_batch(batch)
+    return {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+    }
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Read an .npz of input arrays without unpickling anything."""
+    if not path.is_file():
+        raise EdgeBertError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise EdgeBertError(f"{path}: not a readable .npz file ({err})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise EdgeBertError(f"{path}: expected an .npz archive of named arrays, got a single array")
+    try:
+        with data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise EdgeBertError(f"{path}: not a readable .npz file ({err})") from None
+    unknown = sorted(set(arrays) - set(INPUT_NAMES))
+    if unknown:
+        raise EdgeBertError(f"{path}: unknown input(s) {', '.join(unknown)} (expected {', '.join(INPUT_NAMES)})")
+    return arrays
+
+
+def check_inputs(arrays: dict[str, np.ndarray], seq_len: int, vocab_size: int, type_vocab_size: int) -> dict[str, np.ndarray]:
+    """Validate shapes, dtypes and ranges; fill a missing mask with ones and token types with zeros."""
+    if "input_ids" not in arrays:
+        raise EdgeBertError("inputs have no input_ids")
+    ids = arrays["input_ids"]
+    if ids.ndim != 2 or ids.shape[1] != seq_len or ids.shape[0] == 0:
+        raise EdgeBertError(f"input_ids has shape {list(ids.shape)}; this artifact takes (n, {seq_len})")
+    checked = {}
+    limits = {"input_ids": vocab_size, "attention_mask": 2, "token_type_ids": type_vocab_size}
+    defaults = {"attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    for name in INPUT_NAMES:
+        array = arrays.get(name, defaults.get(name))
+        if array.shape != ids.shape:
+            raise EdgeBertError(f"{name} has shape {list(array.shape)}, input_ids has {list(ids.shape)}")
+        if not np.issubdtype(array.dtype, np.integer):
+            raise EdgeBertError(f"{name} has dtype {array.dtype}; integer ids are required")
+        if array.min() < 0 or array.max() >= limits[name]:
+            raise EdgeBertError(f"{name} holds values outside [0, {limits[name]})")
+        checked[name] = array.astype(np.int64)
+    return checked

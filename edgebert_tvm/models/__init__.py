@@ -1,0 +1,1 @@
+"""EdgeBERT models in PyTorch (modeling), their checkpoint directories (checkpoint) and built-ins."""

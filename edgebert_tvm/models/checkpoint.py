@@ -1,0 +1,154 @@
+"""Checkpoint directories (HuggingFace layout + edgebert.json) and the built-in models.
+
+A checkpoint is `config.json`, `model.safetensors`, tokenizer files and an optional `edgebert.json`.
+Backbone weights may be stored bare (as HuggingFace's BertModel saves them) or under the
+`bert.` / `albert.` prefix (as its *ForSequenceClassification models and this project save them).
+Weights are read with safetensors only: pickle checkpoints are refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers import PretrainedConfig
+
+from ..errors import EdgeBertError
+from ..fileio import atomic_directory
+from .architectures import architecture_for
+from .builtins import BUILTIN_CONFIGS, BUILTIN_DIRS
+from .config import EdgeBertConfig
+from .modeling import EdgeBertForSequenceClassification, init_offramps_from_pooler
+
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
+INIT_SEED = 0
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A loaded model, where it came from, and its tokenizer (None for config-only models)."""
+
+    model: EdgeBertForSequenceClassification
+    source: str
+    tokenizer_dir: Path | None
+
+
+def load(name_or_dir: str | Path, edgebert: EdgeBertConfig | None = None) -> Checkpoint:
+    """Load a built-in model by name or a checkpoint directory; the model is in eval mode."""
+    name = str(name_or_dir)
+    if name in BUILTIN_CONFIGS:
+        with torch.random.fork_rng():
+            torch.manual_seed(INIT_SEED)
+            model = EdgeBertForSequenceClassification(BUILTIN_CONFIGS[name](), edgebert or EdgeBertConfig())
+            init_offramps_from_pooler(model)
+        return Checkpoint(model.eval(), name, None)
+    directory = BUILTIN_DIRS[name]() if name in BUILTIN_DIRS else Path(name_or_dir)
+    checkpoint = load_directory(directory, edgebert)
+    if name in BUILTIN_DIRS:
+        checkpoint.source = name
+    return checkpoint
+
+
+def _read_backbone_config(directory: Path) -> PretrainedConfig:
+    path = directory / "config.json"
+    if not path.is_file():
+        raise EdgeBertError(f"{directory}: no config.json (not a HuggingFace checkpoint directory)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise EdgeBertError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise EdgeBertError(f"{path}: no model_type")
+    arch = architecture_for(data["model_type"])
+    try:
+        return arch.config_class.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise EdgeBertError(f"{path}: invalid {arch.model_type} config ({err})") from None
+
+
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    path = directory / WEIGHTS_NAME
+    if not path.is_file():
+        pickled = [name for name in PICKLE_WEIGHTS if (directory / name).exists()]
+        if pickled:
+            raise EdgeBertError(
+                f"{directory / pickled[0]}: pickle checkpoints are refused (they can run code); "
+                f"convert it to {WEIGHTS_NAME}"
+            )
+        raise EdgeBertError(f"{directory}: no {WEIGHTS_NAME}")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise EdgeBertError(f"{path}: unreadable safetensors file ({err})") from None
+
+
+def _to_model_keys(weights: dict[str, torch.Tensor], model: EdgeBertForSequenceClassification) -> dict[str, torch.Tensor]:
+    """Map checkpoint keys onto the model's: `bert.x` or bare `x` -> `backbone.x`; drop unknown heads."""
+    prefix = f"{model.config.model_type}."
+    backbone_roots = {name for name, _ in model.backbone.named_children()}
+    model_keys = set(model.state_dict())
+    mapped = {}
+    for key, value in weights.items():
+        if key.startswith(prefix):
+            key = "backbone." + key[len(prefix):]
+        elif key.split(".", 1)[0] in backbone_roots:
+            key = "backbone." + key
+        if key in model_keys:
+            mapped[key] = value
+    return mapped
+
+
+def load_directory(directory: Path, edgebert: EdgeBertConfig | None = None) -> Checkpoint:
+    """Load a checkpoint directory; off-ramps and classifier it lacks are initialised with a fixed seed."""
+    if not directory.is_dir():
+        raise EdgeBertError(f"{directory}: no such checkpoint directory")
+    config = _read_backbone_config(directory)
+    edgebert = edgebert or EdgeBertConfig.load(directory)
+    weights = _read_weights(directory)
+    with torch.random.fork_rng():
+        torch.manual_seed(INIT_SEED)
+        model = EdgeBertForSequenceClassification(config, edgebert)
+    state = _to_model_keys(weights, model)
+    missing_backbone = [k for k in model.state_dict() if k.startswith("backbone.") and k not in state]
+    if missing_backbone:
+        raise EdgeBertError(
+            f"{directory / WEIGHTS_NAME}: {len(missing_backbone)} backbone weights missing "
+            f"(first: {missing_backbone[0].removeprefix('backbone.')})"
+        )
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1].strip()
+        raise EdgeBertError(f"{directory / WEIGHTS_NAME}: weights do not fit the config ({first})") from None
+    if not any(k.startswith("offramps.") for k in state):
+        init_offramps_from_pooler(model)
+    tokenizer_dir = directory if (directory / "tokenizer.json").is_file() else None
+    return Checkpoint(model.eval(), str(directory), tokenizer_dir)
+
+
+def save(checkpoint: Checkpoint, directory: Path) -> None:
+    """Write a checkpoint directory atomically (HuggingFace layout + edgebert.json)."""
+    model = checkpoint.model
+    prefix = f"{model.config.model_type}."
+    state = {
+        (prefix + k.removeprefix("backbone.") if k.startswith("backbone.") else k): v.detach().contiguous()
+        for k, v in model.state_dict().items()
+        if k != "span_z"
+    }
+    edgebert = dataclasses.replace(model.edgebert)
+    if model.span_z is not None:
+        edgebert.attention_spans = model.span_z.detach().clamp(0, 1).tolist()
+    with atomic_directory(directory) as tmp:
+        model.config.to_json_file(tmp / "config.json")
+        save_file(state, tmp / WEIGHTS_NAME)
+        edgebert.save(tmp)
+        if checkpoint.tokenizer_dir is not None:
+            for name in TOKENIZER_FILES:
+                if (checkpoint.tokenizer_dir / name).is_file():
+                    shutil.copy2(checkpoint.tokenizer_dir / name, tmp / name)

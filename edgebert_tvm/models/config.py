@@ -1,0 +1,76 @@
+"""`edgebert.json`: the EdgeBERT parts of a checkpoint that HuggingFace's config.json has no place for."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgeBertError
+
+EDGEBERT_CONFIG_NAME = "edgebert.json"
+
+
+@dataclasses.dataclass
+class EdgeBertConfig:
+    """Off-ramps, exit thresholds and attention spans of one EdgeBERT model.
+
+    `attention_spans` holds the learned span fraction z in [0, 1] per head, one row per distinct
+    encoder layer (one row for ALBERT's shared layer); None means no span mask. `span_max` (S) and
+    `span_ramp` (R) are the adaptive-span hyper-parameters of the mask (DESIGN.md section 4).
+    """
+
+    num_labels: int = 2
+    exit_thresholds: list[float] | None = None
+    attention_spans: list[list[float]] | None = None
+    span_max: int = 512
+    span_ramp: int = 256
+    task: str | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.num_labels < 1:
+            raise EdgeBertError(f"{EDGEBERT_CONFIG_NAME}: num_labels must be >= 1, got {self.num_labels}")
+        if self.span_max < 1 or self.span_ramp < 1:
+            raise EdgeBertError(f"{EDGEBERT_CONFIG_NAME}: span_max and span_ramp must be >= 1")
+        for t in self.exit_thresholds or []:
+            if not math.isfinite(t) or t < 0:
+                raise EdgeBertError(f"{EDGEBERT_CONFIG_NAME}: exit threshold {t} must be a finite number >= 0")
+        for row in self.attention_spans or []:
+            if any(not (0.0 <= z <= 1.0) for z in row):
+                raise EdgeBertError(f"{EDGEBERT_CONFIG_NAME}: attention spans must lie in [0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.update(data.pop("extra"))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EdgeBertConfig":
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names}
+        try:
+            config = cls(**known, extra=extra)
+        except TypeError as err:
+            raise EdgeBertError(f"{EDGEBERT_CONFIG_NAME}: {err}") from None
+        config.validate()
+        return config
+
+    @classmethod
+    def load(cls, directory: Path) -> "EdgeBertConfig":
+        path = directory / EDGEBERT_CONFIG_NAME
+        if not path.exists():
+            return cls()
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise EdgeBertError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise EdgeBertError(f"{path}: expected a JSON object")
+        return cls.from_dict(data)
+
+    def save(self, directory: Path) -> None:
+        (directory / EDGEBERT_CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -1,0 +1,35 @@
+"""Resolve a target name from the command line into a TVM `Target`.
+
+TVM 0.27 rejects string targets with `-mcpu`, so targets are built from dicts. The host CPU is
+detected through LLVM (its real name, e.g. znver5, so the artifact's metadata says what it was
+compiled for) and the core count comes from the scheduler affinity of this process.
+"""
+
+from __future__ import annotations
+
+import os
+
+import tvm
+from tvm.target import codegen
+
+from ..errors import EdgeBertError
+
+TARGET_NAMES = ("llvm", "cuda")
+DEFAULT_CUDA_ARCH = "sm_80"
+
+
+def host_target(num_cores: int | None = None) -> tvm.target.Target:
+    """The CPU this process runs on, with its vector features and core count."""
+    cores = num_cores or len(os.sched_getaffinity(0))
+    return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores})
+
+
+def make_target(name: str, num_cores: int | None = None, cuda_arch: str = DEFAULT_CUDA_ARCH) -> tvm.target.Target:
+    """`llvm` for the host CPU; `cuda` for an NVIDIA GPU of `cuda_arch` with the host CPU as host."""
+    if name == "llvm":
+        return host_target(num_cores)
+    if name == "cuda":
+        if not cuda_arch.startswith("sm_") or not cuda_arch[3:].isdigit():
+            raise EdgeBertError(f"invalid CUDA architecture {cuda_arch!r} (expected e.g. sm_80)")
+        return tvm.target.Target({"kind": "cuda", "arch": cuda_arch}, host=host_target(num_cores))
+    raise EdgeBertError(f"unknown target {name!r} (choose from: {', '.join(TARGET_NAMES)})")

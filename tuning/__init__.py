@@ -1,0 +1,1 @@
+"""MetaSchedule tuning of the kernels that the EdgeBERT pipeline emits."""
