@@ -66,6 +66,7 @@ def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", options:
         "passes": compiled.passes,
         "edgebert": model.edgebert.to_dict(),
         "constant_bytes": compiled.constant_bytes,
+        "unscheduled_functions": compiled.unscheduled,
         "compile_seconds": compiled.compile_seconds,
         "versions": _versions(),
     }

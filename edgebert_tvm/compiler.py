@@ -9,9 +9,11 @@ import tvm
 from tvm import relax
 
 from .errors import EdgeBertError
+from .passes.canonicalize import Canonicalize
 from .importer import InputSpec, import_model
 from .models.checkpoint import Checkpoint
 from .target import make_target
+from .target.cpu import cpu_pipeline, unscheduled_functions
 
 
 @dataclasses.dataclass
@@ -41,11 +43,18 @@ class CompiledModel:
     passes: list[str]
     constant_bytes: int
     compile_seconds: dict[str, float]
+    unscheduled: list[str]
 
 
 def edgebert_passes(options: CompileOptions) -> list[tvm.transform.Pass]:
     """The EdgeBERT graph-level passes selected by `options`, in pipeline order (DESIGN.md section 2)."""
     return []
+
+
+def lowering_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """Graph clean-ups, then TVM lowering with default schedules: ours on CPUs, dlight's on GPUs."""
+    lowering = cpu_pipeline(target) if target.kind.name == "llvm" else relax.get_default_pipeline(target)
+    return tvm.transform.Sequential([Canonicalize(), lowering])
 
 
 def constant_bytes(mod: tvm.IRModule) -> int:
@@ -74,8 +83,11 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     start = time.perf_counter()
     with target:
         mod = tvm.transform.Sequential(passes)(mod)
-        mod = relax.get_default_pipeline(target)(mod)
-    lowered_bytes = constant_bytes(mod)
+        mod = lowering_pipeline(target)(mod)
+    seconds["lower"] = time.perf_counter() - start
+    start = time.perf_counter()
     executable = tvm.compile(mod, target, relax_pipeline=None)
     seconds["build"] = time.perf_counter() - start
-    return CompiledModel(executable, target, [p.info.name for p in passes], lowered_bytes, seconds)
+    return CompiledModel(
+        executable, target, [p.info.name for p in passes], constant_bytes(mod), seconds, unscheduled_functions(mod)
+    )

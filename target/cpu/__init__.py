@@ -1,0 +1,5 @@
+"""Default CPU schedules: what dlight does for GPUs, for the kernels BERT-family encoders produce."""
+
+from .pipeline import cpu_pipeline, schedule_rules, unscheduled_functions
+
+__all__ = ["cpu_pipeline", "schedule_rules", "unscheduled_functions"]

@@ -1,0 +1,44 @@
+"""The llvm compilation pipeline: TVM's CPU pipeline with default schedules inserted after fusion."""
+
+from __future__ import annotations
+
+import tvm
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+from tvm.s_tir import dlight
+
+from .elementwise import Elementwise
+from .fast_math import FastMath
+from .matmul import Matmul
+
+SCHEDULED_ATTR = "tirx.is_scheduled"
+
+
+def schedule_rules() -> list[dlight.ScheduleRule]:
+    """Rules in priority order; the first that applies to a PrimFunc schedules it."""
+    return [Matmul(), dlight.cpu.Reduction(), Elementwise()]
+
+
+def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """cpu_generic's passes with `ApplyDefaultSchedule` between fusion and lowering.
+
+    FastMath swaps tanh, erf, exp and softmax for TVM's vectorizable approximations (libm's are
+    scalar calls); the differential tests against PyTorch bound the error.
+    """
+    return tvm.transform.Sequential(
+        [FastMath()]
+        + cpu_generic.library_dispatch_passes(target)
+        + cpu_generic.legalize_passes(target)
+        + [dlight.ApplyDefaultSchedule(*schedule_rules())]
+        + cpu_generic.dataflow_lower_passes(target)
+        + cpu_generic.finalize_passes(target),
+        name="edgebert.CPUPipeline",
+    )
+
+
+def unscheduled_functions(mod: tvm.IRModule) -> list[str]:
+    """Names of PrimFuncs that no rule scheduled (they would run as naive serial loops)."""
+    return sorted(
+        gv.name_hint
+        for gv, func in mod.functions_items()
+        if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs and func.attrs.get(SCHEDULED_ATTR, False))
+    )
