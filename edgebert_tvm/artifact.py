@@ -44,6 +44,13 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _predictor_for(predictor: dict[str, Any] | None, thresholds: list[float] | None) -> dict[str, Any] | None:
+    """The checkpoint's exit-layer predictor, if it was built for the threshold compiled in."""
+    if predictor is None or not thresholds or len(set(thresholds)) != 1:
+        return None
+    return predictor if abs(predictor["threshold"] - thresholds[0]) < 1e-9 else None
+
+
 def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", options: "CompileOptions", out_dir: Path) -> None:
     """Export the library and write the artifact directory; nothing appears unless all of it is written."""
     model = checkpoint.model
@@ -64,6 +71,8 @@ def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", options:
         "input": {"names": list(INPUT_NAMES), "batch": options.batch, "seq_len": options.seq_len},
         "target": {"name": options.target, "tvm": str(compiled.target)},
         "passes": compiled.passes,
+        "exit_thresholds": options.exit_thresholds,
+        "exit_predictor": _predictor_for(model.edgebert.extra.get("exit_predictor"), options.exit_thresholds),
         "edgebert": model.edgebert.to_dict(),
         "constant_bytes": compiled.constant_bytes,
         "unscheduled_functions": compiled.unscheduled,

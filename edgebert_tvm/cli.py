@@ -6,7 +6,9 @@ Bad input ends with one line on stderr and exit status 2; outputs are written at
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import sys
 import tempfile
@@ -37,7 +39,8 @@ def cmd_compile(args: argparse.Namespace) -> None:
     from .models.checkpoint import load
 
     check_output_directory(Path(args.output))
-    options = CompileOptions(target=args.target, batch=args.batch, seq_len=args.seq_len, num_cores=args.num_cores)
+    options = CompileOptions(target=args.target, batch=args.batch, seq_len=args.seq_len, num_cores=args.num_cores,
+                             exit_thresholds=args.exit_threshold)
     checkpoint = load(args.model)
     compiled = compile_model(checkpoint, options)
     write_artifact(checkpoint, compiled, options, Path(args.output))
@@ -106,6 +109,65 @@ def cmd_run(args: argparse.Namespace) -> None:
         write_json_atomic(Path(args.json), output)
 
 
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    return value
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .fileio import check_output_directory
+    from .training.recipe import RecipeConfig, Trainer
+
+    check_output_directory(Path(args.output))
+    config = RecipeConfig(
+        backbone=args.backbone, task=args.task, train_file=args.train_file, teacher=args.teacher,
+        max_examples=args.max_examples, max_seq_len=args.max_seq_len, batch_size=args.batch_size,
+        epochs=args.epochs, lr=args.lr, sparsity=args.sparsity, pruning=args.pruning,
+        embedding_keep=args.embedding_keep, spans=not args.no_spans, offramp_epochs=args.offramp_epochs,
+        seed=args.seed, save_every=args.save_every,
+    )
+    checkpoint = Trainer(config, Path(args.output)).run()
+    extra = checkpoint.model.edgebert.extra
+    print(f"wrote {args.output}: encoder sparsity {extra['encoder_sparsity']:.1%}, "
+          f"trained in {extra['train_seconds'] / 60:.1f} min")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .data import builtin_split, read_tsv, task_for
+    from .evaluate import artifact_all_exits, evaluate_exits, format_table, plot_accuracy_vs_depth, torch_all_exits
+
+    for threshold in args.thresholds:
+        if not math.isfinite(threshold) or threshold < 0:
+            raise EdgeBertError(f"exit threshold {threshold} must be a finite number >= 0")
+    task = task_for(args.task)
+    path = Path(args.file) if args.file else builtin_split(task, "dev")
+    examples = read_tsv(path, task, limit=args.limit)
+    if (Path(args.model) / "metadata.json").is_file():
+        from .artifact import Artifact
+
+        logits = artifact_all_exits(Artifact.load(Path(args.model)), examples)
+    else:
+        from .models.checkpoint import load
+
+        checkpoint = load(args.model)
+        if checkpoint.tokenizer_dir is None:
+            raise EdgeBertError(f"{args.model}: has no tokenizer; it cannot read a task's text")
+        logits = torch_all_exits(checkpoint.model, checkpoint.tokenizer_dir / "tokenizer.json", examples, args.seq_len)
+    labels = np.array([e.label for e in examples])
+    results = evaluate_exits(logits, labels, args.thresholds)
+    print(f"{args.model} on {task.name} ({path.name}, {len(examples)} examples)")
+    print(format_table(results))
+    if args.plot:
+        plot_accuracy_vs_depth(results, Path(args.plot), f"{Path(args.model).name} on {task.name}")
+        print(f"plot: {args.plot}")
+    if args.json:
+        write_json_atomic(Path(args.json), {"model": args.model, "task": task.name, "examples": len(examples),
+                                            "results": [dataclasses.asdict(r) for r in results]})
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -127,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, default=1, help="compiled batch size (default 1)")
     p.add_argument("--seq-len", type=_positive_int, default=128, help="compiled sequence length (default 128)")
     p.add_argument("--num-cores", type=_positive_int, default=None, help="CPU threads (default: all available)")
+    p.add_argument("--exit-threshold", type=_number, nargs="+", metavar="T",
+                   help="fold entropy early exit into the graph: one threshold (nats) for every exit, "
+                        "or one per exit before the last layer")
     p.set_defaults(func=cmd_compile)
 
     p = commands.add_parser("run", help="run an artifact on text or an .npz of inputs",
@@ -141,11 +206,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write logits, exit_layer (and time_ms) to this JSON file")
     p.set_defaults(func=cmd_run)
 
-    p = commands.add_parser("demo", help="the main job: compile the built-in default and check it against PyTorch",
-                            description="Compile the built-in default model, run SST-2 dev sentences through it "
-                                        "and through PyTorch, and report agreement and latency.")
-    p.add_argument("--workdir", default="edgebert-demo", help="where the artifact is written (default edgebert-demo)")
-    p.add_argument("--sentences", type=_positive_int, default=64, help="SST-2 dev sentences to run (default 64)")
+    p = commands.add_parser("train", help="train an EdgeBERT checkpoint (the two-stage recipe)",
+                            description="Fine-tune a backbone on a GLUE-format task the EdgeBERT way: distillation, "
+                                        "attention spans and pruning, then the off-ramps. Resumes if interrupted.")
+    p.add_argument("--backbone", default="minilm-l6", help="checkpoint directory or built-in name (default minilm-l6)")
+    p.add_argument("--task", default="sst2", help="sst2 or qnli (default sst2)")
+    p.add_argument("--train-file", help="GLUE-format TSV (default: the task's built-in train split)")
+    p.add_argument("--teacher", help="fine-tuned checkpoint to distil from (default: plain cross-entropy)")
+    p.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
+    p.add_argument("--max-examples", type=_positive_int, help="train on a seeded random subset of this size")
+    p.add_argument("--max-seq-len", type=_positive_int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--epochs", type=_number, default=1.0, help="stage-1 epochs (default 1)")
+    p.add_argument("--offramp-epochs", type=_number, default=1.0, help="stage-2 epochs (default 1)")
+    p.add_argument("--lr", type=_number, default=5e-5)
+    p.add_argument("--sparsity", type=_number, default=0.5, help="final encoder sparsity (default 0.5)")
+    p.add_argument("--pruning", default="movement", help="movement, magnitude or none (default movement)")
+    p.add_argument("--embedding-keep", type=_number, default=0.4,
+                   help="fraction of word-embedding weights kept by magnitude pruning (default 0.4)")
+    p.add_argument("--no-spans", action="store_true", help="do not learn attention spans")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=_positive_int, default=200, help="steps between resumable saves")
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("eval", help="accuracy and exit layers per entropy threshold",
+                            description="Evaluate a checkpoint or a compiled artifact on a task: accuracy, average "
+                                        "exit layer and exit-layer distribution per entropy threshold.")
+    p.add_argument("model", help="checkpoint directory, built-in name or artifact directory")
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--file", help="GLUE-format TSV (default: the task's built-in dev split)")
+    p.add_argument("--thresholds", type=_number, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    p.add_argument("--seq-len", type=_positive_int, default=128, help="for PyTorch models (artifacts: compiled length)")
+    p.add_argument("--limit", type=_positive_int, help="only the first N examples")
+    p.add_argument("--plot", help="write accuracy against average exit layer to this PNG")
+    p.add_argument("--json", help="write the table to this JSON file")
+    p.set_defaults(func=cmd_eval)
+
+    p = commands.add_parser("demo", help="the main job: the default EdgeBERT checkpoint, compiled, on SST-2 dev",
+                            description="Build (once) the default EdgeBERT SST-2 checkpoint, compile it with early "
+                                        "exit, and report accuracy, exit layers and latency against PyTorch.")
+    p.add_argument("--workdir", default="edgebert-demo", help="where artifacts and the plot go (default edgebert-demo)")
+    p.add_argument("--sentences", type=_positive_int, default=None, help="only the first N dev sentences")
     p.set_defaults(func=cmd_demo)
     return parser
 

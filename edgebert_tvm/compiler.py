@@ -10,6 +10,7 @@ from tvm import relax
 
 from .errors import EdgeBertError
 from .passes.canonicalize import Canonicalize
+from .passes.fold_entropy_exit import FoldEntropyExit, check_thresholds
 from .importer import InputSpec, import_model
 from .models.checkpoint import Checkpoint
 from .target import make_target
@@ -24,6 +25,7 @@ class CompileOptions:
     batch: int = 1
     seq_len: int = 128
     num_cores: int | None = None
+    exit_thresholds: list[float] | None = None
 
     def validate(self, max_positions: int) -> None:
         if self.batch < 1:
@@ -48,7 +50,10 @@ class CompiledModel:
 
 def edgebert_passes(options: CompileOptions) -> list[tvm.transform.Pass]:
     """The EdgeBERT graph-level passes selected by `options`, in pipeline order (DESIGN.md section 2)."""
-    return []
+    passes: list[tvm.transform.Pass] = []
+    if options.exit_thresholds is not None:
+        passes.append(FoldEntropyExit(options.exit_thresholds))
+    return passes
 
 
 def lowering_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
@@ -74,6 +79,8 @@ def constant_bytes(mod: tvm.IRModule) -> int:
 def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledModel:
     """Import, run the EdgeBERT passes and TVM's lowering for the target, and build."""
     options.validate(checkpoint.model.config.max_position_embeddings)
+    if options.exit_thresholds is not None:
+        options.exit_thresholds = check_thresholds(options.exit_thresholds, checkpoint.model.num_layers)
     target = make_target(options.target, options.num_cores)
     seconds = {}
     start = time.perf_counter()

@@ -1,4 +1,11 @@
-"""The main job: compile the built-in default model and check the artifact against PyTorch on SST-2 dev."""
+"""The main job: the default EdgeBERT checkpoint, compiled with early exit, against PyTorch on SST-2 dev.
+
+It loads (building it on first use) the built-in `edgebert-sst2` checkpoint, compiles it twice for
+this CPU (every exit, for the accuracy table; and with entropy early exit folded in at the
+checkpoint's calibrated threshold), then runs every SST-2 dev sentence through the early-exit
+artifact and through the PyTorch model with the same exit rule, and prints accuracy, average exit
+layer and latency, with a plot of accuracy against average exit layer.
+"""
 
 from __future__ import annotations
 
@@ -12,55 +19,81 @@ from tqdm import tqdm
 from .artifact import Artifact, write_artifact
 from .compiler import CompileOptions, compile_model
 from .data import builtin_split, read_tsv, task_for
+from .evaluate import artifact_all_exits, evaluate_exits, format_table, plot_accuracy_vs_depth
+from .exit_predictor import ExitPredictor, score_predictor
 from .inputs import encode, load_tokenizer
-from .models.checkpoint import load
+from .models.checkpoint import Checkpoint, load
+from .models.modeling import early_exit
 
-DEFAULT_MODEL = "minilm-l6"
-DEFAULT_SEQ_LEN = 64
+DEFAULT_MODEL = "edgebert-sst2"
+SWEEP = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def run_demo(workdir: Path, sentences: int = 64, model: str = DEFAULT_MODEL, seq_len: int = DEFAULT_SEQ_LEN) -> dict:
-    """Compile `model`, run `sentences` SST-2 dev sentences through the artifact and PyTorch, print a report."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    artifact_dir = workdir / f"{model}-llvm"
-    checkpoint = load(model)
-    options = CompileOptions(target="llvm", batch=1, seq_len=seq_len)
-    print(f"compiling {model} for this CPU (batch 1, seq {seq_len}) ...")
+def _compile(checkpoint: Checkpoint, directory: Path, seq_len: int, thresholds: list[float] | None) -> Artifact:
+    options = CompileOptions(seq_len=seq_len, exit_thresholds=thresholds)
     compiled = compile_model(checkpoint, options)
-    write_artifact(checkpoint, compiled, options, artifact_dir)
-    artifact = Artifact.load(artifact_dir)
-    print(f"  artifact {artifact_dir}: compile {sum(compiled.compile_seconds.values()):.1f} s, "
-          f"constants {compiled.constant_bytes / 2**20:.1f} MiB")
+    write_artifact(checkpoint, compiled, options, directory)
+    print(f"  {directory}: compiled in {sum(compiled.compile_seconds.values()):.1f} s")
+    return Artifact.load(directory)
 
-    examples = read_tsv(builtin_split(task_for("sst2"), "dev"), task_for("sst2"), limit=sentences)
-    inputs = encode(load_tokenizer(artifact.tokenizer_path, seq_len), [e.text for e in examples])
-    tvm_ms, torch_ms, diffs, agree = [], [], [], 0
-    model_pt = checkpoint.model
-    for row in tqdm(range(len(examples)), desc="SST-2 dev", unit="sentence"):
+
+def run_demo(workdir: Path, model: str = DEFAULT_MODEL, sentences: int | None = None) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoint = load(model)
+    edgebert = checkpoint.model.edgebert
+    seq_len = edgebert.seq_len or 128
+    threshold = (edgebert.exit_thresholds or [0.3])[0]
+    task = task_for(edgebert.task or "sst2")
+    examples = read_tsv(builtin_split(task, "dev"), task, limit=sentences)
+    labels = np.array([e.label for e in examples])
+
+    print(f"compiling {model} for this CPU (batch 1, seq {seq_len}) ...")
+    every_exit = _compile(checkpoint, workdir / f"{model}-all-exits", seq_len, None)
+    early = _compile(checkpoint, workdir / f"{model}-exit-{threshold:g}", seq_len, [threshold])
+
+    all_logits = artifact_all_exits(every_exit, examples)
+    results = evaluate_exits(all_logits, labels, sorted({*SWEEP, threshold}))
+    print(f"\n{task.name} dev, {len(examples)} sentences, compiled {model} (every exit evaluated):")
+    print(format_table(results))
+    predictor = edgebert.extra.get("exit_predictor")
+    if predictor is not None:
+        scores = score_predictor(ExitPredictor(**predictor), all_logits)
+        print(f"exit-layer predictor (layer-1 entropy lookup table, threshold {predictor['threshold']:g}): "
+              f"exact {100 * scores['exact']:.1f}%, within one layer {100 * scores['within_one']:.1f}%, "
+              f"mean abs error {scores['mean_abs_error']:.2f} layers")
+    plot = workdir / "accuracy_vs_exit_layer.png"
+    plot_accuracy_vs_depth(results, plot, f"{model} on {task.name} dev")
+
+    inputs = encode(load_tokenizer(early.tokenizer_path, seq_len), [e.text for e in examples])
+    tvm_ms, torch_ms, tvm_layers, torch_layers, tvm_pred, torch_pred = [], [], [], [], [], []
+    for row in tqdm(range(len(examples)), desc="early exit, per sentence", unit="sentence"):
         one = {k: v[row:row + 1] for k, v in inputs.items()}
-        result = artifact.run(one)
+        result = early.run(one)
         tvm_ms.append(result.times_ms[0])
-        tensors = [torch.from_numpy(one[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]
-        with torch.no_grad():
-            start = time.perf_counter()
-            reference = model_pt(*tensors)[:, -1].numpy()
-            torch_ms.append((time.perf_counter() - start) * 1e3)
-        diffs.append(float(np.abs(result.logits - reference).max()))
-        agree += int(np.argmax(result.logits) == np.argmax(reference))
-    all_exits = artifact.all_exits(inputs)
-    with torch.no_grad():
-        reference_exits = model_pt(*[torch.from_numpy(inputs[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]).numpy()
+        tvm_layers.append(int(result.exit_layer[0]))
+        tvm_pred.append(int(result.logits[0].argmax()))
+        tensors = [torch.from_numpy(one[k]) for k in INPUT_ORDER]
+        start = time.perf_counter()
+        logits, layer = early_exit(checkpoint.model, *tensors, [threshold] * (checkpoint.model.num_layers - 1))
+        torch_ms.append((time.perf_counter() - start) * 1e3)
+        torch_layers.append(layer)
+        torch_pred.append(int(logits[0].argmax()))
     report = {
-        "sentences": len(examples),
-        "max_abs_diff_final": max(diffs),
-        "max_abs_diff_every_exit": float(np.abs(all_exits - reference_exits).max()),
-        "same_class": agree / len(examples),
-        "tvm_median_ms": float(np.median(tvm_ms)),
-        "torch_median_ms": float(np.median(torch_ms)),
+        "threshold": threshold,
+        "accuracy": {"edgebert-tvm": float(np.mean(np.array(tvm_pred) == labels)),
+                     "pytorch": float(np.mean(np.array(torch_pred) == labels)), "full_depth": results[0].accuracy},
+        "average_exit_layer": {"edgebert-tvm": float(np.mean(tvm_layers)), "pytorch": float(np.mean(torch_layers))},
+        "same_exit_layer": float(np.mean(np.array(tvm_layers) == np.array(torch_layers))),
+        "median_ms": {"edgebert-tvm": float(np.median(tvm_ms)), "pytorch": float(np.median(torch_ms))},
     }
-    print(f"SST-2 dev, {report['sentences']} sentences, {model} with untrained exits:")
-    print(f"  max |TVM - PyTorch| final logits {report['max_abs_diff_final']:.2e}, "
-          f"every exit {report['max_abs_diff_every_exit']:.2e}; same class {report['same_class']:.0%}")
-    print(f"  latency per sentence (median): edgebert-tvm {report['tvm_median_ms']:.1f} ms, "
-          f"PyTorch eager {report['torch_median_ms']:.1f} ms, ratio {report['tvm_median_ms'] / report['torch_median_ms']:.2f}x")
+    print(f"\nearly exit at entropy < {threshold:g} nats (calibrated on held-out training sentences), batch 1:")
+    print(f"{'':14s} {'accuracy':>9s} {'avg exit layer':>15s} {'median ms':>10s}")
+    for peer in ("pytorch", "edgebert-tvm"):
+        print(f"{peer:14s} {100 * report['accuracy'][peer]:8.2f}% {report['average_exit_layer'][peer]:15.2f} "
+              f"{report['median_ms'][peer]:10.2f}")
+    print(f"full depth accuracy {100 * results[0].accuracy:.2f}%; same exit layer for "
+          f"{100 * report['same_exit_layer']:.1f}% of sentences; edgebert-tvm is "
+          f"{report['median_ms']['pytorch'] / report['median_ms']['edgebert-tvm']:.1f}x faster than PyTorch")
+    print(f"plot: {plot}")
     return report

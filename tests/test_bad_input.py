@@ -146,3 +146,8 @@ def test_fresh_process_reports_one_line(tmp_path):
     proc = run_cli("compile", str(tmp_path / "missing"), "-o", str(tmp_path / "A"))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"edgebert-tvmc: error: {tmp_path / 'missing'}: no such checkpoint directory"]
+
+
+def test_eval_rejects_bad_thresholds(capsys):
+    _fails_cleanly(capsys, "eval", "albert-tiny", "--thresholds", "0.1", "-1", match="finite number >= 0")
+    _fails_cleanly(capsys, "eval", "albert-tiny", "--thresholds", "nan", match="finite number >= 0")

@@ -88,3 +88,22 @@ def test_minilm_loads_bare_huggingface_layout():
 def test_edgebert_config_rejects_bad_values(bad):
     with pytest.raises(EdgeBertError):
         EdgeBertConfig.from_dict(bad)
+
+
+def test_span_mask_is_the_same_for_a_shorter_padding():
+    """A batch padded to 10 keys sees the first 10 columns of the mask for 32 padded keys."""
+    z = torch.tensor([0.0, 0.02, 0.5])
+    full = span_mask(z, 32, span_max=512, span_ramp=256)
+    np.testing.assert_allclose(span_mask(z, 10, 512, 256, padded_len=32), full[:, :10])
+
+
+def test_dynamic_padding_equals_full_padding_with_spans():
+    config = tiny_bert_config(num_hidden_layers=2)
+    spans = [[0.0, 0.02, 0.1, 1.0]] * 2
+    model = EdgeBertForSequenceClassification(
+        config, EdgeBertConfig(attention_spans=spans, span_max=64, span_ramp=16, seq_len=24)).eval()
+    inputs = random_inputs(3, 24, 1000, seed=7)
+    inputs["attention_mask"][:, 12:] = 0
+    inputs = {k: v * inputs["attention_mask"] if k != "attention_mask" else v for k, v in inputs.items()}
+    short = {k: v[:, :12] for k, v in inputs.items()}
+    np.testing.assert_allclose(torch_exits(model, short), torch_exits(model, inputs), atol=1e-5)

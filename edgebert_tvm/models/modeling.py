@@ -20,13 +20,17 @@ from .architectures import Architecture, LayerParts, architecture_for
 from .config import EdgeBertConfig
 
 
-def span_mask(span_z: torch.Tensor, seq_len: int, span_max: int, span_ramp: int) -> torch.Tensor:
+def span_mask(span_z: torch.Tensor, seq_len: int, span_max: int, span_ramp: int, padded_len: int | None = None) -> torch.Tensor:
     """Adaptive attention span mask (heads, seq_len) by key index j.
 
-    m_j = clamp(((j - (T - 1)) + z * S) / R + 1, 0, 1) for sequence length T, maximum span S and
-    ramp R: the reference AdaptiveMask's template over S keys, cut to the last T of them.
+    m_j = clamp(((j - (T - 1)) + z * S) / R + 1, 0, 1) for padded length T, maximum span S and
+    ramp R: the reference AdaptiveMask's template over S keys, cut to the last T of them. T is the
+    length the model is padded to (`padded_len`, default `seq_len`); a shorter batch takes the first
+    `seq_len` keys of it. Keys past a batch's length are padding with zero attention either way, so
+    a dynamically padded batch computes exactly what the fully padded one does.
     """
-    offset = torch.arange(seq_len, dtype=span_z.dtype, device=span_z.device) - (seq_len - 1)
+    padded = max(padded_len or seq_len, seq_len)
+    offset = torch.arange(seq_len, dtype=span_z.dtype, device=span_z.device) - (padded - 1)
     return ((offset[None, :] + span_z[:, None] * span_max) / span_ramp + 1).clamp(0.0, 1.0)
 
 
@@ -118,7 +122,8 @@ class EdgeBertForSequenceClassification(nn.Module):
     def span(self, group: int, seq_len: int) -> torch.Tensor | None:
         if self.span_z is None:
             return None
-        return span_mask(self.span_z[group], seq_len, self.edgebert.span_max, self.edgebert.span_ramp)
+        edgebert = self.edgebert
+        return span_mask(self.span_z[group], seq_len, edgebert.span_max, edgebert.span_ramp, edgebert.seq_len)
 
     def layer(self, index: int, hidden: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
         """Encoder layer `index` (0-based); ALBERT's layers map onto their shared group."""
@@ -153,10 +158,29 @@ class EdgeBertForSequenceClassification(nn.Module):
         return torch.stack(exits, dim=1)
 
 
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats of softmax(logits): ln sum e^x - (sum x e^x) / sum e^x."""
+def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of softmax(logits) over the last axis."""
     log_probs = F.log_softmax(logits, dim=-1)
     return -(log_probs.exp() * log_probs).sum(dim=-1)
+
+
+def early_exit(
+    model: EdgeBertForSequenceClassification,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    thresholds: list[float],
+) -> tuple[torch.Tensor, int]:
+    """EdgeBERT's reference behaviour: run layer by layer, leave at the first exit whose entropy is
+    below its threshold (for every row of the batch), else at the last layer. Returns (logits, layer)."""
+    with torch.no_grad():
+        hidden, bias = model.embed(input_ids, token_type_ids, attention_mask)
+        for index in range(model.num_layers):
+            hidden = model.layer(index, hidden, bias)
+            logits = model.exit_logits(index, hidden)
+            if index == model.num_layers - 1 or bool((softmax_entropy(logits) < thresholds[index]).all()):
+                return logits, index + 1
+    raise AssertionError("unreachable: the last layer always exits")
 
 
 def init_offramps_from_pooler(model: EdgeBertForSequenceClassification) -> None:

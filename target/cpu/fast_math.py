@@ -1,4 +1,4 @@
-"""Vectorizable approximations of tanh, erf, exp and softmax (TVM's topi fast_* kernels).
+"""Vectorizable approximations of GELU, tanh, erf, exp and softmax (TVM's topi fast_* kernels).
 
 LLVM lowers these to scalar libm calls, which dominate GELU and softmax kernels. TVM's own
 FastMathTransform does the same swap but fails on modules whose functions call each other
@@ -7,13 +7,21 @@ FastMathTransform does the same swap but fails on modules whose functions call e
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import tvm
-from tvm import relax, topi
+from tvm import relax, te, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+def _fast_gelu(x: te.Tensor) -> te.Tensor:
+    """GELU(x) = x/2 * (1 + erf(x / sqrt(2))), with the fast erf."""
+    erf = topi.fast_erf(topi.multiply(x, tvm.tirx.const(1 / math.sqrt(2), x.dtype)))
+    return topi.multiply(topi.multiply(x, tvm.tirx.const(0.5, x.dtype)), topi.add(erf, tvm.tirx.const(1.0, x.dtype)))
+
+
 _FAST: dict[str, Callable[[relax.Call], tuple]] = {
+    "relax.nn.gelu": lambda call: (_fast_gelu, call.args[0]),
     "relax.tanh": lambda call: (topi.fast_tanh, call.args[0]),
     "relax.erf": lambda call: (topi.fast_erf, call.args[0]),
     "relax.exp": lambda call: (topi.fast_exp, call.args[0]),
@@ -32,7 +40,7 @@ class _FastMathMutator(PyExprMutator):
 
 @tvm.transform.module_pass(opt_level=0, name="edgebert.FastMath")
 class FastMath:
-    """Replace tanh, erf, exp and softmax in every Relax function by TVM's fast approximations."""
+    """Replace GELU, tanh, erf, exp and softmax in every Relax function by TVM's fast approximations."""
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _FastMathMutator(mod)

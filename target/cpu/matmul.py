@@ -5,6 +5,11 @@ registers wide, MR = 6 rows: 12 accumulators that stay in registers, as in BLIS'
 6x32 AVX-512 kernels). Tiles run in parallel; for each, k walks the shared dimension while the
 MR x NR block accumulates; the epilogue (bias, GELU, residual add, reshape) is inlined into the
 write-back of the tile, so the intermediate product never goes to memory.
+
+A constant weight B[K, N] (a layout-free buffer: Relax binds it to a constant) is packed into
+panels [N / NR, K, NR], so a tile's k loop reads one contiguous stream instead of K rows a whole
+row of B apart (12 KB for N = 3072: a new page per row). The packing is a separate block marked
+`layout_rewrite_preproc`; the pipeline splits it out and folds it into the constant at compile time.
 """
 
 from __future__ import annotations
@@ -46,6 +51,24 @@ def _tile_width(extent: int, lanes: int) -> int:
     return next(w for w in (2 * lanes, lanes, lanes // 2, lanes // 4, 1) if w >= 1 and extent % w == 0)
 
 
+def _pack_constant_weight(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, func: tirx.PrimFunc, width: int) -> None:
+    """Read B[K, N] from panels [N / width, K, width] if B is a layout-free (constant) parameter."""
+    free = func.attrs.get("layout_free_buffers") if func.attrs is not None else None
+    if not free:
+        return
+    names = {func.params[int(i)].name for i in free}
+    stmt = sch.get(main)
+    j, k = stmt.iter_vars[-2].var, stmt.iter_vars[-1].var
+    for index, region in enumerate(stmt.reads):
+        indices = [r.min for r in region.region]
+        if (region.source.name in names and len(indices) == 2 and _is_var(indices[0], k) and _is_var(indices[1], j)
+                and int(region.source.shape[1]) % width == 0):
+            packed = sch.cache_read(main, index, "global")
+            sch.transform_layout(main, ("read", index), lambda kk, n: (n // width, kk, n % width))
+            sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", True)
+            return
+
+
 class Matmul(CPUScheduleRule):
     """Register-tiled matmul (dense or batched) with its fused epilogue."""
 
@@ -67,8 +90,11 @@ class Matmul(CPUScheduleRule):
         if rows is None or cols is None:
             return None
         lanes = vector_lanes(target, stmt.writes[0].source.dtype.bits)
+        width = _tile_width(cols, lanes)
+        _pack_constant_weight(sch, main, func, width)
+        *batch, i, j, k = sch.get_loops(main)
         io, ii = sch.split(i, factors=[None, min(TILE_ROWS, rows)])
-        jo, ji = sch.split(j, factors=[None, _tile_width(cols, lanes)])
+        jo, ji = sch.split(j, factors=[None, width])
         sch.reorder(*batch, jo, io, k, ii, ji)
 
         write_back = sch.cache_write(main, 0, "local")

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import tvm
+from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.s_tir import dlight
 
 from .elementwise import Elementwise
 from .fast_math import FastMath
 from .matmul import Matmul
+from .small import SmallKernel
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
 
 
 def schedule_rules() -> list[dlight.ScheduleRule]:
     """Rules in priority order; the first that applies to a PrimFunc schedules it."""
-    return [Matmul(), dlight.cpu.Reduction(), Elementwise()]
+    return [Matmul(), dlight.cpu.Reduction(), Elementwise(), SmallKernel()]
 
 
 def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
@@ -28,7 +30,13 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
         [FastMath()]
         + cpu_generic.library_dispatch_passes(target)
         + cpu_generic.legalize_passes(target)
-        + [dlight.ApplyDefaultSchedule(*schedule_rules())]
+        + [
+            relax.transform.AttachAttrLayoutFreeBuffers(),
+            dlight.ApplyDefaultSchedule(*schedule_rules()),
+            relax.transform.SplitLayoutRewritePreproc(),  # weight packing, folded into the constants
+            relax.transform.FoldConstant(),
+            relax.transform.DeadCodeElimination(),
+        ]
         + cpu_generic.dataflow_lower_passes(target)
         + cpu_generic.finalize_passes(target),
         name="edgebert.CPUPipeline",

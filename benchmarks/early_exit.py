@@ -1,0 +1,113 @@
+"""Early exit really skips work: latency per exit layer, and mean latency over SST-2 dev.
+
+The default EdgeBERT checkpoint compiled with entropy early exit (at its calibrated threshold, or
+--threshold) against the same checkpoint compiled without exits, ONNX Runtime and PyTorch running the
+full model, and PyTorch's layer-by-layer early exit (the EdgeBERT reference behaviour); all in one
+process, batch 1, every dev sentence, interleaved per sentence. Prints a table per exit layer and
+the medians and means with ratios; writes JSON.
+
+    .venv/bin/python benchmarks/early_exit.py --json benchmarks/results/early_exit.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import tvm
+from tqdm import tqdm
+from tvm import relax
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from harness import INPUT_ORDER, Deployed, ort_session, set_threads  # noqa: E402
+
+from edgebert_tvm.compiler import CompileOptions, compile_model  # noqa: E402
+from edgebert_tvm.data import builtin_split, read_tsv, task_for  # noqa: E402
+from edgebert_tvm.inputs import encode, load_tokenizer  # noqa: E402
+from edgebert_tvm.models.checkpoint import load  # noqa: E402
+from edgebert_tvm.models.modeling import early_exit  # noqa: E402
+
+PEERS = ("edgebert-tvm exit", "edgebert-tvm full", "onnxruntime full", "pytorch full", "pytorch exit")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="edgebert-sst2")
+    parser.add_argument("--threshold", type=float, help="default: the checkpoint's calibrated threshold")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--limit", type=int, help="only the first N dev sentences")
+    parser.add_argument("--json", default="benchmarks/results/early_exit.json")
+    args = parser.parse_args()
+    set_threads(args.threads)
+
+    checkpoint = load(args.model)
+    model, edgebert = checkpoint.model, checkpoint.model.edgebert
+    seq_len = edgebert.seq_len or 128
+    threshold = args.threshold if args.threshold is not None else edgebert.exit_thresholds[0]
+    task = task_for(edgebert.task or "sst2")
+    examples = read_tsv(builtin_split(task, "dev"), task, limit=args.limit)
+    inputs = encode(load_tokenizer(checkpoint.tokenizer_dir / "tokenizer.json", seq_len), [e.text for e in examples])
+
+    def vm_for(thresholds):
+        compiled = compile_model(checkpoint, CompileOptions(seq_len=seq_len, num_cores=args.threads,
+                                                            exit_thresholds=thresholds))
+        return relax.VirtualMachine(compiled.executable, tvm.cpu())
+
+    exit_vm, full_vm = vm_for([threshold]), vm_for(None)
+    session = ort_session(Deployed(model).eval(), {k: v[:1] for k, v in inputs.items()}, args.threads)
+
+    times = {peer: [] for peer in PEERS}
+    exit_layer = []
+    thresholds = [threshold] * (model.num_layers - 1)
+    deployed = Deployed(model).eval()
+    for row in tqdm(range(len(examples)), desc="sentences", unit="sentence"):
+        one = {k: v[row:row + 1] for k, v in inputs.items()}
+        args_tvm = [tvm.runtime.tensor(one[k]) for k in INPUT_ORDER]
+        tensors = [torch.from_numpy(one[k]) for k in INPUT_ORDER]
+        calls = {
+            "edgebert-tvm exit": lambda: exit_vm["main"](*args_tvm),
+            "edgebert-tvm full": lambda: full_vm["main"](*args_tvm),
+            "onnxruntime full": lambda: session.run(None, one),
+            "pytorch full": lambda: deployed(*tensors),
+            "pytorch exit": lambda: early_exit(model, *tensors, thresholds),
+        }
+        order = PEERS[row % len(PEERS):] + PEERS[: row % len(PEERS)]
+        with torch.no_grad():
+            for peer in order:
+                calls[peer]()  # warm: each runtime's threads awake, as in a serving loop
+                start = time.perf_counter()
+                out = calls[peer]()
+                times[peer].append((time.perf_counter() - start) * 1e3)
+                if peer == "edgebert-tvm exit":
+                    exit_layer.append(int(out[1].numpy()[0]))
+    exit_layer = np.array(exit_layer)
+    per_layer = {}
+    print(f"\n{args.model}, threshold {threshold:g}, {len(examples)} {task.name} dev sentences, batch 1, seq {seq_len}")
+    print(f"{'exit layer':>10s} {'sentences':>10s} {'edgebert-tvm exit (median ms)':>30s}")
+    for layer in range(1, model.num_layers + 1):
+        chosen = np.array(times["edgebert-tvm exit"])[exit_layer == layer]
+        if len(chosen):
+            per_layer[layer] = {"sentences": int(len(chosen)), "median_ms": float(np.median(chosen))}
+            print(f"{layer:10d} {len(chosen):10d} {np.median(chosen):30.2f}")
+    summary = {peer: {"median_ms": float(np.median(t)), "mean_ms": float(np.mean(t))} for peer, t in times.items()}
+    base = summary["edgebert-tvm exit"]["mean_ms"]
+    print(f"\n{'peer':20s} {'median ms':>10s} {'mean ms':>10s} {'mean / ours':>12s}")
+    for peer in PEERS:
+        print(f"{peer:20s} {summary[peer]['median_ms']:10.2f} {summary[peer]['mean_ms']:10.2f} "
+              f"{summary[peer]['mean_ms'] / base:11.2f}x")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": args.model, "threshold": threshold, "sentences": len(examples),
+                               "average_exit_layer": float(exit_layer.mean()), "per_exit_layer": per_layer,
+                               "summary": summary}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Shared pieces of the peer benchmarks: the deployed model, the peers' runners, interleaved timing.
+
+Every peer runs the same computation (embeddings, every encoder layer, the final classifier) on
+the same inputs with the same number of threads; times are per call, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import tvm
+from torch import nn
+from tqdm import tqdm
+from tvm import relax
+
+from edgebert_tvm.compiler import CompileOptions, compile_model
+from edgebert_tvm.importer import InputSpec, import_model
+from edgebert_tvm.models.checkpoint import Checkpoint
+from edgebert_tvm.target import make_target
+
+INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
+Runner = Callable[[], np.ndarray]
+
+
+class Deployed(nn.Module):
+    """What a deployed EdgeBERT model without early exit computes: the final exit's logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        hidden, bias = self.model.embed(input_ids, token_type_ids, attention_mask)
+        for index in range(self.model.num_layers):
+            hidden = self.model.layer(index, hidden, bias)
+        return self.model.exit_logits(self.model.num_layers - 1, hidden)
+
+
+def set_threads(threads: int) -> None:
+    """One thread count for every peer (TVM reads TVM_NUM_THREADS when its pool starts)."""
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def make_inputs(batch: int, seq_len: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, min(vocab, 20000), size=(batch, seq_len), dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def torch_runner(model: nn.Module, inputs: dict[str, np.ndarray]) -> Runner:
+    tensors = [torch.from_numpy(inputs[k]) for k in INPUT_ORDER]
+
+    def run() -> np.ndarray:
+        with torch.no_grad():
+            return model(*tensors).numpy()
+
+    return run
+
+
+def torch_compile_runner(model: nn.Module, inputs: dict[str, np.ndarray]) -> Runner:
+    run = torch_runner(torch.compile(model), inputs)
+    run()  # compiles
+    return run
+
+
+def ort_session(model: nn.Module, inputs: dict[str, np.ndarray], threads: int):
+    """ONNX Runtime session of `model` exported at the shape of `inputs`, all graph optimisations."""
+    import onnxruntime as ort
+
+    path = Path(tempfile.mkdtemp()) / "model.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, tuple(torch.from_numpy(inputs[k]) for k in INPUT_ORDER), str(path),
+                          input_names=list(INPUT_ORDER), output_names=["logits"], dynamo=False, opset_version=17)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_runner(model: nn.Module, inputs: dict[str, np.ndarray], threads: int) -> Runner:
+    session = ort_session(model, inputs, threads)
+    return lambda: session.run(None, inputs)[0]
+
+
+def _vm_runner(executable: tvm.runtime.Executable, inputs: dict[str, np.ndarray]) -> Runner:
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    args = [tvm.runtime.tensor(inputs[k]) for k in INPUT_ORDER]
+    return lambda: vm["main"](*args)[0].numpy()
+
+
+def edgebert_tvm_runner(checkpoint: Checkpoint, inputs: dict[str, np.ndarray], threads: int) -> Runner:
+    batch, seq_len = inputs["input_ids"].shape
+    compiled = compile_model(checkpoint, CompileOptions(batch=batch, seq_len=seq_len, num_cores=threads))
+    return _vm_runner(compiled.executable, inputs)
+
+
+def stock_tvm_runner(checkpoint: Checkpoint, inputs: dict[str, np.ndarray], threads: int) -> Runner:
+    """The same Relax module through TVM's own default pipeline (no schedules on CPU)."""
+    batch, seq_len = inputs["input_ids"].shape
+    mod = import_model(checkpoint.model, InputSpec(batch, seq_len))
+    return _vm_runner(tvm.compile(mod, make_target("llvm", threads)), inputs)
+
+
+SETTLE_S = 0.5
+
+
+def time_interleaved(runners: dict[str, Runner], rounds: int, single_shot: frozenset[str] = frozenset()) -> dict[str, list[float]]:
+    """Call every runner once per round, rotating the order; `single_shot` runners (too slow to
+    repeat) are timed once, in the first round.
+
+    Thread pools spin for a while after a call and sleep after that; on two cores a spinning pool
+    steals the next peer's cores (TVM's spun for well over 50 ms here), and waking a sleeping one
+    took ~10 ms (OpenMP). So each timed call comes after a pause in which the previous peer's pool
+    goes quiet, and after one untimed call of the same runner, so that its own pool is awake as
+    it would be in a serving loop.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    for round_index in tqdm(range(rounds), desc="rounds", leave=False):
+        order = names[round_index % len(names):] + names[: round_index % len(names)]
+        for name in order:
+            if name in single_shot and times[name]:
+                continue
+            time.sleep(SETTLE_S)
+            if name not in single_shot:
+                runners[name]()
+            start = time.perf_counter()
+            runners[name]()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

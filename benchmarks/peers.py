@@ -1,0 +1,118 @@
+"""Peer benchmark: edgebert-tvm against PyTorch eager, torch.compile, ONNX Runtime and stock TVM.
+
+ALBERT-base and MiniLM-L6 at batch 1 / sequence 128, batch 1 / sequence 64 and batch 8 /
+sequence 128, all peers in this one process, interleaved, on the same inputs and thread count;
+then a GEMM micro-benchmark on the encoder shapes. Prints medians and ratios against ONNX Runtime
+and writes JSON.
+
+    .venv/bin/python benchmarks/peers.py --json benchmarks/results/peers.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from harness import (  # noqa: E402
+    Deployed,
+    edgebert_tvm_runner,
+    make_inputs,
+    median,
+    ort_runner,
+    set_threads,
+    stock_tvm_runner,
+    time_interleaved,
+    torch_compile_runner,
+    torch_runner,
+)
+from gemm import gemm_benchmark  # noqa: E402
+
+from edgebert_tvm.models.checkpoint import load  # noqa: E402
+
+CONFIGS = [(1, 128), (1, 64), (8, 128)]
+MODELS = ["albert-base", "minilm-l6"]
+SINGLE_SHOT_MS = 5000.0  # slower peers (stock TVM) are timed once
+
+
+def model_benchmark(name: str, batch: int, seq_len: int, threads: int, rounds: int, stock: bool) -> dict:
+    """One model and shape: every peer checked against PyTorch, then timed interleaved."""
+    checkpoint = load(name)
+    deployed = Deployed(checkpoint.model).eval()
+    inputs = make_inputs(batch, seq_len, checkpoint.model.config.vocab_size)
+    runners = {
+        "pytorch": torch_runner(deployed, inputs),
+        "torch.compile": torch_compile_runner(deployed, inputs),
+        "onnxruntime": ort_runner(deployed, inputs, threads),
+        "edgebert-tvm": edgebert_tvm_runner(checkpoint, inputs, threads),
+    }
+    if stock:
+        runners["stock-tvm"] = stock_tvm_runner(checkpoint, inputs, threads)
+    reference = runners["pytorch"]()
+    max_diff, first_ms = {}, {}
+    for peer, run in runners.items():
+        start = time.perf_counter()
+        max_diff[peer] = float(np.abs(run() - reference).max())
+        first_ms[peer] = (time.perf_counter() - start) * 1e3
+    slow = frozenset(peer for peer, ms in first_ms.items() if ms > SINGLE_SHOT_MS)
+    times = time_interleaved(runners, rounds, single_shot=slow)
+    medians = {peer: median(t) for peer, t in times.items()}
+    return {
+        "model": name, "batch": batch, "seq_len": seq_len,
+        "median_ms": medians,
+        "samples": {peer: len(t) for peer, t in times.items()},
+        "ratio_vs_onnxruntime": {peer: m / medians["onnxruntime"] for peer, m in medians.items()},
+        "max_abs_diff_vs_pytorch": max_diff,
+    }
+
+
+def print_table(results: list[dict]) -> None:
+    peers = ["pytorch", "torch.compile", "onnxruntime", "stock-tvm", "edgebert-tvm"]
+    print(f"\n{'model':12s} {'b':>2s} {'seq':>4s} " + " ".join(f"{p:>22s}" for p in peers))
+    for r in results:
+        cells = []
+        for p in peers:
+            if p in r["median_ms"]:
+                cells.append(f"{r['median_ms'][p]:9.1f} ms ({r['ratio_vs_onnxruntime'][p]:5.2f}x)")
+            else:
+                cells.append(f"{'-':>22s}")
+        print(f"{r['model']:12s} {r['batch']:2d} {r['seq_len']:4d} " + " ".join(f"{c:>22s}" for c in cells))
+    print("(median per call; in brackets: ratio to ONNX Runtime, lower is faster)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds per configuration")
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--no-stock-tvm", action="store_true", help="skip stock TVM (minutes per configuration)")
+    parser.add_argument("--skip-gemm", action="store_true")
+    parser.add_argument("--json", default="benchmarks/results/peers.json")
+    args = parser.parse_args()
+    set_threads(args.threads)
+
+    results = []
+    for name in args.models:
+        for batch, seq_len in CONFIGS:
+            print(f"{name} batch {batch} seq {seq_len} ...", flush=True)
+            stock = not args.no_stock_tvm and batch == 1  # untuned TVM takes minutes per batch-8 call
+            results.append(model_benchmark(name, batch, seq_len, args.threads, args.rounds, stock))
+            print_table(results[-1:])
+    print_table(results)
+    gemms = [] if args.skip_gemm else gemm_benchmark(args.threads, args.rounds * 4)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads,
+                               "models": results, "gemm": gemms}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

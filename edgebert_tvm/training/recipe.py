@@ -1,0 +1,322 @@
+"""The EdgeBERT training recipe (DESIGN.md section 4), as two resumable stages.
+
+The word embeddings are magnitude-pruned in one shot first: they stay frozen, so stage 1 adapts
+the encoder to them. Stage 1 fine-tunes the backbone and the final classifier: distillation from a
+fine-tuned teacher (0.9 KL at T=2, times T^2, plus 0.1 CE) or plain CE without one, the adaptive
+span penalty, and movement or magnitude pruning of the encoder on a cubic schedule. Stage 2 trains
+only the off-ramps (sum of CE over exits 1..L-1) with the backbone frozen. Progress is saved every `save_every` steps and a
+rerun with the same output directory resumes from the last save.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from tokenizers import Tokenizer
+
+from ..data import Example, Task, builtin_split, read_tsv, task_for
+from ..evaluate import evaluate_exits, torch_all_exits
+from ..exit_predictor import ExitPredictor, build_predictor
+from ..errors import EdgeBertError
+from ..models.checkpoint import Checkpoint, load, save
+from ..models.config import EdgeBertConfig
+from .batches import batches, encode_examples, num_batches
+from .pruning import METHODS, EncoderPruner, cubic_sparsity, encoder_sparsity, prune_embeddings
+from .state import load_state, read_progress, save_state
+
+STATE_DIR = ".train-state"
+
+
+@dataclasses.dataclass
+class RecipeConfig:
+    """Every setting of a training run; stored in the checkpoint's edgebert.json."""
+
+    backbone: str = "minilm-l6"
+    task: str = "sst2"
+    train_file: str | None = None
+    teacher: str | None = None
+    max_examples: int | None = None
+    max_seq_len: int = 64
+    batch_size: int = 32
+    epochs: float = 1.0
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.06
+    sparsity: float = 0.5
+    pruning: str = "movement"
+    score_lr: float = 1e-2
+    embedding_keep: float = 0.4
+    spans: bool = True
+    span_max: int = 512
+    span_ramp: int = 256
+    span_lr: float = 5e-3
+    span_coeff: float = 5e-6
+    distill_alpha: float = 0.9
+    distill_temperature: float = 2.0
+    offramp_epochs: float = 1.0
+    offramp_lr: float = 5e-4
+    seed: int = 0
+    save_every: int = 200
+
+    def validate(self) -> None:
+        checks = [
+            (0.0 <= self.sparsity < 1.0, f"--sparsity must be in [0, 1), got {self.sparsity}"),
+            (0.0 < self.embedding_keep <= 1.0, f"--embedding-keep must be in (0, 1], got {self.embedding_keep}"),
+            (self.pruning in (*METHODS, "none"), f"--pruning must be one of {', '.join((*METHODS, 'none'))}"),
+            (self.batch_size >= 1 and self.max_seq_len >= 8, "--batch-size must be >= 1 and --max-seq-len >= 8"),
+            (self.epochs > 0 and self.offramp_epochs >= 0, "--epochs must be > 0 and --offramp-epochs >= 0"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise EdgeBertError(message)
+
+
+# The recipe of the built-in `edgebert-sst2` checkpoint: sized to train in about 15 minutes on two
+# cores (a seeded 48k-sentence subset of SST-2 train, one epoch for each stage).
+# Magnitude pruning: movement pruning needs far longer training than this budget allows.
+DEFAULT_RECIPE = RecipeConfig(max_examples=48000, lr=8e-5, pruning="magnitude", offramp_lr=1e-3)
+
+
+def recipe_id(config: RecipeConfig) -> str:
+    """A short stable hash of a recipe, so a changed recipe builds a new cached checkpoint."""
+    return hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+HELD_OUT = 1000
+CALIBRATION_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 14))
+
+
+def _split_examples(config: RecipeConfig, task: Task) -> tuple[list[Example], list[Example]]:
+    """The training examples (a seeded subset when max_examples is set) and up to HELD_OUT unused ones."""
+    path = Path(config.train_file) if config.train_file else builtin_split(task, "train")
+    examples = read_tsv(path, task)
+    order = np.random.default_rng(config.seed).permutation(len(examples))
+    if config.max_examples is None:
+        return examples, []
+    picked, rest = order[: config.max_examples], order[config.max_examples:]
+    if len(picked) < config.batch_size:
+        raise EdgeBertError(f"{path}: {len(picked)} examples, fewer than one batch of {config.batch_size}")
+    return [examples[i] for i in sorted(picked)], [examples[i] for i in sorted(rest[:HELD_OUT])]
+
+
+def calibrate_exits(model: torch.nn.Module, tokenizer: Path, held_out: list[Example], seq_len: int,
+                    max_drop: float = 0.01) -> tuple[float | None, ExitPredictor | None]:
+    """On held-out training sentences (so dev numbers stay honest): the largest entropy threshold
+    whose accuracy is within `max_drop` of full depth, and the exit-layer predictor for it."""
+    if not held_out:
+        return None, None
+    logits = torch_all_exits(model, tokenizer, held_out, seq_len)
+    results = evaluate_exits(logits, np.array([e.label for e in held_out]), CALIBRATION_THRESHOLDS)
+    good = [r.threshold for r in results[1:] if r.accuracy >= results[0].accuracy - max_drop]
+    if not good:
+        return None, None
+    return max(good), build_predictor(logits, max(good))
+
+
+def _lr_factor(step: int, total: int, warmup: float) -> float:
+    warm = max(1, int(total * warmup))
+    return step / warm if step < warm else max(0.0, (total - step) / max(1, total - warm))
+
+
+def _inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    return batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+
+
+def _final_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    ids, mask, types = _inputs(batch)
+    hidden, bias = model.embed(ids, types, mask)
+    for index in range(model.num_layers):
+        hidden = model.layer(index, hidden, bias)
+    return model.exit_logits(model.num_layers - 1, hidden)
+
+
+def _loss_summary(log: list[dict[str, Any]], window: int = 20) -> dict[str, float]:
+    """Mean loss over the first and last `window` steps of each stage (a quarter of short stages)."""
+    summary = {}
+    for stage in (1, 2):
+        losses = [entry["loss"] for entry in log if entry["stage"] == stage]
+        if losses:
+            window = min(window, max(1, len(losses) // 4))
+            summary[f"stage{stage}_first"] = float(np.mean(losses[:window]))
+            summary[f"stage{stage}_last"] = float(np.mean(losses[-window:]))
+    return summary
+
+
+class Trainer:
+    """Runs the recipe for one output directory; `run()` resumes if that directory has a saved state."""
+
+    def __init__(self, config: RecipeConfig, output: Path) -> None:
+        config.validate()
+        self.config = config
+        self.output = output
+        self.state_dir = output.parent / f".{output.name}{STATE_DIR}"
+        self.task = task_for(config.task)
+        _seed_everything(config.seed)
+        spans = None
+        backbone = load(config.backbone)
+        if config.spans:
+            groups = backbone.model.arch.num_distinct_layers(backbone.model.config)
+            spans = [[1.0] * backbone.model.config.num_attention_heads for _ in range(groups)]
+        edgebert = EdgeBertConfig(num_labels=len(self.task.labels), attention_spans=spans, span_max=config.span_max,
+                                  span_ramp=config.span_ramp, task=self.task.name, seq_len=config.max_seq_len)
+        self.checkpoint = load(config.backbone, edgebert)
+        self.model = self.checkpoint.model
+        if self.checkpoint.tokenizer_dir is None:
+            raise EdgeBertError(f"{config.backbone}: has no tokenizer.json; training needs one")
+        self.tokenizer = self.checkpoint.tokenizer_dir / "tokenizer.json"
+        train, self.held_out = _split_examples(config, self.task)
+        self.data = encode_examples(Tokenizer.from_file(str(self.tokenizer)), train, config.max_seq_len)
+        self.teacher = load(config.teacher).model.eval() if config.teacher else None
+        self.pruner = EncoderPruner(self.model, config.pruning) if config.pruning != "none" else None
+        self.log: list[dict[str, Any]] = []
+
+    # -- stage 1 -----------------------------------------------------------------------------
+    def _stage1_optimizer(self) -> torch.optim.Optimizer:
+        model, config = self.model, self.config
+        for p in model.backbone.embeddings.parameters():
+            p.requires_grad_(False)
+        for p in model.offramps.parameters():
+            p.requires_grad_(False)
+        special = {id(p) for p in (self.pruner.scores() if self.pruner else [])}
+        if model.span_z is not None:
+            special.add(id(model.span_z))
+        weights = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
+        groups = [{"params": weights, "lr": config.lr, "weight_decay": config.weight_decay, "name": "weights"}]
+        if self.pruner is not None and self.pruner.scores():
+            groups.append({"params": self.pruner.scores(), "lr": config.score_lr, "weight_decay": 0.0, "name": "scores"})
+        if model.span_z is not None:
+            groups.append({"params": [model.span_z], "lr": config.span_lr, "weight_decay": 0.0, "name": "spans"})
+        return torch.optim.AdamW(groups)
+
+    def _stage1_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        config, model = self.config, self.model
+        logits = _final_logits(model, batch)
+        loss = F.cross_entropy(logits, batch["labels"])
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher = _final_logits(self.teacher, batch)
+            t = config.distill_temperature
+            kl = F.kl_div(F.log_softmax(logits / t, -1), F.softmax(teacher / t, -1), reduction="batchmean") * t * t
+            loss = config.distill_alpha * kl + (1 - config.distill_alpha) * loss
+        if model.span_z is not None:
+            loss = loss + config.span_coeff * config.span_max * model.span_z.mean()
+        return loss
+
+    # -- stage 2 -----------------------------------------------------------------------------
+    def _stage2_optimizer(self) -> torch.optim.Optimizer:
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        for p in self.model.offramps.parameters():
+            p.requires_grad_(True)
+        return torch.optim.AdamW([{"params": list(self.model.offramps.parameters()), "lr": self.config.offramp_lr,
+                                   "weight_decay": self.config.weight_decay, "name": "offramps"}])
+
+    def _stage2_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        model = self.model
+        ids, mask, types = _inputs(batch)
+        with torch.no_grad():
+            hidden, bias = model.embed(ids, types, mask)
+            states = []
+            for index in range(model.num_layers - 1):
+                hidden = model.layer(index, hidden, bias)
+                states.append(hidden)
+        return sum(F.cross_entropy(model.exit_logits(i, h), batch["labels"]) for i, h in enumerate(states))
+
+    # -- driver ------------------------------------------------------------------------------
+    def _run_stage(self, stage: int, epochs: float, optimizer: torch.optim.Optimizer, loss_fn, start: dict) -> None:
+        per_epoch = num_batches(self.data, self.config.batch_size)
+        total = max(1, math.ceil(epochs * per_epoch))
+        step = start.get("step", 0) if start.get("stage") == stage else 0
+        base = [g["lr"] for g in optimizer.param_groups]
+        self.model.train()
+        bar = tqdm(total=total, initial=step, desc=f"stage {stage}", unit="step")
+        while step < total:
+            epoch, skip = divmod(step, per_epoch)
+            for batch in batches(self.data, self.config.batch_size, self.config.seed * 1000 + epoch, skip):
+                if step >= total:
+                    break
+                factor = _lr_factor(step, total, self.config.warmup)
+                for group, lr in zip(optimizer.param_groups, base):
+                    group["lr"] = lr * factor
+                if stage == 1 and self.pruner is not None:
+                    self.pruner.set_sparsity(cubic_sparsity(step, total, self.config.sparsity))
+                loss = loss_fn(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+                optimizer.step()
+                if self.model.span_z is not None:
+                    with torch.no_grad():
+                        self.model.span_z.clamp_(0.0, 1.0)
+                step += 1
+                self.log.append({"stage": stage, "step": step, "loss": loss.item()})
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.update(1)
+                if step % self.config.save_every == 0 and step < total:
+                    for group, lr in zip(optimizer.param_groups, base):
+                        group["lr"] = lr
+                    save_state(self.state_dir, self.model, optimizer, {"stage": stage, "step": step, "log": self.log})
+        bar.close()
+        for group, lr in zip(optimizer.param_groups, base):
+            group["lr"] = lr
+
+    def run(self) -> Checkpoint:
+        started = time.perf_counter()
+        progress = read_progress(self.state_dir) or {}
+        if progress:
+            print(f"resuming stage {progress['stage']} at step {progress['step']} from {self.state_dir}")
+        self.log = progress.get("log", [])
+        if progress.get("stage") == 2:
+            self._finish_stage1()  # the structure of a stage-2 model; the saved weights come next
+            stage2 = self._stage2_optimizer()
+            load_state(self.state_dir, self.model, stage2)
+        else:
+            if self.config.embedding_keep < 1.0:
+                prune_embeddings(self.model, self.config.embedding_keep)
+            stage1 = self._stage1_optimizer()
+            if progress:
+                load_state(self.state_dir, self.model, stage1)
+            self._run_stage(1, self.config.epochs, stage1, self._stage1_loss, progress)
+            self._finish_stage1()
+            stage2 = self._stage2_optimizer()
+            progress = {"stage": 2, "step": 0, "log": self.log}
+            save_state(self.state_dir, self.model, stage2, progress)
+        if self.config.offramp_epochs > 0:
+            self._run_stage(2, self.config.offramp_epochs, stage2, self._stage2_loss, progress)
+        self.model.eval()
+        threshold, predictor = calibrate_exits(self.model, self.tokenizer, self.held_out, self.config.max_seq_len)
+        self.model.edgebert.exit_thresholds = None if threshold is None else [threshold]
+        self.model.edgebert.extra["exit_predictor"] = None if predictor is None else dataclasses.asdict(predictor)
+        self.model.edgebert.extra["recipe"] = dataclasses.asdict(self.config)
+        self.model.edgebert.extra["encoder_sparsity"] = encoder_sparsity(self.model)
+        self.model.edgebert.extra["train_seconds"] = time.perf_counter() - started
+        self.model.edgebert.extra["loss"] = _loss_summary(self.log)
+        save(self.checkpoint, self.output)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        return self.checkpoint
+
+    def _finish_stage1(self) -> None:
+        """Bake the pruning masks into the encoder weights."""
+        if self.pruner is not None and self.pruner.linears and hasattr(self.pruner.linears[0], "parametrizations"):
+            self.pruner.set_sparsity(self.config.sparsity)
+            self.pruner.finalize()

@@ -1,0 +1,125 @@
+"""Default CPU schedules: every kernel scheduled, numerics unchanged on awkward shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from edgebert_tvm.compiler import lowering_pipeline
+from edgebert_tvm.importer import InputSpec, import_model
+from edgebert_tvm.models.checkpoint import load
+from edgebert_tvm.passes.canonicalize import Canonicalize
+from edgebert_tvm.target import make_target
+from edgebert_tvm.target.cpu import unscheduled_functions
+
+
+def _lower(mod: tvm.IRModule) -> tvm.IRModule:
+    target = make_target("llvm")
+    with target:
+        return lowering_pipeline(target)(mod)
+
+
+def _run(mod: tvm.IRModule, *args: np.ndarray) -> np.ndarray:
+    target = make_target("llvm")
+    vm = relax.VirtualMachine(tvm.compile(_lower(mod), target, relax_pipeline=None), tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(a) for a in args]).numpy()
+
+
+def _function(params: dict[str, tuple], body) -> tvm.IRModule:
+    bb = relax.BlockBuilder()
+    variables = [relax.Var(name, relax.TensorType(shape, "float32")) for name, shape in params.items()]
+    with bb.function("main", variables):
+        with bb.dataflow():
+            out = bb.emit_output(body(*variables))
+        bb.emit_func_output(out)
+    return bb.finalize()
+
+
+@pytest.mark.parametrize("model", ["albert-tiny", "tiny-bert"])
+def test_every_kernel_of_the_model_is_scheduled(model, tiny_bert_dir):
+    checkpoint = load(tiny_bert_dir if model == "tiny-bert" else model)
+    lowered = _lower(import_model(checkpoint.model, InputSpec(2, 16)))
+    assert unscheduled_functions(lowered) == []
+
+
+@pytest.mark.real_model
+def test_every_minilm_kernel_is_scheduled():
+    lowered = _lower(import_model(load("minilm-l6").model, InputSpec(1, 32)))
+    assert unscheduled_functions(lowered) == []
+
+
+def test_an_unscheduled_kernel_is_reported():
+    legal = relax.transform.LegalizeOps()(_function({"x": (64, 64)}, lambda x: relax.op.add(x, x)))
+    assert unscheduled_functions(legal) == ["add"]
+    assert unscheduled_functions(_lower(_function({"x": (64, 64)}, lambda x: relax.op.add(x, x)))) == []
+
+
+@pytest.mark.parametrize("m, k, n", [(128, 64, 96), (13, 40, 70), (1, 64, 2), (7, 3, 33), (6, 32, 64)])
+def test_dense_matmul_with_epilogue_on_awkward_shapes(m, k, n):
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((k, n), dtype=np.float32), rng.standard_normal(n, dtype=np.float32)
+    x, r = rng.standard_normal((1, m, k), dtype=np.float32), rng.standard_normal((1, m, n), dtype=np.float32)
+    mod = _function({"x": (1, m, k), "r": (1, m, n)},
+                    lambda xv, rv: relax.op.add(relax.op.tanh(relax.op.add(relax.op.matmul(xv, relax.const(w)),
+                                                                           relax.const(b))), rv))
+    np.testing.assert_allclose(_run(mod, x, r), np.tanh(x @ w + b) + r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch, m, k, n", [(12, 128, 64, 128), (4, 9, 16, 9), (3, 1, 5, 7)])
+def test_batched_matmul(batch, m, k, n):
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((batch, m, k), dtype=np.float32), rng.standard_normal((batch, k, n), dtype=np.float32)
+    mod = _function({"a": a.shape, "b": b.shape}, relax.op.matmul)
+    np.testing.assert_allclose(_run(mod, a, b), a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_math_error_is_small():
+    x = np.linspace(-8, 8, 4096, dtype=np.float32).reshape(4, 1024)
+    import math
+
+    erf = np.vectorize(math.erf)
+    gelu = _run(_function({"x": x.shape}, relax.op.nn.gelu), x)
+    np.testing.assert_allclose(gelu, 0.5 * x * (1 + erf(x / np.sqrt(2))), atol=2e-6)
+    np.testing.assert_allclose(_run(_function({"x": x.shape}, relax.op.tanh), x), np.tanh(x), atol=2e-6)
+    softmax = _run(_function({"x": x.shape}, lambda v: relax.op.nn.softmax(v, axis=-1)), x)
+    expected = np.exp(x - x.max(-1, keepdims=True))
+    np.testing.assert_allclose(softmax, expected / expected.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+
+
+def test_canonicalize_removes_linear_reshapes_and_power(tiny_bert_dir):
+    mod = import_model(load("albert-tiny").model, InputSpec(1, 8))
+
+    def count(m: tvm.IRModule, op: str) -> int:
+        found = []
+        relax.analysis.post_order_visit(
+            m["layer_0"], lambda e: found.append(e) if isinstance(e, relax.Call) and getattr(e.op, "name", "") == op else None
+        )
+        return len(found)
+
+    after = Canonicalize()(mod)
+    assert count(after, "relax.matmul") == count(mod, "relax.matmul") == 8
+    assert count(after, "relax.reshape") < count(mod, "relax.reshape") - 8
+    assert count(mod, "relax.power") == 1 and count(after, "relax.power") == 0
+    inputs = [np.ones((1, 8), np.int64), np.ones((1, 8), np.int64), np.zeros((1, 8), np.int64)]
+    target = make_target("llvm")
+    results = []
+    for m in (mod, after):
+        vm = relax.VirtualMachine(tvm.compile(m, target), tvm.cpu())
+        results.append(vm["all_exits"](*[tvm.runtime.tensor(a) for a in inputs]).numpy())
+    np.testing.assert_allclose(results[0], results[1], atol=1e-5)
+
+
+def test_constant_weights_are_packed_at_compile_time():
+    from edgebert_tvm.target.cpu.common import vector_lanes
+
+    w = np.random.default_rng(2).standard_normal((64, 256), dtype=np.float32)
+    lowered = _lower(_function({"x": (1, 12, 64)}, lambda x: relax.op.matmul(x, relax.const(w))))
+    shapes = []
+    relax.analysis.post_order_visit(
+        lowered["main"],
+        lambda e: shapes.append(tuple(e.value.shape))
+        if isinstance(e, tvm.ir.expr.Constant) and isinstance(e.value, tvm.runtime.Tensor) else None)
+    width = 2 * vector_lanes(make_target("llvm"))
+    assert (256 // width, 64, width) in shapes and (64, 256) not in shapes

@@ -1,0 +1,132 @@
+"""The training recipe on a tiny config: it learns, resumes, writes a loadable checkpoint; bad data fails cleanly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgebert_tvm import cli
+from edgebert_tvm.data import builtin_split, read_tsv, task_for
+from edgebert_tvm.evaluate import evaluate_exits, torch_all_exits
+from edgebert_tvm.models.checkpoint import load
+from edgebert_tvm.training import recipe as recipe_module
+from edgebert_tvm.training.pruning import cubic_sparsity, encoder_sparsity
+from edgebert_tvm.training.recipe import RecipeConfig, Trainer
+
+TINY = dict(max_examples=200, batch_size=20, epochs=20, lr=3e-3, max_seq_len=32, sparsity=0.5, embedding_keep=0.5,
+            offramp_epochs=2, offramp_lr=3e-3, save_every=25)
+
+
+def _train(backbone: Path, out: Path, **overrides) -> Trainer:
+    trainer = Trainer(RecipeConfig(backbone=str(backbone), **{**TINY, **overrides}), out)
+    trainer.run()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tiny_bert_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "trained"
+    _train(tiny_bert_dir, out)
+    return out
+
+
+def test_tiny_recipe_learns_and_writes_a_checkpoint(trained_tiny):
+    out = trained_tiny
+    checkpoint = load(out)
+    extra = checkpoint.model.edgebert.extra
+    assert extra["loss"]["stage1_last"] < extra["loss"]["stage1_first"] - 0.1
+    assert extra["loss"]["stage2_last"] < extra["loss"]["stage2_first"]
+    assert encoder_sparsity(checkpoint.model) == pytest.approx(0.5, abs=0.01)
+    embeddings = checkpoint.model.backbone.embeddings.word_embeddings.weight
+    assert float((embeddings == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    spans = checkpoint.model.edgebert.attention_spans
+    assert len(spans) == 3 and all(0.0 <= z <= 1.0 for row in spans for z in row)
+    task = task_for("sst2")
+    seen = read_tsv(builtin_split(task, "train"), task)
+    picked = np.random.default_rng(0).permutation(len(seen))[:200]
+    examples = [seen[i] for i in sorted(picked)]
+    logits = torch_all_exits(checkpoint.model, out / "tokenizer.json", examples, 32)
+    full, = evaluate_exits(logits, np.array([e.label for e in examples]), [])
+    assert full.accuracy > 0.6  # chance is ~0.55 on this subset's majority class
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_interrupted_training_resumes_to_the_same_result(tiny_bert_dir, tmp_path, monkeypatch, stage):
+    settings = dict(epochs=2, offramp_epochs=2, save_every=5)  # 10 steps per epoch, saves every 5
+    _train(tiny_bert_dir, tmp_path / "straight", **settings)
+
+    class Interrupt(Exception):
+        pass
+
+    loss_name = f"_stage{stage}_loss"
+    original = getattr(Trainer, loss_name)
+    calls = {"n": 0}
+
+    def interrupted(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 13:  # after the saves at steps 5 and 10 of this stage
+            raise Interrupt()
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, loss_name, interrupted)
+    with pytest.raises(Interrupt):
+        _train(tiny_bert_dir, tmp_path / "resumed", **settings)
+    state = tmp_path / f".resumed{recipe_module.STATE_DIR}"
+    assert (state / "state.json").is_file() and not (tmp_path / "resumed").exists()
+    monkeypatch.setattr(Trainer, loss_name, original)
+    _train(tiny_bert_dir, tmp_path / "resumed", **settings)
+    assert not state.exists()
+    a, b = load(tmp_path / "straight").model, load(tmp_path / "resumed").model
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), atol=1e-5, err_msg=name)
+
+
+def test_eval_cli_for_checkpoint_and_artifact(trained_tiny, tmp_path, capsys):
+    assert cli.main(["eval", str(trained_tiny), "--limit", "40", "--seq-len", "32", "--thresholds", "0.2", "0.6",
+                     "--plot", str(tmp_path / "acc.png"), "--json", str(tmp_path / "eval.json")]) == 0
+    torch_results = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert [r["threshold"] for r in torch_results] == ["full depth", 0.2, 0.6]
+    assert sum(torch_results[1]["exit_layer_counts"]) == 40
+    assert (tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(["compile", str(trained_tiny), "-o", str(tmp_path / "A"), "--seq-len", "32"]) == 0
+    assert cli.main(["eval", str(tmp_path / "A"), "--limit", "40", "--thresholds", "0.2", "0.6",
+                     "--json", str(tmp_path / "eval-artifact.json")]) == 0
+    artifact_results = json.loads((tmp_path / "eval-artifact.json").read_text())["results"]
+    for ours, theirs in zip(artifact_results, torch_results):
+        assert ours["exit_layer_counts"] == theirs["exit_layer_counts"]
+        assert ours["accuracy"] == pytest.approx(theirs["accuracy"])
+
+
+def test_cubic_schedule():
+    assert cubic_sparsity(0, 100, 0.5) == 0.0
+    assert cubic_sparsity(10, 100, 0.5) == 0.0
+    assert 0.0 < cubic_sparsity(30, 100, 0.5) < cubic_sparsity(60, 100, 0.5) < 0.5
+    assert cubic_sparsity(85, 100, 0.5) == pytest.approx(0.5)
+
+
+def _fails(capsys, *args: str, match: str) -> None:
+    assert cli.main(list(args)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err, err
+
+
+def test_bad_training_data(capsys, tiny_bert_dir, tmp_path):
+    common = ["train", "--backbone", str(tiny_bert_dir), "-o", str(tmp_path / "out")]
+    _fails(capsys, *common, "--train-file", str(tmp_path / "missing.tsv"), match="no such TSV")
+    (tmp_path / "cols.tsv").write_text("text\tlabel\nhello\t1\n")
+    _fails(capsys, *common, "--train-file", str(tmp_path / "cols.tsv"), match="missing column(s) sentence")
+    (tmp_path / "labels.tsv").write_text("sentence\tlabel\nhello\t1\nbye\t7\n")
+    _fails(capsys, *common, "--train-file", str(tmp_path / "labels.tsv"), match="label '7' is not one of 0, 1")
+    _fails(capsys, *common, "--task", "mrpc", match="unknown task 'mrpc'")
+    _fails(capsys, *common, "--sparsity", "1.5", match="--sparsity must be in [0, 1)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_default_recipe_is_recorded():
+    assert dataclasses.asdict(recipe_module.DEFAULT_RECIPE)["pruning"] == "magnitude"
+    assert recipe_module.recipe_id(recipe_module.DEFAULT_RECIPE) == recipe_module.recipe_id(
+        dataclasses.replace(recipe_module.DEFAULT_RECIPE))
