@@ -3,7 +3,7 @@
 The default EdgeBERT checkpoint compiled with entropy early exit (at its calibrated threshold, or
 --threshold) against the same checkpoint compiled without exits, ONNX Runtime and PyTorch running the
 full model, and PyTorch's layer-by-layer early exit (the EdgeBERT reference behaviour); all in one
-process, batch 1, every dev sentence, interleaved per sentence. Prints a table per exit layer and
+process, batch 1, every dev sentence, interleaved in blocks of sentences. Prints a table per exit layer and
 the medians and means with ratios; writes JSON.
 
     .venv/bin/python benchmarks/early_exit.py --json benchmarks/results/early_exit.json
@@ -25,7 +25,7 @@ from tvm import relax
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import INPUT_ORDER, Deployed, ort_session, set_threads  # noqa: E402
+from harness import INPUT_ORDER, SETTLE_S, Deployed, ort_session, set_threads  # noqa: E402
 
 from edgebert_tvm.compiler import CompileOptions, compile_model  # noqa: E402
 from edgebert_tvm.data import builtin_split, read_tsv, task_for  # noqa: E402
@@ -33,6 +33,7 @@ from edgebert_tvm.inputs import encode, load_tokenizer  # noqa: E402
 from edgebert_tvm.models.checkpoint import load  # noqa: E402
 from edgebert_tvm.models.modeling import early_exit  # noqa: E402
 
+BLOCK = 50
 PEERS = ("edgebert-tvm exit", "edgebert-tvm full", "onnxruntime full", "pytorch full", "pytorch exit")
 
 
@@ -62,30 +63,39 @@ def main() -> None:
     exit_vm, full_vm = vm_for([threshold]), vm_for(None)
     session = ort_session(Deployed(model).eval(), {k: v[:1] for k, v in inputs.items()}, args.threads)
 
-    times = {peer: [] for peer in PEERS}
-    exit_layer = []
+    times = {peer: [0.0] * len(examples) for peer in PEERS}
+    exit_layer = [0] * len(examples)
     thresholds = [threshold] * (model.num_layers - 1)
     deployed = Deployed(model).eval()
-    for row in tqdm(range(len(examples)), desc="sentences", unit="sentence"):
+
+    def call(peer: str, row: int):
         one = {k: v[row:row + 1] for k, v in inputs.items()}
-        args_tvm = [tvm.runtime.tensor(one[k]) for k in INPUT_ORDER]
+        if peer.startswith("edgebert-tvm"):
+            vm = exit_vm if peer == "edgebert-tvm exit" else full_vm
+            args_tvm = [tvm.runtime.tensor(one[k]) for k in INPUT_ORDER]
+            return lambda: vm["main"](*args_tvm)
+        if peer == "onnxruntime full":
+            return lambda: session.run(None, one)
         tensors = [torch.from_numpy(one[k]) for k in INPUT_ORDER]
-        calls = {
-            "edgebert-tvm exit": lambda: exit_vm["main"](*args_tvm),
-            "edgebert-tvm full": lambda: full_vm["main"](*args_tvm),
-            "onnxruntime full": lambda: session.run(None, one),
-            "pytorch full": lambda: deployed(*tensors),
-            "pytorch exit": lambda: early_exit(model, *tensors, thresholds),
-        }
-        order = PEERS[row % len(PEERS):] + PEERS[: row % len(PEERS)]
-        with torch.no_grad():
-            for peer in order:
-                calls[peer]()  # warm: each runtime's threads awake, as in a serving loop
-                start = time.perf_counter()
-                out = calls[peer]()
-                times[peer].append((time.perf_counter() - start) * 1e3)
-                if peer == "edgebert-tvm exit":
-                    exit_layer.append(int(out[1].numpy()[0]))
+        if peer == "pytorch full":
+            return lambda: deployed(*tensors)
+        return lambda: early_exit(model, *tensors, thresholds)
+
+    # Interleaved in blocks of sentences: each peer runs a block back to back (its threads warm, as
+    # in a serving loop), after a pause that lets the previous peer's spinning threads go quiet.
+    blocks = range(0, len(examples), BLOCK)
+    with torch.no_grad():
+        for index, start in enumerate(tqdm(blocks, desc="blocks of sentences", unit="block")):
+            for peer in PEERS[index % len(PEERS):] + PEERS[: index % len(PEERS)]:
+                time.sleep(SETTLE_S)
+                for row in range(start, min(start + BLOCK, len(examples))):
+                    run = call(peer, row)
+                    run()
+                    begin = time.perf_counter()
+                    out = run()
+                    times[peer][row] = (time.perf_counter() - begin) * 1e3
+                    if peer == "edgebert-tvm exit":
+                        exit_layer[row] = int(out[1].numpy()[0])
     exit_layer = np.array(exit_layer)
     per_layer = {}
     print(f"\n{args.model}, threshold {threshold:g}, {len(examples)} {task.name} dev sentences, batch 1, seq {seq_len}")
