@@ -98,11 +98,11 @@ class RunResult:
 class Artifact:
     """A compiled model loaded onto the Relax VM of its target's device."""
 
-    def __init__(self, directory: Path, metadata: dict[str, Any], vm: relax.VirtualMachine) -> None:
+    def __init__(self, directory: Path, metadata: dict[str, Any], vm: relax.VirtualMachine, device: tvm.runtime.Device) -> None:
         self.directory = directory
         self.metadata = metadata
         self.vm = vm
-        self.device = vm.devices[0] if hasattr(vm, "devices") else tvm.cpu()
+        self.device = device
 
     @classmethod
     def load(cls, directory: Path) -> "Artifact":
@@ -125,7 +125,7 @@ class Artifact:
             library = tvm.runtime.load_module(str(lib_path))
         except tvm.error.TVMError as err:
             raise EdgeBertError(f"{lib_path}: cannot load library ({str(err).splitlines()[0]})") from None
-        return cls(directory, meta, relax.VirtualMachine(library, device))
+        return cls(directory, meta, relax.VirtualMachine(library, device), device)
 
     @property
     def batch(self) -> int:

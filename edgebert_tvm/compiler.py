@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import tvm
@@ -68,7 +69,8 @@ def constant_bytes(mod: tvm.IRModule) -> int:
 
     def visit(expr: relax.Expr) -> None:
         if isinstance(expr, tvm.ir.expr.Constant) and isinstance(expr.value, tvm.runtime.Tensor):
-            seen[expr.value] = expr.value.numpy().nbytes
+            tensor = expr.value
+            seen[tensor] = math.prod(tensor.shape) * tvm.runtime.DataType(tensor.dtype).itemsize
 
     for _, func in mod.functions_items():
         if isinstance(func, relax.Function):

@@ -87,16 +87,15 @@ class _Chain:
         return relax.SeqExpr([relax.BindingBlock(bindings)], result)
 
 
-def _block_calls(func: relax.Function, mod: tvm.IRModule) -> list[tuple[str, relax.GlobalVar, int | None]]:
-    """The block functions `func` calls, in order: (block kind, callee, exit layer)."""
+def _block_calls(func: relax.Function, mod: tvm.IRModule) -> list[tuple[str, relax.GlobalVar]]:
+    """The block functions `func` calls, in order: (block kind, callee)."""
     calls = []
 
     def visit(expr: relax.Expr) -> None:
         if isinstance(expr, relax.Call) and isinstance(expr.op, relax.GlobalVar):
             callee = mod[expr.op]
             if callee.attrs is not None and BLOCK_ATTR in callee.attrs:
-                layer = callee.attrs[LAYER_ATTR] if LAYER_ATTR in callee.attrs else None
-                calls.append((str(callee.attrs[BLOCK_ATTR]), expr.op, layer))
+                calls.append((str(callee.attrs[BLOCK_ATTR]), expr.op))
 
     relax.analysis.post_order_visit(func.body, visit)
     return calls
@@ -112,14 +111,13 @@ class FoldEntropyExit:
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         main = mod["main"]
         calls = _block_calls(main, mod)
-        layers = [gv for kind, gv, _ in calls if kind == "layer"]
-        exits = {layer: gv for kind, gv, layer in calls if kind == "exit"}
-        exits.update({int(f.attrs[LAYER_ATTR]): gv for gv, f in mod.functions_items()
-                      if f.attrs is not None and f.attrs.get(BLOCK_ATTR) == "exit"})
+        layers = [gv for kind, gv in calls if kind == "layer"]
+        exits = {int(f.attrs[LAYER_ATTR]): gv for gv, f in mod.functions_items()
+                 if f.attrs is not None and f.attrs.get(BLOCK_ATTR) == "exit"}
         if not layers or sorted(exits) != list(range(1, len(layers) + 1)):
             raise EdgeBertError("FoldEntropyExit needs a module from the structured importer (layers and exits)")
         thresholds = check_thresholds(self.thresholds, len(layers))
-        embeddings = next(gv for kind, gv, _ in calls if kind == "embeddings")
+        embeddings = next(gv for kind, gv in calls if kind == "embeddings")
         batch = int(main.params[0].ty.shape[0])
 
         others = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint != "main"}, attrs=mod.attrs)

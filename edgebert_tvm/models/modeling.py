@@ -104,6 +104,12 @@ class EdgeBertForSequenceClassification(nn.Module):
             raise EdgeBertError(f"attention_spans must have shape {list(expected)} (layers x heads), got {list(z.shape)}")
         return z
 
+    def enable_spans(self, z: float = 1.0) -> None:
+        """Start learning an attention span per head, every one at `z` (1.0: the full span)."""
+        rows = self.arch.num_distinct_layers(self.config)
+        self.edgebert.attention_spans = [[z] * self.config.num_attention_heads for _ in range(rows)]
+        self.span_z = nn.Parameter(self._span_tensor(self.edgebert.attention_spans))
+
     @property
     def num_layers(self) -> int:
         return self.config.num_hidden_layers

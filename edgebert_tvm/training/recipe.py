@@ -172,15 +172,12 @@ class Trainer:
         self.state_dir = output.parent / f".{output.name}{STATE_DIR}"
         self.task = task_for(config.task)
         _seed_everything(config.seed)
-        spans = None
-        backbone = load(config.backbone)
-        if config.spans:
-            groups = backbone.model.arch.num_distinct_layers(backbone.model.config)
-            spans = [[1.0] * backbone.model.config.num_attention_heads for _ in range(groups)]
-        edgebert = EdgeBertConfig(num_labels=len(self.task.labels), attention_spans=spans, span_max=config.span_max,
+        edgebert = EdgeBertConfig(num_labels=len(self.task.labels), span_max=config.span_max,
                                   span_ramp=config.span_ramp, task=self.task.name, seq_len=config.max_seq_len)
         self.checkpoint = load(config.backbone, edgebert)
         self.model = self.checkpoint.model
+        if config.spans:
+            self.model.enable_spans()
         if self.checkpoint.tokenizer_dir is None:
             raise EdgeBertError(f"{config.backbone}: has no tokenizer.json; training needs one")
         self.tokenizer = self.checkpoint.tokenizer_dir / "tokenizer.json"
