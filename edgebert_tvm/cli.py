@@ -12,8 +12,9 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,13 +41,30 @@ def cmd_compile(args: argparse.Namespace) -> None:
 
     check_output_directory(Path(args.output))
     options = CompileOptions(target=args.target, batch=args.batch, seq_len=args.seq_len, num_cores=args.num_cores,
-                             exit_thresholds=args.exit_threshold)
+                             exit_thresholds=args.exit_threshold,
+                             span_folding=None if args.span_folding == "off" else args.span_folding,
+                             attention_spans=_read_spans(Path(args.spans)) if args.spans else None)
     checkpoint = load(args.model)
     compiled = compile_model(checkpoint, options)
     write_artifact(checkpoint, compiled, options, Path(args.output))
     total = sum(compiled.compile_seconds.values())
     print(f"compiled {checkpoint.source} for {options.target} (batch {options.batch}, seq {options.seq_len}) "
           f"in {total:.1f} s -> {args.output}")
+
+
+def _read_spans(path: Path) -> Any:
+    """Spans from a JSON file: a list of rows (layers x heads), or an object with `attention_spans`
+    (an edgebert.json)."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise EdgeBertError(f"{path}: cannot read spans ({err.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise EdgeBertError(f"{path}: not valid JSON ({err})") from None
+    spans = data.get("attention_spans") if isinstance(data, dict) else data
+    if not isinstance(spans, list):
+        raise EdgeBertError(f"{path}: expected a list of span rows or an object with attention_spans")
+    return spans
 
 
 def _read_inputs(args: argparse.Namespace, artifact: Any) -> tuple[dict[str, np.ndarray], list[str] | None]:
@@ -192,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-threshold", type=_number, nargs="+", metavar="T",
                    help="fold entropy early exit into the graph: one threshold (nats) for every exit, "
                         "or one per exit before the last layer")
+    p.add_argument("--span-folding", choices=["keys", "heads", "mask", "off"], default="keys",
+                   help="fold attention spans: constant masks (mask), + dead heads removed (heads), + each head "
+                        "reads only the keys its span reaches (keys, the default); off keeps the run-time mask")
+    p.add_argument("--spans", metavar="FILE",
+                   help="JSON spans (layers x heads, z in [0, 1]) to fold instead of the checkpoint's")
     p.set_defaults(func=cmd_compile)
 
     p = commands.add_parser("run", help="run an artifact on text or an .npz of inputs",

@@ -5,15 +5,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from typing import Any
 
 import tvm
 from tvm import relax
 
 from .errors import EdgeBertError
-from .passes.canonicalize import Canonicalize
-from .passes.fold_entropy_exit import FoldEntropyExit, check_thresholds
 from .importer import InputSpec, import_model
 from .models.checkpoint import Checkpoint
+from .models.config import EdgeBertConfig
+from .passes.canonicalize import Canonicalize
+from .passes.fold_attention_span import LEVELS as SPAN_LEVELS
+from .passes.fold_attention_span import FoldAttentionSpan, check_spans, span_plan
+from .passes.fold_entropy_exit import FoldEntropyExit, check_thresholds
 from .target import make_target
 from .target.cpu import cpu_pipeline, unscheduled_functions
 
@@ -27,6 +31,8 @@ class CompileOptions:
     seq_len: int = 128
     num_cores: int | None = None
     exit_thresholds: list[float] | None = None
+    span_folding: str | None = "keys"  # None keeps the run-time span mask
+    attention_spans: list[list[float]] | None = None  # overrides the checkpoint's spans
 
     def validate(self, max_positions: int) -> None:
         if self.batch < 1:
@@ -35,6 +41,9 @@ class CompileOptions:
             raise EdgeBertError(f"--seq-len must be in [1, {max_positions}] for this model, got {self.seq_len}")
         if self.num_cores is not None and self.num_cores < 1:
             raise EdgeBertError(f"--num-cores must be >= 1, got {self.num_cores}")
+        if self.span_folding is not None and self.span_folding not in SPAN_LEVELS:
+            raise EdgeBertError(f"--span-folding must be one of {', '.join(SPAN_LEVELS)} or off, "
+                                f"got {self.span_folding!r}")
 
 
 @dataclasses.dataclass
@@ -47,11 +56,23 @@ class CompiledModel:
     constant_bytes: int
     compile_seconds: dict[str, float]
     unscheduled: list[str]
+    reports: dict[str, Any]  # what the EdgeBERT passes did, for the artifact's metadata
 
 
-def edgebert_passes(options: CompileOptions) -> list[tvm.transform.Pass]:
-    """The EdgeBERT graph-level passes selected by `options`, in pipeline order (DESIGN.md section 2)."""
+def folded_spans(options: CompileOptions, edgebert: EdgeBertConfig) -> list[list[float]] | None:
+    """The spans FoldAttentionSpan folds: the override, else the checkpoint's; None if not folding."""
+    spans = options.attention_spans if options.attention_spans is not None else edgebert.attention_spans
+    return spans if options.span_folding is not None else None
+
+
+def edgebert_passes(options: CompileOptions, edgebert: EdgeBertConfig) -> list[tvm.transform.Pass]:
+    """The EdgeBERT graph-level passes selected by `options` for a model with `edgebert` settings,
+    in pipeline order (DESIGN.md section 2)."""
     passes: list[tvm.transform.Pass] = []
+    spans = folded_spans(options, edgebert)
+    if spans is not None:
+        passes.append(FoldAttentionSpan(spans, edgebert.span_max, edgebert.span_ramp, edgebert.seq_len,
+                                        options.span_folding))
     if options.exit_thresholds is not None:
         passes.append(FoldEntropyExit(options.exit_thresholds))
     return passes
@@ -83,12 +104,23 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     options.validate(checkpoint.model.config.max_position_embeddings)
     if options.exit_thresholds is not None:
         options.exit_thresholds = check_thresholds(options.exit_thresholds, checkpoint.model.num_layers)
+    model = checkpoint.model
+    reports: dict[str, Any] = {}
+    spans = folded_spans(options, model.edgebert)
+    if spans is not None:
+        z = check_spans(spans, model.arch.num_distinct_layers(model.config), model.config.num_attention_heads)
+        edgebert = model.edgebert
+        reports["attention_spans"] = {
+            "level": options.span_folding, "spans": z.tolist(),
+            "layer_groups": span_plan(z, options.seq_len, edgebert.span_max, edgebert.span_ramp, edgebert.seq_len,
+                                      options.span_folding),
+        }
     target = make_target(options.target, options.num_cores)
     seconds = {}
     start = time.perf_counter()
     mod = import_model(checkpoint.model, InputSpec(options.batch, options.seq_len))
     seconds["import"] = time.perf_counter() - start
-    passes = edgebert_passes(options)
+    passes = edgebert_passes(options, checkpoint.model.edgebert)
     start = time.perf_counter()
     with target:
         mod = tvm.transform.Sequential(passes)(mod)
@@ -98,5 +130,6 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     executable = tvm.compile(mod, target, relax_pipeline=None)
     seconds["build"] = time.perf_counter() - start
     return CompiledModel(
-        executable, target, [p.info.name for p in passes], constant_bytes(mod), seconds, unscheduled_functions(mod)
+        executable, target, [p.info.name for p in passes], constant_bytes(mod), seconds, unscheduled_functions(mod),
+        reports,
     )

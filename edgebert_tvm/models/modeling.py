@@ -20,6 +20,12 @@ from .architectures import Architecture, LayerParts, architecture_for
 from .config import EdgeBertConfig
 
 
+# Guard of the span renormalisation: small enough that rows are renormalised exactly (a head whose
+# unmasked keys hold 1e-8 of the probability still attends to them), large enough that a row with
+# no unmasked key stays zero instead of 0/0.
+SPAN_RENORM_EPS = 1e-30
+
+
 def span_mask(span_z: torch.Tensor, seq_len: int, span_max: int, span_ramp: int, padded_len: int | None = None) -> torch.Tensor:
     """Adaptive attention span mask (heads, seq_len) by key index j.
 
@@ -54,7 +60,7 @@ def encoder_layer(
     probs = F.softmax(scores, dim=-1)
     if span is not None:
         probs = probs * span[None, :, None, :]
-        probs = probs / (probs.sum(dim=-1, keepdim=True) + 1e-8)
+        probs = probs / (probs.sum(dim=-1, keepdim=True) + SPAN_RENORM_EPS)
     probs = F.dropout(probs, p=dropout, training=dropout > 0)
     context = torch.matmul(probs, v).transpose(1, 2).reshape(batch, seq, width)
     attn = F.dropout(parts.attn_out(context), p=dropout, training=dropout > 0)

@@ -17,11 +17,15 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
-from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumers, auto_inline_producers, get_index_map, get_reduction_blocks
+from tvm.s_tir.dlight.gpu.matmul import (
+    auto_inline_consumers,
+    auto_inline_producers,
+    get_index_map,
+    get_reduction_blocks,
+)
 from tvm.target import Target
 
 from .common import const_extent, vector_lanes
-
 
 
 def _is_var(expr: tirx.Expr, var: tirx.Var) -> bool:
@@ -78,6 +82,26 @@ def _pack_constant_weight(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, fu
             return
 
 
+def _inline_side_inputs(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV) -> None:
+    """Inline elementwise blocks after the matmul that feed the epilogue without reading the
+    product (a per-row scale, say): left at the root they keep the epilogue out of the tiles."""
+    product = sch.get(main)
+    after_main = False
+    for block in sch.get_child_blocks(get_root_block(sch)):
+        stmt = sch.get(block)
+        if stmt.same_as(product):
+            after_main = True
+            continue
+        if (not after_main or not sch.get_consumers(block)
+                or any(it.iter_type != tirx.IterVar.DataPar for it in stmt.iter_vars)
+                or any(sch.get(p).same_as(product) for p in sch.get_producers(block))):
+            continue
+        try:
+            sch.compute_inline(block)
+        except s_tir.ScheduleError:
+            pass  # not inlinable: it stays at the root, as before
+
+
 class Matmul(CPUScheduleRule):
     """Register-tiled matmul (dense or batched) with its fused epilogue."""
 
@@ -93,6 +117,7 @@ class Matmul(CPUScheduleRule):
         if get_index_map(stmt) is None or not _row_major_operands(stmt):
             return None
         auto_inline_producers(sch, main)
+        _inline_side_inputs(sch, main)
 
         *batch, i, j, k = sch.get_loops(main)
         rows, cols = const_extent(sch, i), const_extent(sch, j)
