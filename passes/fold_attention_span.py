@@ -166,13 +166,15 @@ def find_attention(func: relax.Function) -> Attention:
     if qk is None or scale is None or scale.size != 1:
         raise EdgeBertError("FoldAttentionSpan: attention scores are not matmul(q, k) * scale + bias")
     hidden, query = _projection(graph, qk.args[0])
-    _, key = _projection(graph, qk.args[1])
+    key_input, key = _projection(graph, qk.args[1])
     context = [(var, call) for var, call in graph.calls("relax.matmul")
                if graph.through(call.args[0], VIEW_OPS | MASK_OPS).same_as(probs)]
     if len(context) != 1:
         raise EdgeBertError("FoldAttentionSpan: no single matmul reads the attention probabilities")
     context_var, context_call = context[0]
-    _, value = _projection(graph, context_call.args[1])
+    value_input, value = _projection(graph, context_call.args[1])
+    if not (key_input.same_as(hidden) and value_input.same_as(hidden)):
+        raise EdgeBertError("FoldAttentionSpan: Q, K and V do not project the same hidden state (not self-attention)")
     outputs = [(var, found[1]) for var, call in graph.calls("relax.matmul")
                if graph.through(call.args[0], VIEW_OPS).same_as(context_var)
                and (found := _weight_matmul(graph, var)) is not None]
