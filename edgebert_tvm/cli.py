@@ -40,7 +40,7 @@ def cmd_compile(args: argparse.Namespace) -> None:
 
     check_output_directory(Path(args.output))
     options = CompileOptions(target=args.target, batch=args.batch, seq_len=args.seq_len, num_cores=args.num_cores,
-                             exit_thresholds=args.exit_threshold)
+                             exit_thresholds=args.exit_threshold, weight_format=args.weights, exp_bits=args.exp_bits)
     checkpoint = load(args.model)
     compiled = compile_model(checkpoint, options)
     write_artifact(checkpoint, compiled, options, Path(args.output))
@@ -192,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-threshold", type=_number, nargs="+", metavar="T",
                    help="fold entropy early exit into the graph: one threshold (nats) for every exit, "
                         "or one per exit before the last layer")
+    p.add_argument("--weights", metavar="FORMAT",
+                   help="store weights as adaptivfloatN (N = 4..16 bits, e.g. adaptivfloat8), decoded inside the "
+                        "matmul and embedding kernels (default: float32)")
+    p.add_argument("--exp-bits", type=_positive_int, default=3,
+                   help="AdaptivFloat exponent bits (default 3, the EdgeBERT accelerator's; needs < N-1)")
     p.set_defaults(func=cmd_compile)
 
     p = commands.add_parser("run", help="run an artifact on text or an .npz of inputs",

@@ -26,6 +26,9 @@ from ..adaptivfloat.registry import METADATA_ATTR, AdaptivFloatFormat
 from .canonicalize import FoldLinearReshape
 
 WEIGHT = "weight"  # the PrimFunc parameter holding the codes; its key in the metadata attribute
+# relax.transform.OpPatternKind: TVM's pattern analysis sees a matmul only in `C += A * B`; the cast on B
+# hides it (the kernel would look like a plain reduction, and bias + activation would not fuse after it).
+OUT_ELEMWISE_FUSABLE = 4
 
 
 def _static_shape(expr: relax.Expr) -> list[int] | None:
@@ -54,7 +57,8 @@ def matmul_kernel(x_shape: list[int], n: int, fmt: AdaptivFloatFormat) -> tvm.ti
     out = te.compute(
         (*lead, *_i64([n])), lambda *i: te.sum(x[(*i[:-1], k)] * weight[k, i[-1]].astype("float32"), axis=k), name="matmul"
     )
-    return _kernel([x, weight, out]).with_attr(METADATA_ATTR, {WEIGHT: fmt.as_metadata()})
+    kernel = _kernel([x, weight, out]).with_attr(METADATA_ATTR, {WEIGHT: fmt.as_metadata()})
+    return kernel.with_attr("op_pattern", OUT_ELEMWISE_FUSABLE)
 
 
 def take_kernel(table_shape: list[int], ids_shape: list[int], ids_dtype: str, fmt: AdaptivFloatFormat) -> tvm.tirx.PrimFunc:
