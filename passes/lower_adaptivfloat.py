@@ -63,7 +63,6 @@ def _check_range(name: str, fmt: AdaptivFloatFormat) -> None:
 
 def lower_function(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """`func` with its AdaptivFloat buffers as integer storage and decoded casts (unchanged if it has none)."""
-    custom: dict[str, AdaptivFloatFormat] = {}
     formats = _formats(func)
 
     def format_of(buffer: Var) -> AdaptivFloatFormat:
@@ -74,34 +73,42 @@ def lower_function(func: tirx.PrimFunc) -> tirx.PrimFunc:
         if buffer.ty.dtype.dtype.bits != fmt.bits:
             raise EdgeBertError(f"AdaptivFloat buffer {name}: dtype width differs from its metadata ({fmt.bits} bits)")
         _check_range(name, fmt)
-        custom[name] = fmt
         return fmt
 
-    def decode_cast(cast: tirx.Cast) -> tirx.PrimExpr:
-        value = cast.value
-        if not (isinstance(value, TensorLoad) and _is_custom_buffer(value.source)):
-            if is_adaptivfloat(cast.ty.dtype):
-                raise EdgeBertError("LowerAdaptivFloat decodes AdaptivFloat loads; it cannot encode (cast to AdaptivFloat)")
-            return cast
-        fmt = format_of(value.source)
-        decoded = decode_expr(tirx.reinterpret(fmt.storage_dtype, value), fmt)
-        return decoded if str(cast.ty.dtype) == "float32" else tirx.Cast(str(cast.ty.dtype), decoded)
-
-    func = tvm_ffi.structural_map(func, [(tirx.Cast, decode_cast)])
     retyped: dict[Var, Var] = {}
+    storage_format: dict[Var, AdaptivFloatFormat] = {}
 
     def retype_buffer(var: Var) -> Var:
         if not _is_custom_buffer(var):
             return var
         if var not in retyped:
-            fmt = custom.get(str(var.name)) or format_of(var)
+            fmt = format_of(var)
             retyped[var] = var.with_dtype(fmt.storage_dtype)
+            storage_format[retyped[var]] = fmt
         return retyped[var]
 
-    def reload(load: TensorLoad) -> tirx.PrimExpr:
-        return tirx.BufferLoad(load.source, load.indices) if isinstance(load.source.ty, tirx.BufferType) else load
+    def retyped_format(load: tirx.PrimExpr) -> AdaptivFloatFormat | None:
+        if not isinstance(load, TensorLoad):
+            return None
+        return next((fmt for new, fmt in storage_format.items() if load.source.same_as(new)), None)
 
-    return tvm_ffi.structural_map(func, [(Var, retype_buffer), (TensorLoad, reload)])
+    def reload(load: TensorLoad) -> tirx.PrimExpr:
+        """A load of a retyped buffer, rebuilt so that its type is the storage type."""
+        return tirx.BufferLoad(load.source, load.indices) if retyped_format(load) is not None else load
+
+    def decode_cast(cast: tirx.Cast) -> tirx.PrimExpr:
+        if is_adaptivfloat(cast.ty.dtype):
+            raise EdgeBertError("LowerAdaptivFloat decodes AdaptivFloat loads; it cannot encode (cast to AdaptivFloat)")
+        fmt = retyped_format(cast.value)
+        if fmt is None:
+            return cast
+        decoded = decode_expr(cast.value, fmt)
+        return decoded if str(cast.ty.dtype) == "float32" else tirx.Cast(str(cast.ty.dtype), decoded)
+
+    func = tvm_ffi.structural_map(func, [(Var, retype_buffer), (TensorLoad, reload)])
+    if not retyped:
+        return func  # no AdaptivFloat buffers (casts to AdaptivFloat need one to store into)
+    return tvm_ffi.structural_map(func, [(tirx.Cast, decode_cast)])
 
 
 @tirx.transform.prim_func_pass(opt_level=0, name="edgebert.LowerAdaptivFloat")
@@ -109,9 +116,7 @@ class LowerAdaptivFloat:
     """custom[adaptivfloat]N buffers -> uint8/uint16 storage; casts from them -> integer decode."""
 
     def transform_function(self, func: tirx.PrimFunc, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tirx.PrimFunc:
-        if func.attrs is None or METADATA_ATTR not in func.attrs:
-            return func
-        return lower_function(func)
+        return lower_function(func)  # unchanged without AdaptivFloat buffers; an error if one lacks its format
 
 
 def edgebert_tir_pipeline():
