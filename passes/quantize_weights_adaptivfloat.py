@@ -23,19 +23,12 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from ..adaptivfloat.quantizer import check_format, encode
 from ..adaptivfloat.registry import METADATA_ATTR, AdaptivFloatFormat
-from .canonicalize import FoldLinearReshape
+from .canonicalize import FoldLinearReshape, _shape as _static_shape
 
 WEIGHT = "weight"  # the PrimFunc parameter holding the codes; its key in the metadata attribute
 # relax.transform.OpPatternKind: TVM's pattern analysis sees a matmul only in `C += A * B`; the cast on B
 # hides it (the kernel would look like a plain reduction, and bias + activation would not fuse after it).
 OUT_ELEMWISE_FUSABLE = 4
-
-
-def _static_shape(expr: relax.Expr) -> list[int] | None:
-    shape = getattr(expr.ty, "shape", None)
-    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
-        return None
-    return [int(d) for d in shape]
 
 
 def _i64(dims) -> list[tvm.tirx.IntImm]:
