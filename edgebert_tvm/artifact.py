@@ -72,6 +72,8 @@ def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", options:
         "target": {"name": options.target, "tvm": str(compiled.target)},
         "passes": compiled.passes,
         "exit_thresholds": options.exit_thresholds,
+        "weight_format": (None if options.weight_format is None
+                          else {"name": options.weight_format, "bits": options.weight_bits, "exp_bits": options.exp_bits}),
         "exit_predictor": _predictor_for(model.edgebert.extra.get("exit_predictor"), options.exit_thresholds),
         "edgebert": model.edgebert.to_dict(),
         "constant_bytes": compiled.constant_bytes,

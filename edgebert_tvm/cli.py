@@ -43,7 +43,8 @@ def cmd_compile(args: argparse.Namespace) -> None:
     options = CompileOptions(target=args.target, batch=args.batch, seq_len=args.seq_len, num_cores=args.num_cores,
                              exit_thresholds=args.exit_threshold,
                              span_folding=None if args.span_folding == "off" else args.span_folding,
-                             attention_spans=_read_spans(Path(args.spans)) if args.spans else None)
+                             attention_spans=_read_spans(Path(args.spans)) if args.spans else None,
+                             weight_format=args.weights, exp_bits=args.exp_bits)
     checkpoint = load(args.model)
     compiled = compile_model(checkpoint, options)
     write_artifact(checkpoint, compiled, options, Path(args.output))
@@ -215,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "reads only the keys its span reaches (keys, the default); off keeps the run-time mask")
     p.add_argument("--spans", metavar="FILE",
                    help="JSON spans (layers x heads, z in [0, 1]) to fold instead of the checkpoint's")
+    p.add_argument("--weights", metavar="FORMAT",
+                   help="store weights as adaptivfloatN (N = 4..16 bits, e.g. adaptivfloat8), decoded inside the "
+                        "matmul and embedding kernels (default: float32)")
+    p.add_argument("--exp-bits", type=_positive_int, default=3,
+                   help="AdaptivFloat exponent bits (default 3, the EdgeBERT accelerator's; needs < N-1)")
     p.set_defaults(func=cmd_compile)
 
     p = commands.add_parser("run", help="run an artifact on text or an .npz of inputs",

@@ -10,6 +10,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
+from .adaptivfloat.quantizer import check_format
 from .errors import EdgeBertError
 from .importer import InputSpec, import_model
 from .models.checkpoint import Checkpoint
@@ -18,6 +19,8 @@ from .passes.canonicalize import Canonicalize
 from .passes.fold_attention_span import LEVELS as SPAN_LEVELS
 from .passes.fold_attention_span import FoldAttentionSpan, check_spans, span_plan
 from .passes.fold_entropy_exit import FoldEntropyExit, check_thresholds
+from .passes.lower_adaptivfloat import LowerAdaptivFloat, register_pipeline
+from .passes.quantize_weights_adaptivfloat import QuantizeWeightsAdaptivFloat
 from .target import make_target
 from .target.cpu import cpu_pipeline, unscheduled_functions
 
@@ -33,6 +36,19 @@ class CompileOptions:
     exit_thresholds: list[float] | None = None
     span_folding: str | None = "keys"  # None keeps the run-time span mask
     attention_spans: list[list[float]] | None = None  # overrides the checkpoint's spans
+    weight_format: str | None = None  # "adaptivfloatN": weights stored as N-bit AdaptivFloat
+    exp_bits: int = 3
+
+    @property
+    def weight_bits(self) -> int | None:
+        """N of an `adaptivfloatN` weight format (None for fp32 weights)."""
+        if self.weight_format is None:
+            return None
+        prefix = "adaptivfloat"
+        digits = self.weight_format[len(prefix):] if self.weight_format.startswith(prefix) else ""
+        if not digits.isdigit():
+            raise EdgeBertError(f"--weights must be adaptivfloatN (N = 4..16 bits), got {self.weight_format!r}")
+        return int(digits)
 
     def validate(self, max_positions: int) -> None:
         if self.batch < 1:
@@ -44,6 +60,8 @@ class CompileOptions:
         if self.span_folding is not None and self.span_folding not in SPAN_LEVELS:
             raise EdgeBertError(f"--span-folding must be one of {', '.join(SPAN_LEVELS)} or off, "
                                 f"got {self.span_folding!r}")
+        if self.weight_bits is not None:
+            check_format(self.weight_bits, self.exp_bits)
 
 
 @dataclasses.dataclass
@@ -73,15 +91,22 @@ def edgebert_passes(options: CompileOptions, edgebert: EdgeBertConfig) -> list[t
     if spans is not None:
         passes.append(FoldAttentionSpan(spans, edgebert.span_max, edgebert.span_ramp, edgebert.seq_len,
                                         options.span_folding))
+    if options.weight_bits is not None:
+        passes.append(QuantizeWeightsAdaptivFloat(options.weight_bits, options.exp_bits))
     if options.exit_thresholds is not None:
         passes.append(FoldEntropyExit(options.exit_thresholds))
     return passes
 
 
 def lowering_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """Graph clean-ups, then TVM lowering with default schedules: ours on CPUs, dlight's on GPUs."""
+    """Custom datatypes lowered, graph clean-ups, then TVM lowering with default schedules (ours on CPUs,
+    dlight's on GPUs).
+
+    LowerAdaptivFloat comes first: FoldConstant builds and runs PrimFuncs on constant inputs (the
+    position embeddings' lookup, the packing of constant weights), and llvm cannot build custom types.
+    """
     lowering = cpu_pipeline(target) if target.kind.name == "llvm" else relax.get_default_pipeline(target)
-    return tvm.transform.Sequential([Canonicalize(), lowering])
+    return tvm.transform.Sequential([LowerAdaptivFloat(), Canonicalize(), lowering])
 
 
 def constant_bytes(mod: tvm.IRModule) -> int:
@@ -127,7 +152,7 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
         mod = lowering_pipeline(target)(mod)
     seconds["lower"] = time.perf_counter() - start
     start = time.perf_counter()
-    executable = tvm.compile(mod, target, relax_pipeline=None)
+    executable = tvm.compile(mod, target, relax_pipeline=None, tir_pipeline=register_pipeline())
     seconds["build"] = time.perf_counter() - start
     return CompiledModel(
         executable, target, [p.info.name for p in passes], constant_bytes(mod), seconds, unscheduled_functions(mod),
