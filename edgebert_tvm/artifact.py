@@ -76,6 +76,7 @@ def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", options:
         "edgebert": model.edgebert.to_dict(),
         "constant_bytes": compiled.constant_bytes,
         "unscheduled_functions": compiled.unscheduled,
+        "rda": compiled.rda,
         "compile_seconds": compiled.compile_seconds,
         "versions": _versions(),
     }

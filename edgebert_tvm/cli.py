@@ -40,7 +40,8 @@ def cmd_compile(args: argparse.Namespace) -> None:
 
     check_output_directory(Path(args.output))
     options = CompileOptions(target=args.target, batch=args.batch, seq_len=args.seq_len, num_cores=args.num_cores,
-                             exit_thresholds=args.exit_threshold)
+                             exit_thresholds=args.exit_threshold, rda_threshold=args.rda_threshold,
+                             rda_granularity=args.rda_granularity)
     checkpoint = load(args.model)
     compiled = compile_model(checkpoint, options)
     write_artifact(checkpoint, compiled, options, Path(args.output))
@@ -192,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-threshold", type=_number, nargs="+", metavar="T",
                    help="fold entropy early exit into the graph: one threshold (nats) for every exit, "
                         "or one per exit before the last layer")
+    p.add_argument("--rda-threshold", type=_number, metavar="T",
+                   help="store constant tensors the RDA way (zero / repeated / two-base groups); T in units of "
+                        "each tensor's 16-bit grid (max|x|/32767); 0 is lossless")
+    p.add_argument("--rda-granularity", default=8, metavar="G",
+                   help="RDA group size in values (default 8), or 'layer' for one group per row")
     p.set_defaults(func=cmd_compile)
 
     p = commands.add_parser("run", help="run an artifact on text or an .npz of inputs",

@@ -10,6 +10,8 @@ import tvm
 from tvm import relax
 
 from .errors import EdgeBertError
+from . import rda
+from .passes.approximate_redundant_data import ApproximateRedundantData
 from .passes.canonicalize import Canonicalize
 from .passes.fold_entropy_exit import FoldEntropyExit, check_thresholds
 from .importer import InputSpec, import_model
@@ -27,6 +29,8 @@ class CompileOptions:
     seq_len: int = 128
     num_cores: int | None = None
     exit_thresholds: list[float] | None = None
+    rda_threshold: float | None = None
+    rda_granularity: rda.Granularity = rda.DEFAULT_GRANULARITY
 
     def validate(self, max_positions: int) -> None:
         if self.batch < 1:
@@ -35,6 +39,9 @@ class CompileOptions:
             raise EdgeBertError(f"--seq-len must be in [1, {max_positions}] for this model, got {self.seq_len}")
         if self.num_cores is not None and self.num_cores < 1:
             raise EdgeBertError(f"--num-cores must be >= 1, got {self.num_cores}")
+        if self.rda_threshold is not None:
+            self.rda_threshold = rda.check_threshold(self.rda_threshold)
+        self.rda_granularity = rda.check_granularity(self.rda_granularity)
 
 
 @dataclasses.dataclass
@@ -47,11 +54,14 @@ class CompiledModel:
     constant_bytes: int
     compile_seconds: dict[str, float]
     unscheduled: list[str]
+    rda: dict | None = None  # threshold, granularity, totals and the per-tensor report of RDA storage
 
 
 def edgebert_passes(options: CompileOptions) -> list[tvm.transform.Pass]:
     """The EdgeBERT graph-level passes selected by `options`, in pipeline order (DESIGN.md section 2)."""
     passes: list[tvm.transform.Pass] = []
+    if options.rda_threshold is not None:
+        passes.append(ApproximateRedundantData(options.rda_threshold, options.rda_granularity))
     if options.exit_thresholds is not None:
         passes.append(FoldEntropyExit(options.exit_thresholds))
     return passes
@@ -98,5 +108,15 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     executable = tvm.compile(mod, target, relax_pipeline=None)
     seconds["build"] = time.perf_counter() - start
     return CompiledModel(
-        executable, target, [p.info.name for p in passes], constant_bytes(mod), seconds, unscheduled_functions(mod)
+        executable, target, [p.info.name for p in passes], constant_bytes(mod), seconds, unscheduled_functions(mod),
+        _rda_metadata(passes, options),
     )
+
+
+def _rda_metadata(passes: list[tvm.transform.Pass], options: CompileOptions) -> dict | None:
+    """What RDA storage did to each constant tensor, for metadata.json."""
+    reports = [p.report for p in passes if p.info.name == "edgebert.ApproximateRedundantData"]
+    if not reports:
+        return None
+    return {"threshold": options.rda_threshold, "granularity": options.rda_granularity,
+            "summary": rda.summarize(reports[0]), "tensors": [dataclasses.asdict(r) for r in reports[0]]}
