@@ -156,26 +156,25 @@ def dct_matrix() -> np.ndarray:
     return c.astype(np.float32)
 
 
-def _to_ycc(rgb: np.ndarray) -> np.ndarray:
-    r, g, b = rgb.astype(np.float32)
-    return np.stack([0.299 * r + 0.587 * g + 0.114 * b - 128,
-                     -0.168736 * r - 0.331264 * g + 0.5 * b,
-                     0.5 * r - 0.418688 * g - 0.081312 * b])
+# JFIF colour transforms as (3, 4): three coefficients and an offset per output channel.
+TO_YCC = np.array([[0.299, 0.587, 0.114, -128.0], [-0.168736, -0.331264, 0.5, 0.0],
+                   [0.5, -0.418688, -0.081312, 0.0]], np.float32)
+TO_RGB = np.array([[1.0, 0.0, 1.402, 128.0], [1.0, -0.344136, -0.714136, 128.0], [1.0, 1.772, 0.0, 128.0]],
+                  np.float32)
+
+
+def _colour(matrix: np.ndarray, planes: np.ndarray) -> np.ndarray:
+    return np.einsum("ck,khw->chw", matrix[:, :3], planes.astype(np.float32)) + matrix[:, 3, None, None]
 
 
 def jpeg_funcs(height: int, width: int) -> dict[str, tvm.tirx.PrimFunc]:
     """Four kernels: colour transform, forward DCT + quantise + dequantise, inverse DCT, back to RGB."""
     shape = (3, height, width)
-    rgb = te.placeholder(shape, "float32", name="rgb")  # 8-bit pixels loaded as floats (uint8 vector loads crash llvm here)
-    mix = [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
-    offset = [-128.0, 0.0, 0.0]
-
-    def ycc_value(c: tvm.tirx.PrimExpr, i: tvm.tirx.PrimExpr, j: tvm.tirx.PrimExpr) -> tvm.tirx.PrimExpr:
-        px = [rgb[k, i, j] for k in range(3)]
-        rows = [sum(m * p for m, p in zip(row, px)) + o for row, o in zip(mix, offset)]
-        return tvm.tirx.Select(c == 0, rows[0], tvm.tirx.Select(c == 1, rows[1], rows[2]))
-
-    ycc_out = te.compute(shape, ycc_value, name="ycc")
+    rgb = te.placeholder(shape, "float32", name="rgb")  # 8-bit pixels loaded as floats
+    # Colour matrices come in as tensors: a per-channel Select in a vectorized loop crashes llvm codegen here.
+    to_ycc = te.placeholder((3, 4), "float32", name="to_ycc")  # rows: Y (level-shifted), Cb, Cr; column 3: offset
+    ycc_out = te.compute(shape, lambda c, i, j: to_ycc[c, 0] * rgb[0, i, j] + to_ycc[c, 1] * rgb[1, i, j]
+                         + to_ycc[c, 2] * rgb[2, i, j] + to_ycc[c, 3], name="ycc")
 
     def transform(src: te.Tensor, c8: te.Tensor, along_rows: bool, forward: bool, name: str) -> te.Tensor:
         """One 1-D 8-point pass inside every 8x8 block (the sum written out: 8 multiply-adds per value)."""
@@ -203,21 +202,16 @@ def jpeg_funcs(height: int, width: int) -> dict[str, tvm.tirx.PrimFunc]:
     dequant = te.compute(shape, lambda c, i, j: te.round(quant_in[c, i, j] / table[c, i % 8, j % 8])
                          * table[c, i % 8, j % 8], name="dequantized")
     ycc_back = te.placeholder(shape, "float32", name="pixels")
-    inverse = [[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]]
-
-    def rgb_value(c: tvm.tirx.PrimExpr, i: tvm.tirx.PrimExpr, j: tvm.tirx.PrimExpr) -> tvm.tirx.PrimExpr:
-        y = ycc_back[0, i, j] + 128.0
-        rows = [m[0] * y + m[1] * ycc_back[1, i, j] + m[2] * ycc_back[2, i, j] for m in inverse]
-        value = tvm.tirx.Select(c == 0, rows[0], tvm.tirx.Select(c == 1, rows[1], rows[2]))
-        return te.round(tvm.tirx.max(tvm.tirx.min(value, tvm.tirx.const(255.0, "float32")),
-                                     tvm.tirx.const(0.0, "float32")))
-
-    rgb_out = te.compute(shape, rgb_value, name="rgb_out")
+    to_rgb = te.placeholder((3, 4), "float32", name="to_rgb")
+    low, high = tvm.tirx.const(0.0, "float32"), tvm.tirx.const(255.0, "float32")
+    rgb_out = te.compute(shape, lambda c, i, j: te.round(tvm.tirx.max(tvm.tirx.min(
+        to_rgb[c, 0] * ycc_back[0, i, j] + to_rgb[c, 1] * ycc_back[1, i, j] + to_rgb[c, 2] * ycc_back[2, i, j]
+        + to_rgb[c, 3], high), low)), name="rgb_out")
     return {
         **funcs,
-        "jpeg_ycc": te.create_prim_func([rgb, ycc_out]),
+        "jpeg_ycc": te.create_prim_func([rgb, to_ycc, ycc_out]),
         "jpeg_quantize": te.create_prim_func([quant_in, table, dequant]),
-        "jpeg_rgb": te.create_prim_func([ycc_back, rgb_out]),
+        "jpeg_rgb": te.create_prim_func([ycc_back, to_rgb, rgb_out]),
     }
 
 
@@ -228,13 +222,11 @@ def jpeg_tables() -> np.ndarray:
 def jpeg_reference(rgb: np.ndarray) -> np.ndarray:
     c = dct_matrix()
     _, h, w = rgb.shape
-    blocks = _to_ycc(rgb).reshape(3, h // 8, 8, w // 8, 8)
+    blocks = _colour(TO_YCC, rgb).reshape(3, h // 8, 8, w // 8, 8)
     coef = np.einsum("ux,cixjy,vy->ciujv", c, blocks, c)
     q = jpeg_tables()[:, None, :, None, :]
     coef = np.round(coef / q) * q
-    ycc = np.einsum("ux,ciujv,vy->cixjy", c, coef, c).reshape(3, h, w)
-    y, cb, cr = ycc[0] + 128, ycc[1], ycc[2]
-    out = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb])
+    out = _colour(TO_RGB, np.einsum("ux,ciujv,vy->cixjy", c, coef, c).reshape(3, h, w))
     return np.round(np.clip(out, 0, 255)).astype(np.float32)
 
 
@@ -368,15 +360,15 @@ def sobel_workload(shape: tuple[int, int]) -> Workload:
 
 def jpeg_workload(shape: tuple[int, int, int]) -> Workload:
     lib = build(jpeg_funcs(shape[1], shape[2]))
-    c8, tables = _tensor(dct_matrix()), _tensor(jpeg_tables())
+    c8, tables, to_ycc, to_rgb = (_tensor(t) for t in (dct_matrix(), jpeg_tables(), TO_YCC, TO_RGB))
 
     def run(rgb: np.ndarray) -> np.ndarray:
         out = (shape, "float32")
-        ycc = _run(lib, "jpeg_ycc", rgb.astype(np.float32), out=out)
+        ycc = _run(lib, "jpeg_ycc", rgb.astype(np.float32), to_ycc, out=out)
         coef = _run(lib, "jpeg_fdct_cols", _run(lib, "jpeg_fdct_rows", ycc, c8, out=out), c8, out=out)
         deq = _run(lib, "jpeg_quantize", coef, tables, out=out)
         pixels = _run(lib, "jpeg_idct_cols", _run(lib, "jpeg_idct_rows", deq, c8, out=out), c8, out=out)
-        return _run(lib, "jpeg_rgb", pixels, out=out).numpy()
+        return _run(lib, "jpeg_rgb", pixels, to_rgb, out=out).numpy()
 
     return Workload("jpeg", 63, 0.6188, "image NRMSE %", run, image_nrmse)
 
