@@ -12,7 +12,6 @@ a plot of quality against compression.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +22,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from edgebert_tvm import axbench, rda  # noqa: E402
+from edgebert_tvm.cli import write_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 IMAGE_SWEEP = (0, 7, 15, 31, 63, 127)
@@ -125,9 +125,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     suffix = "" if granularity == rda.DEFAULT_GRANULARITY else f"_g{granularity}"
     plot(rows, RESULTS / f"rda_axbench{suffix}.png")
-    tmp = RESULTS / f".rda_axbench{suffix}.json.tmp"
-    tmp.write_text(json.dumps({"rows": rows, "at_paper_threshold": summary}, indent=2) + "\n")
-    tmp.replace(RESULTS / f"rda_axbench{suffix}.json")
+    write_json_atomic(RESULTS / f"rda_axbench{suffix}.json", {"rows": rows, "at_paper_threshold": summary})
     print(f"\nwrote {RESULTS / f'rda_axbench{suffix}.json'} and .png")
 
 

@@ -11,7 +11,6 @@ compiled with the pass (`--compiled-threshold`) and run through the artifact, wh
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -22,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from edgebert_tvm import rda  # noqa: E402
+from edgebert_tvm import rda
+from edgebert_tvm.cli import write_json_atomic  # noqa: E402
 from edgebert_tvm.data import builtin_split, read_tsv, task_for  # noqa: E402
 from edgebert_tvm.evaluate import torch_all_exits  # noqa: E402
 from edgebert_tvm.models.checkpoint import load  # noqa: E402
@@ -103,9 +103,7 @@ def main() -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(RESULTS / "rda_weights.png", dpi=120)
-    tmp = RESULTS / ".rda_weights.json.tmp"
-    tmp.write_text(json.dumps({"seq_len": SEQ_LEN, "rows": rows, "compiled": compiled}, indent=2) + "\n")
-    tmp.replace(RESULTS / "rda_weights.json")
+    write_json_atomic(RESULTS / "rda_weights.json", {"seq_len": SEQ_LEN, "rows": rows, "compiled": compiled})
     print(f"wrote {RESULTS / 'rda_weights.json'} and .png")
 
 

@@ -75,13 +75,10 @@ def check_granularity(granularity: Granularity) -> Granularity:
     """A group size in values (an integer >= 1), or "layer" for one group per row (the layer's width)."""
     if granularity == LAYER:
         return LAYER
-    try:
-        value = int(granularity)
-    except (TypeError, ValueError):
-        raise EdgeBertError(f"RDA granularity must be an integer >= 1 or 'layer', got {granularity!r}") from None
-    if value != granularity and str(value) != str(granularity) or value < 1:
-        raise EdgeBertError(f"RDA granularity must be an integer >= 1 or 'layer', got {granularity!r}")
-    return value
+    text = str(granularity).strip()
+    if isinstance(granularity, bool) or not text.isdigit() or int(text) < 1:
+        raise EdgeBertError(f"RDA granularity must be an integer >= 1 or '{LAYER}', got {granularity!r}")
+    return int(text)
 
 
 def distance_unit(x: np.ndarray) -> float:

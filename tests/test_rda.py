@@ -144,7 +144,7 @@ def test_compiled_model_matches_pytorch_with_the_same_approximated_weights(thres
     assert len(rda_pass.report) == len(floating)  # every weight tensor, each once
     changed = 0
     with torch.no_grad():
-        for name, tensor in floating.items():
+        for tensor in floating.values():
             decoded, _ = rda.approximate(tensor.numpy(), threshold, granularity)
             changed += int(not np.array_equal(decoded, tensor.numpy()))
             tensor.copy_(torch.from_numpy(decoded))
@@ -162,9 +162,10 @@ def test_compiled_model_matches_pytorch_with_the_same_approximated_weights(thres
 
 def test_cli_records_the_report_and_rejects_bad_values(tiny_bert_dir, tmp_path):
     out = tmp_path / "artifact"
-    run_cli("compile", str(tiny_bert_dir), "-o", str(out), "--seq-len", "16", "--rda-threshold", "500", check=True)
+    run_cli("compile", str(tiny_bert_dir), "-o", str(out), "--seq-len", "16", "--rda-threshold", "500",
+            "--exit-threshold", "0.3", check=True)
     meta = read_json(out / "metadata.json")
-    assert "edgebert.ApproximateRedundantData" in meta["passes"]
+    assert meta["passes"] == ["edgebert.ApproximateRedundantData", "edgebert.FoldEntropyExit"]
     assert meta["rda"]["threshold"] == 500 and meta["rda"]["granularity"] == 8
     tensors = meta["rda"]["tensors"]
     assert len(tensors) > 20 and all(set(t) >= {"compression_rate", "max_abs_error", "patterns"} for t in tensors)
