@@ -44,7 +44,8 @@ def cmd_compile(args: argparse.Namespace) -> None:
                              exit_thresholds=args.exit_threshold,
                              span_folding=None if args.span_folding == "off" else args.span_folding,
                              attention_spans=_read_spans(Path(args.spans)) if args.spans else None,
-                             weight_format=args.weights, exp_bits=args.exp_bits)
+                             weight_format=args.weights, exp_bits=args.exp_bits,
+                             rda_threshold=args.rda_threshold, rda_granularity=args.rda_granularity)
     checkpoint = load(args.model)
     compiled = compile_model(checkpoint, options)
     write_artifact(checkpoint, compiled, options, Path(args.output))
@@ -221,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "matmul and embedding kernels (default: float32)")
     p.add_argument("--exp-bits", type=_positive_int, default=3,
                    help="AdaptivFloat exponent bits (default 3, the EdgeBERT accelerator's; needs < N-1)")
+    p.add_argument("--rda-threshold", type=_number, metavar="T",
+                   help="store constant tensors the RDA way (zero / repeated / two-base groups); T in units of "
+                        "each tensor's 16-bit grid (max|x|/32767); 0 is lossless")
+    p.add_argument("--rda-granularity", default=8, metavar="G",
+                   help="RDA group size in values (default 8), or 'layer' for one group per row")
     p.set_defaults(func=cmd_compile)
 
     p = commands.add_parser("run", help="run an artifact on text or an .npz of inputs",

@@ -10,11 +10,13 @@ from typing import Any
 import tvm
 from tvm import relax
 
+from . import rda
 from .adaptivfloat.quantizer import check_format
 from .errors import EdgeBertError
 from .importer import InputSpec, import_model
 from .models.checkpoint import Checkpoint
 from .models.config import EdgeBertConfig
+from .passes.approximate_redundant_data import ApproximateRedundantData
 from .passes.canonicalize import Canonicalize
 from .passes.fold_attention_span import LEVELS as SPAN_LEVELS
 from .passes.fold_attention_span import FoldAttentionSpan, check_spans, span_plan
@@ -38,6 +40,8 @@ class CompileOptions:
     attention_spans: list[list[float]] | None = None  # overrides the checkpoint's spans
     weight_format: str | None = None  # "adaptivfloatN": weights stored as N-bit AdaptivFloat
     exp_bits: int = 3
+    rda_threshold: float | None = None
+    rda_granularity: rda.Granularity = rda.DEFAULT_GRANULARITY
 
     @property
     def weight_bits(self) -> int | None:
@@ -62,6 +66,9 @@ class CompileOptions:
                                 f"got {self.span_folding!r}")
         if self.weight_bits is not None:
             check_format(self.weight_bits, self.exp_bits)
+        if self.rda_threshold is not None:
+            self.rda_threshold = rda.check_threshold(self.rda_threshold)
+        self.rda_granularity = rda.check_granularity(self.rda_granularity)
 
 
 @dataclasses.dataclass
@@ -93,6 +100,8 @@ def edgebert_passes(options: CompileOptions, edgebert: EdgeBertConfig) -> list[t
                                         options.span_folding))
     if options.weight_bits is not None:
         passes.append(QuantizeWeightsAdaptivFloat(options.weight_bits, options.exp_bits))
+    if options.rda_threshold is not None:
+        passes.append(ApproximateRedundantData(options.rda_threshold, options.rda_granularity))
     if options.exit_thresholds is not None:
         passes.append(FoldEntropyExit(options.exit_thresholds))
     return passes
@@ -151,6 +160,8 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
         mod = tvm.transform.Sequential(passes)(mod)
         mod = lowering_pipeline(target)(mod)
     seconds["lower"] = time.perf_counter() - start
+    if (rda_report := _rda_metadata(passes, options)) is not None:
+        reports["rda"] = rda_report
     start = time.perf_counter()
     executable = tvm.compile(mod, target, relax_pipeline=None, tir_pipeline=register_pipeline())
     seconds["build"] = time.perf_counter() - start
@@ -158,3 +169,12 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
         executable, target, [p.info.name for p in passes], constant_bytes(mod), seconds, unscheduled_functions(mod),
         reports,
     )
+
+
+def _rda_metadata(passes: list[tvm.transform.Pass], options: CompileOptions) -> dict | None:
+    """What RDA storage did to each constant tensor, for metadata.json."""
+    reports = [p.report for p in passes if p.info.name == "edgebert.ApproximateRedundantData"]
+    if not reports:
+        return None
+    return {"threshold": options.rda_threshold, "granularity": options.rda_granularity,
+            "summary": rda.summarize(reports[0]), "tensors": [dataclasses.asdict(r) for r in reports[0]]}

@@ -1,0 +1,71 @@
+"""edgebert.ApproximateRedundantData: store the model's constant tensors the RDA way.
+
+Every floating constant tensor (weights, biases, embeddings, LayerNorm parameters; not scalars) in a
+block function of the structured module goes through the RDA codec (`edgebert_tvm.rda`): groups
+of `granularity` values along the last axis, matched against zero / repeated / two-base patterns
+within `threshold` units of the tensor's 16-bit grid, stored exactly otherwise. A tensor is grouped
+on its own and every block function is one layer, so no group straddles a tensor or a layer.
+
+The pass replaces each constant by the values its RDA storage decodes to: the compiled kernels
+compute with exactly what the compressed store holds, and `report` lists each tensor's compression
+rate and error. The artifact's library still embeds the decoded tensors (decoded at compile time);
+the compressed format itself is `rda.Encoded.to_bytes`, whose size is what the report counts.
+With threshold 0 only the lossless patterns match and every constant is unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from .. import rda
+from ..importer import BLOCK_ATTR
+
+
+def _approximable(value: tvm.runtime.Tensor) -> bool:
+    """Floating tensors with at least one axis: the model's stored numbers, not scalar constants."""
+    return len(value.shape) >= 1 and tvm.runtime.DataType(value.dtype).type_code in (
+        tvm.runtime.DataTypeCode.FLOAT, tvm.runtime.DataTypeCode.BFLOAT)
+
+
+@mutator
+class _ReplaceConstants(PyExprMutator):
+    """Swap each approximable constant for its RDA-decoded copy (a shared tensor is encoded once)."""
+
+    def __init__(self, threshold: float, granularity: rda.Granularity, prefix: str,
+                 done: dict[tvm.runtime.Tensor, tuple[relax.Expr, rda.TensorReport]]) -> None:
+        super().__init__()
+        self.threshold, self.granularity, self.prefix, self.done = threshold, granularity, prefix, done
+        self.count = 0
+
+    def visit_generic_const_(self, op: tvm.ir.GenericConst) -> relax.Expr:
+        if not _approximable(op.value):
+            return op
+        if op.value not in self.done:
+            name = f"{self.prefix}/const{self.count}"
+            self.count += 1
+            decoded, entry = rda.approximate(op.value.numpy(), self.threshold, self.granularity, name)
+            self.done[op.value] = (relax.const(np.ascontiguousarray(decoded), op.value.dtype), entry)
+        return self.done[op.value][0]
+
+
+@tvm.transform.module_pass(opt_level=0, name="edgebert.ApproximateRedundantData")
+class ApproximateRedundantData:
+    """RDA storage for the constants of every block (`threshold` >= 0, `granularity` >= 1 or "layer")."""
+
+    def __init__(self, threshold: float, granularity: rda.Granularity = rda.DEFAULT_GRANULARITY) -> None:
+        self.threshold = rda.check_threshold(threshold)
+        self.granularity = rda.check_granularity(granularity)
+        self.report: list[rda.TensorReport] = []
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        done: dict[tvm.runtime.Tensor, tuple[relax.Expr, rda.TensorReport]] = {}
+        updated = {}
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function) and func.attrs is not None and BLOCK_ATTR in func.attrs:
+                replacer = _ReplaceConstants(self.threshold, self.granularity, gv.name_hint, done)
+                updated[gv] = replacer.visit_expr(func)
+        self.report = [entry for _, entry in done.values()]
+        return tvm.IRModule({gv: updated.get(gv, func) for gv, func in mod.functions_items()}, attrs=mod.attrs)
