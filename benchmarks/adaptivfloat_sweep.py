@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def table(results: dict, fp32: float) -> str:
         e3 = results.get(f"af{bits}e3", {})
         af_e3 = f"{e3['ptq']:.2f}" + (f" / {e3['qat']:.2f}" if "qat" in e3 else "") if e3 else "-"
         fp8 = "-"
-        if bits == 8:
+        if bits == 8 and "fp8e4m3" in results and "fp8e4m3-tvm" in results:
             fp8 = f"{results['fp8e4m3']['ptq']:.2f} / {results['fp8e4m3-tvm']['ptq']:.2f} (PTQ)"
         lines.append(f"| {bits} | {cell('adaptivfloat', bits)} | {af_e3} | {cell('ieee-like', bits)} | "
                      f"{cell('int-symmetric', bits)} | {fp8} |")
@@ -101,7 +102,8 @@ def plot(results: dict, fp32: float, path: Path) -> None:
             points = [(bits, b[0]) for bits, b in points if b]
             if points:
                 ax.plot(*zip(*points), style, color=color, label=f"{family} {key.upper()}")
-    ax.plot([8], [results["fp8e4m3"]["ptq"]], "^", color="C3", label="e4m3fn PTQ")
+    if "fp8e4m3" in results:
+        ax.plot([8], [results["fp8e4m3"]["ptq"]], "^", color="C3", label="e4m3fn PTQ")
     ax.axhline(fp32, color="gray", linestyle=":", label="fp32")
     ax.set(xlabel="weight bits", ylabel="SST-2 dev accuracy (%)", title="Weight formats on edgebert-sst2 (MiniLM-L6)")
     ax.legend(fontsize=7)
@@ -114,6 +116,7 @@ def main() -> None:
     parser.add_argument("--model", default="edgebert-sst2")
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--limit", type=int, help="only the first N dev sentences")
+    parser.add_argument("--formats", nargs="*", help="post-training formats to evaluate (default: all)")
     parser.add_argument("--qat", nargs="*", default=["af4e2", "af6e3", "af8e3"],
                         help="formats to fine-tune with QAT")
     parser.add_argument("--qat-steps", type=int, default=60)
@@ -132,23 +135,27 @@ def main() -> None:
     saved = json.loads(path.read_text()) if path.is_file() else {}
     results: dict = saved.get("formats", {})
 
-    def save() -> None:
+    def save(name: str) -> None:
+        """Merge this format's entry into the file (another sweep process may be writing other formats)."""
+        on_disk = json.loads(path.read_text())["formats"] if path.is_file() else {}
+        on_disk.setdefault(name, {}).update(results[name])
+        results.update({k: v for k, v in on_disk.items() if k != name})
         data = {"model": args.model, "seq_len": args.seq_len, "dev_examples": len(dev), "fp32": fp32,
-                "qat_steps": args.qat_steps, "qat_examples": args.qat_examples, "formats": results}
-        tmp = path.with_suffix(".tmp")
+                "qat_steps": args.qat_steps, "qat_examples": args.qat_examples, "formats": on_disk}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         tmp.replace(path)
 
     fp32 = saved.get("fp32") or accuracy(checkpoint.model, tokenizer, dev, args.seq_len)
     for name, (family, bits, exp_bits, quantizer) in formats().items():
-        if "ptq" in results.get(name, {}):
+        if "ptq" in results.get(name, {}) or (args.formats is not None and name not in args.formats):
             continue
         model = copy.deepcopy(checkpoint.model)
         quantize_weights_(model, quantizer)
         results[name] = {"family": family, "bits": bits, "exp_bits": exp_bits,
                          "ptq": accuracy(model, tokenizer, dev, args.seq_len)}
         print(f"{name}: PTQ {results[name]['ptq']:.2f}", file=sys.stderr)
-        save()
+        save(name)
     if args.qat:
         rng = np.random.default_rng(0)
         train = read_tsv(builtin_split(task, "train"), task)
@@ -159,9 +166,11 @@ def main() -> None:
                 continue
             model = copy.deepcopy(checkpoint.model)
             log = finetune(model, table_[name][3], tokenizer, train, QATConfig(steps=args.qat_steps, max_seq_len=args.seq_len))
+            family, bits, exp_bits, _ = table_[name]
+            results.setdefault(name, {"family": family, "bits": bits, "exp_bits": exp_bits})
             results[name].update(qat=accuracy(model, tokenizer, dev, args.seq_len), qat_log=log)
             print(f"{name}: QAT {results[name]['qat']:.2f} ({log})", file=sys.stderr)
-            save()
+            save(name)
     print(table(results, fp32))
     plot(results, fp32, Path(args.plot))
 
