@@ -1,0 +1,1 @@
+"""AdaptivFloat numbers: the reference quantizer and the TVM custom-datatype registration."""
