@@ -27,6 +27,7 @@ class CompileOptions:
     seq_len: int = 128
     num_cores: int | None = None
     exit_thresholds: list[float] | None = None
+    accelerator_config: str | None = None  # edgebert target: configuration file (default: the cited defaults)
 
     def validate(self, max_positions: int) -> None:
         if self.batch < 1:
@@ -47,6 +48,7 @@ class CompiledModel:
     constant_bytes: int
     compile_seconds: dict[str, float]
     unscheduled: list[str]
+    accelerator: dict | None = None  # edgebert target: the chip's workload per block and its configuration
 
 
 def edgebert_passes(options: CompileOptions) -> list[tvm.transform.Pass]:
@@ -90,13 +92,32 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     seconds["import"] = time.perf_counter() - start
     passes = edgebert_passes(options)
     start = time.perf_counter()
+    accelerator = None
     with target:
         mod = tvm.transform.Sequential(passes)(mod)
+        if options.target == "edgebert":
+            mod, accelerator = _offload_to_edgebert(mod, checkpoint, options)
+            seconds["partition_codegen"] = time.perf_counter() - start
         mod = lowering_pipeline(target)(mod)
-    seconds["lower"] = time.perf_counter() - start
+    seconds["lower"] = time.perf_counter() - start - seconds.get("partition_codegen", 0.0)
     start = time.perf_counter()
     executable = tvm.compile(mod, target, relax_pipeline=None)
     seconds["build"] = time.perf_counter() - start
     return CompiledModel(
-        executable, target, [p.info.name for p in passes], constant_bytes(mod), seconds, unscheduled_functions(mod)
+        executable, target, [p.info.name for p in passes], constant_bytes(mod), seconds, unscheduled_functions(mod),
+        accelerator,
     )
+
+
+def _offload_to_edgebert(mod: tvm.IRModule, checkpoint: Checkpoint, options: CompileOptions) -> tuple[tvm.IRModule, dict]:
+    """Partition for the accelerator and record its workload and configuration for `run --report`."""
+    from .target.edgebert.config import parse_config, read_config_file
+    from .target.edgebert.partition import chip_workload, partition_for_edgebert
+
+    raw_config = read_config_file(options.accelerator_config)
+    parse_config(raw_config, options.accelerator_config or "default accelerator configuration")
+    model = checkpoint.model
+    mod, regions = partition_for_edgebert(mod)
+    groups = [model.arch.layer_group(model.config, i) for i in range(model.num_layers)]
+    workload = chip_workload(regions, groups, model.edgebert.num_labels, options.exit_thresholds is not None)
+    return mod, {"workload": workload.to_dict(), "config": raw_config}

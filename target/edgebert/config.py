@@ -135,8 +135,8 @@ def _dvfs_points(value: Any, path: Path) -> tuple[DvfsPoint, ...]:
     return tuple(points)
 
 
-def load_config(path: Path | str | None = None) -> AcceleratorConfig:
-    """Read and check a configuration file (default: the cited defaults shipped with the target)."""
+def read_config_file(path: Path | str | None = None) -> dict[str, Any]:
+    """The raw JSON object of a configuration file (default: the cited defaults)."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     try:
         raw = json.loads(path.read_text())
@@ -148,6 +148,12 @@ def load_config(path: Path | str | None = None) -> AcceleratorConfig:
         raise EdgeBertError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(raw, dict):
         raise EdgeBertError(f"{path}: expected a JSON object of configuration entries")
+    return raw
+
+
+def parse_config(raw: dict[str, Any], path: Path | str) -> AcceleratorConfig:
+    """Check every entry of a configuration object; `path` names it in error messages."""
+    path = Path(path)
     unknown = sorted(set(raw) - set(FIELDS) - {DVFS_FIELD} - {k for k in raw if k.startswith("_")})
     if unknown:
         raise EdgeBertError(f"{path}: unknown key {unknown[0]!r}")
@@ -165,3 +171,8 @@ def load_config(path: Path | str | None = None) -> AcceleratorConfig:
             raise EdgeBertError(f"{path}: {key} must be > 0")
     value, sources[DVFS_FIELD] = _entry(raw, DVFS_FIELD, path)
     return AcceleratorConfig(**values, dvfs_points=_dvfs_points(value, path), sources=sources)
+
+
+def load_config(path: Path | str | None = None) -> AcceleratorConfig:
+    """Read and check a configuration file (default: the cited defaults shipped with the target)."""
+    return parse_config(read_config_file(path), path if path is not None else DEFAULT_CONFIG)

@@ -11,7 +11,7 @@ A zero weight's bit in the mask clock-gates its multiply (`select` on the mask b
 Special units, all in integers except one float64 square root per LayerNorm row:
 - softmax: e^d = 2^(d log2 e), 2^f by an 8-segment piecewise-linear table in Q15, row sum, divide;
   then the span vector multiply and renormalisation.
-- GELU: 16 linear segments over [-4, 4] in Q10 (0 below, identity above).
+- GELU: 32 linear segments over [-4, 4] in Q10 (0 below, identity above).
 - LayerNorm: integer mean and variance, 1/sqrt in float64 rounded to Q10, gamma/beta in Q10.
 Rounding everywhere: round half up by (v + 2^(s-1)) >> s, and round-half-even from float (`round`).
 Region inputs and outputs are float32 holding Q10 values exactly (q / 1024), so a value passed
@@ -33,12 +33,12 @@ LOG2E_Q10 = round(math.log2(math.e) * 2**FRAC_BITS)
 POW2_SEGMENTS = 8
 POW2_TABLE = [round(2 ** (s / POW2_SEGMENTS) * 2**15) for s in range(POW2_SEGMENTS + 1)]
 GELU_LIMIT_Q = 4 << FRAC_BITS
-GELU_STEP_Q = 512  # 0.5 in Q10
+GELU_STEP_Q = 256  # 0.25 in Q10: PWL error below 0.01
 GELU_SEGMENTS = 2 * GELU_LIMIT_Q // GELU_STEP_Q
 
 
 def gelu_table(kind: str) -> list[int]:
-    """GELU at the segment ends -4, -3.5, ..., 4 in Q10 (erf form, or the tanh form for gelu_tanh)."""
+    """GELU at the segment ends -4, -3.75, ..., 4 in Q10 (erf form, or the tanh form for gelu_tanh)."""
     def gelu(x: float) -> float:
         if kind == "tanh":
             return 0.5 * x * (1 + math.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))

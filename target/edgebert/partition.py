@@ -1,6 +1,7 @@
 """Partition a structured EdgeBERT module for the accelerator and describe the chip's work per block.
 
-Order: fold constants (weights behind permute_dims become plain constants), round the weights and
+Order: canonicalize (drops the reshapes around linear layers, so matmul + bias + GELU is one
+match), fold constants (weights behind permute_dims become plain constants), round the weights and
 embedding tables the chip stores onto the AdaptivFloat-8 grid (the host keeps float32 copies of
 exactly those values), group pattern matches into `Codegen: edgebert` regions with the weights as
 region parameters (`bind_constants=False`: one kernel per distinct region shape, the weights passed
@@ -23,9 +24,11 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from ...adaptivfloat.quantizer import hw8_decode, hw8_encode
 from ...importer import BLOCK_ATTR
+from ...passes.canonicalize import Canonicalize
 from . import codegen  # noqa: F401 (registers relax.ext.edgebert)
 from .cost import ActMatmul, Add, Dense, Embedding, LayerNorm, Op, Softmax
 from .patterns import edgebert_patterns
+from .sentence import ChipWorkload
 
 
 def hw8_round(values: np.ndarray) -> np.ndarray:
@@ -106,8 +109,15 @@ def block_workloads(mod: IRModule) -> dict[str, list[dict[str, Any]]]:
 
 def partition_for_edgebert(mod: IRModule) -> tuple[IRModule, dict[str, list[dict[str, Any]]]]:
     """Offload what the accelerator runs; returns the module with regions compiled and the workload."""
-    mod = tvm.transform.Sequential([relax.transform.FoldConstant(), QuantizeForAccelerator()])(mod)
+    mod = tvm.transform.Sequential([Canonicalize(), relax.transform.FoldConstant(), QuantizeForAccelerator()])(mod)
     mod = relax.transform.FuseOpsByPattern(edgebert_patterns(), bind_constants=False, annotate_codegen=True)(mod)
     workload = block_workloads(mod)
     mod = relax.transform.RunCodegen()(mod)
     return mod, workload
+
+
+def chip_workload(workload: dict[str, list[dict[str, Any]]], layer_groups: list[int], num_labels: int,
+                  early_exit: bool) -> ChipWorkload:
+    """The per-sentence view: which block each layer and exit runs."""
+    return ChipWorkload(workload, [f"layer_{g}" for g in layer_groups],
+                        [f"exit_{i + 1}" for i in range(len(layer_groups))], num_labels, early_exit)
