@@ -265,9 +265,18 @@ def test_dense_kernel_equals_numpy_model(rng, gelu):
 
 
 def test_attention_matmul_kernel_equals_numpy_model(rng):
-    a, b = (rng.standard_normal((3, 6, 20)).astype("float32"), rng.standard_normal((3, 20, 7)).astype("float32"))
+    a, b = (rng.standard_normal((4, 6, 20)).astype("float32"), rng.standard_normal((4, 20, 7)).astype("float32"))
     got = _run([_ph(a, "a"), _ph(b, "b")], functional.attention_matmul, a, b)
-    np.testing.assert_array_equal(got, out(sat(shift(np.einsum("zik,zkj->zij", q10(a), q10(b)), 10))))
+    acc = np.einsum("zik,zkj->zij", q10(a), q10(b))
+    np.testing.assert_array_equal(got, out(sat(shift(acc, 10))))
+    # Q K^T with the 1/sqrt(d) scale folded in (a scale register in Q16), viewed as (batch, heads, rows, cols)
+    a, scale = a * 8, np.array(0.125 ** 0.5, "float32")
+    got = _run([_ph(a, "a"), _ph(b, "b"), _ph(scale, "s")],
+               lambda x, y, s: functional.attention_matmul(x, y, s, [2, 2, 6, 7]), a, b, scale)
+    scale_q = int(np.rint(scale * np.float32(2**16)))
+    expected = out(sat(shift(np.einsum("zik,zkj->zij", q10(a), q10(b)) * scale_q, 26))).reshape(2, 2, 6, 7)
+    np.testing.assert_array_equal(got, expected)
+    assert np.abs(got - (a @ b * scale).reshape(2, 2, 6, 7)).max() < 0.02
 
 
 @pytest.mark.parametrize("with_span", [False, True])
@@ -340,7 +349,7 @@ def edgebert_artifact(tmp_path_factory, spans_checkpoint) -> Path:
 def test_partition_offloads_every_pattern(edgebert_artifact):
     workload = ChipWorkload.from_dict(read_json(edgebert_artifact / "metadata.json")["accelerator"]["workload"])
     layer = [r["pattern"].split(".")[1] for r in workload.blocks["layer_0"]]
-    assert layer == ["dense", "dense", "dense", "attention_matmul", "softmax_span", "attention_matmul", "dense",
+    assert layer == ["dense", "dense", "dense", "attention_scores", "softmax_span", "attention_matmul", "dense",
                      "residual_add", "layernorm", "dense_gelu", "dense", "residual_add", "layernorm"]
     assert [r["pattern"].split(".")[1] for r in workload.blocks["exit_1"]] == ["dense", "dense"]
     assert "embedding" in [r["pattern"].split(".")[1] for r in workload.blocks["embeddings"]]

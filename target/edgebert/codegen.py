@@ -63,6 +63,10 @@ def region_compute(pattern: str, composite: relax.Function) -> tuple[list[te.Ten
         out = functional.dense(arg("relax.matmul", 0), arg("relax.matmul", 1), tensors[bias], gelu)
     elif kind == "attention_matmul":
         out = functional.attention_matmul(arg("relax.matmul", 0), arg("relax.matmul", 1))
+    elif kind == "attention_scores":
+        multiply = calls["relax.multiply"]
+        out = functional.attention_matmul(arg("relax.matmul", 0), arg("relax.matmul", 1), arg("relax.multiply", 1),
+                                          [int(d) for d in multiply.ty.shape])
     elif kind == "softmax":
         out = functional.softmax(arg("relax.nn.softmax", 0), None)
     elif kind == "softmax_span":

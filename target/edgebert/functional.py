@@ -113,11 +113,12 @@ def dense(x: te.Tensor, weight: te.Tensor, bias: te.Tensor, gelu: str | None) ->
     *lead, inner = x.shape
     cols = weight.shape[1]
     xq = te.compute(x.shape, lambda *i: to_q10(x(*i)), name="x_q10")
-    wq = te.compute(weight.shape, lambda k, n: tirx.round(weight[k, n] * tirx.const(2.0**WEIGHT_SHIFT, "float32"))
+    # column-major integer weights, so the reduction reads both operands contiguously
+    wq = te.compute((cols, inner), lambda n, k: tirx.round(weight[k, n] * tirx.const(2.0**WEIGHT_SHIFT, "float32"))
                     .astype("int64"), name="w_int")
     k = te.reduce_axis((0, inner), name="k")
     acc = te.compute((*lead, cols), lambda *i: te.sum(
-        tirx.Select(wq[k, i[-1]] != _i64(0), xq(*i[:-1], k) * wq[k, i[-1]], _i64(0)), axis=k), name="acc")
+        tirx.Select(wq[i[-1], k] != _i64(0), xq(*i[:-1], k) * wq[i[-1], k], _i64(0)), axis=k), name="acc")
     table = gelu_table(gelu) if gelu else None
 
     def out(*i: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -127,16 +128,34 @@ def dense(x: te.Tensor, weight: te.Tensor, bias: te.Tensor, gelu: str | None) ->
     return te.compute((*lead, cols), out, name="dense")
 
 
-def attention_matmul(a: te.Tensor, b: te.Tensor) -> te.Tensor:
-    """Batched Q10 x Q10 matmul (Q K^T, P V) on the MAC array."""
+SCALE_BITS = 16  # a folded scalar scale (1/sqrt(head_dim)) in Q16
+
+
+def attention_matmul(a: te.Tensor, b: te.Tensor, scale: te.Tensor | None = None,
+                     out_shape: Sequence[int] | None = None) -> te.Tensor:
+    """Batched Q10 x Q10 matmul (P V; Q K^T times a folded scale) on the MAC array; `out_shape`
+    views the (batch, rows, cols) result as the model's shape (a reshape, free on the chip)."""
     batch, rows, inner = a.shape
     cols = b.shape[2]
     aq = te.compute(a.shape, lambda *i: to_q10(a(*i)), name="a_q10")
-    bq = te.compute(b.shape, lambda *i: to_q10(b(*i)), name="b_q10")
+    bq = te.compute((batch, cols, inner), lambda z, j, k: to_q10(b[z, k, j]), name="b_q10")
     k = te.reduce_axis((0, inner), name="k")
-    acc = te.compute((batch, rows, cols), lambda z, i, j: te.sum(aq[z, i, k] * bq[z, k, j], axis=k), name="acc")
-    return te.compute((batch, rows, cols), lambda *i: from_q10(saturate(shift_round(acc(*i), FRAC_BITS))),
-                      name="attention_matmul")
+    acc = te.compute((batch, rows, cols), lambda z, i, j: te.sum(aq[z, i, k] * bq[z, j, k], axis=k), name="acc")
+    if scale is None:
+        return te.compute((batch, rows, cols), lambda *i: from_q10(saturate(shift_round(acc(*i), FRAC_BITS))),
+                          name="attention_matmul")
+    scale_q = tirx.round(scale() * tirx.const(2.0**SCALE_BITS, "float32")).astype("int64")  # the scale register
+    shape = list(out_shape) if out_shape is not None else [batch, rows, cols]
+
+    def scaled(*i: tirx.PrimExpr) -> tirx.PrimExpr:
+        flat = 0
+        for index, extent in zip(i, shape):
+            flat = flat * extent + index
+        z, rest = tirx.floordiv(flat, rows * cols), tirx.floormod(flat, rows * cols)
+        value = acc[z, tirx.floordiv(rest, cols), tirx.floormod(rest, cols)]
+        return from_q10(saturate(shift_round(value * scale_q, FRAC_BITS + SCALE_BITS)))
+
+    return te.compute(shape, scaled, name="attention_scores")
 
 
 def _row_reduce(shape: Sequence[tirx.PrimExpr], body: Callable, combine: Callable, name: str) -> te.Tensor:

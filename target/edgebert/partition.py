@@ -72,7 +72,7 @@ def _region_op(pattern: str, args: list[relax.Expr]) -> Op:
         x, weight = shapes[0], next(a for a in args if isinstance(a, Constant) and len(_shape(a)) == 2)
         inner, cols = _shape(weight)
         return Dense(math.prod(x[:-1]), inner, cols, int(np.count_nonzero(weight.value.numpy())), kind == "dense_gelu")
-    if kind == "attention_matmul":
+    if kind in ("attention_matmul", "attention_scores"):
         (batch, rows, inner), (_, _, cols) = shapes[0], shapes[1]
         return ActMatmul(batch, rows, inner, cols)
     if kind in ("softmax", "softmax_span", "layernorm"):

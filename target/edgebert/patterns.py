@@ -6,7 +6,8 @@ prefix `edgebert.`; later entries win when patterns overlap, so fused patterns c
 
 - dense, dense_gelu: matmul by a constant weight + constant bias (+ GELU) on the PU array
   (AdaptivFloat-8 weights, zero weights clock-gated by the bitmask).
-- attention_matmul: activation x activation matmul (Q K^T, P V) on the PU array.
+- attention_matmul, attention_scores: activation x activation matmul (P V; Q K^T with the
+  1/sqrt(head_dim) scale folded in, so the unscaled scores never need to fit 16 bits) on the PU array.
 - softmax, softmax_span: the softmax unit, with the span-vector multiply and renormalisation.
 - layernorm, residual_add: the LayerNorm and element-wise add special units.
 - embedding: a row lookup in a constant table, held in ReRAM eNVM.
@@ -15,6 +16,8 @@ Entropy and the exit decision run in the entropy unit; they are costed per exit 
 """
 
 from __future__ import annotations
+
+import math
 
 from tvm import relax
 from tvm.ir.expr import Constant
@@ -61,18 +64,31 @@ def dense_gelu_pattern():
     return (f"{PREFIX}.dense_gelu", out, {**annotations, "dense": dense, "root": out}, _check_dense)
 
 
+def _check_attention_matmul(context: PatternCheckContext) -> bool:
+    lhs, rhs = context.annotated_expr["lhs"], context.annotated_expr["rhs"]
+    if isinstance(lhs, Constant) or isinstance(rhs, Constant) or not _float32(lhs, rhs):
+        return False
+    ls, rs = _shape(lhs), _shape(rhs)
+    return len(ls) == len(rs) == 3 and ls[0] == rs[0]
+
+
 def attention_matmul_pattern():
     a, b = wildcard(), wildcard()
     out = is_op("relax.matmul")(a, b)
+    return (f"{PREFIX}.attention_matmul", out, {"lhs": a, "rhs": b, "root": out}, _check_attention_matmul)
+
+
+def attention_scores_pattern():
+    """(Q K^T) * scale, where the model reshapes the batched product back to (batch, heads, ...) first."""
+    a, b, scale = wildcard(), wildcard(), is_const()
+    matmul = is_op("relax.matmul")(a, b)
+    out = is_op("relax.multiply")(is_op("relax.reshape")(matmul, wildcard()), scale)
 
     def check(context: PatternCheckContext) -> bool:
-        lhs, rhs = context.annotated_expr["lhs"], context.annotated_expr["rhs"]
-        if isinstance(lhs, Constant) or isinstance(rhs, Constant) or not _float32(lhs, rhs):
-            return False
-        ls, rs = _shape(lhs), _shape(rhs)
-        return len(ls) == len(rs) == 3 and ls[0] == rs[0]
+        value = context.annotated_expr["scale"]
+        return _check_attention_matmul(context) and _float32(value) and math.prod(_shape(value)) == 1
 
-    return (f"{PREFIX}.attention_matmul", out, {"lhs": a, "rhs": b, "root": out}, check)
+    return (f"{PREFIX}.attention_scores", out, {"lhs": a, "rhs": b, "scale": scale, "root": out}, check)
 
 
 def _check_softmax(context: PatternCheckContext) -> bool:
@@ -153,6 +169,7 @@ register_patterns([
     softmax_span_pattern(),
     embedding_pattern(),
     attention_matmul_pattern(),
+    attention_scores_pattern(),
     dense_pattern(),
     dense_gelu_pattern(),
 ])
