@@ -27,7 +27,7 @@ from ...importer import BLOCK_ATTR
 from ...passes.canonicalize import Canonicalize
 from . import codegen  # noqa: F401 (registers relax.ext.edgebert)
 from .cost import ActMatmul, Add, Dense, Embedding, LayerNorm, Op, Softmax
-from .patterns import edgebert_patterns
+from .patterns import static_shape, edgebert_patterns
 from .sentence import ChipWorkload
 
 
@@ -60,17 +60,13 @@ class QuantizeForAccelerator:
         return rewrite_call(self.pattern, rewrite, func)
 
 
-def _shape(expr: relax.Expr) -> list[int]:
-    return [int(d) for d in expr.ty.shape]
-
-
 def _region_op(pattern: str, args: list[relax.Expr]) -> Op:
     """The cost model's view of one region call (arguments as at the call site)."""
     kind = pattern.split(".", 1)[1]
-    shapes = [_shape(a) for a in args]
+    shapes = [static_shape(a) for a in args]
     if kind in ("dense", "dense_gelu"):
-        x, weight = shapes[0], next(a for a in args if isinstance(a, Constant) and len(_shape(a)) == 2)
-        inner, cols = _shape(weight)
+        x, weight = shapes[0], next(a for a in args if isinstance(a, Constant) and len(static_shape(a)) == 2)
+        inner, cols = static_shape(weight)
         return Dense(math.prod(x[:-1]), inner, cols, int(np.count_nonzero(weight.value.numpy())), kind == "dense_gelu")
     if kind in ("attention_matmul", "attention_scores"):
         (batch, rows, inner), (_, _, cols) = shapes[0], shapes[1]

@@ -28,7 +28,8 @@ from tvm.relax.transform import PatternCheckContext
 PREFIX = "edgebert"
 
 
-def _shape(expr: relax.Expr) -> list[int] | None:
+def static_shape(expr: relax.Expr) -> list[int] | None:
+    """Static shape of a tensor expression, None if unknown or symbolic."""
     shape = getattr(expr.ty, "shape", None)
     if shape is None or not all(hasattr(d, "value") for d in shape):
         return None
@@ -36,7 +37,7 @@ def _shape(expr: relax.Expr) -> list[int] | None:
 
 
 def _float32(*exprs: relax.Expr) -> bool:
-    return all(getattr(e.ty, "dtype", None) == "float32" and _shape(e) is not None for e in exprs)
+    return all(getattr(e.ty, "dtype", None) == "float32" and static_shape(e) is not None for e in exprs)
 
 
 def _dense_body():
@@ -48,9 +49,9 @@ def _dense_body():
 
 def _check_dense(context: PatternCheckContext) -> bool:
     x, weight, bias = (context.annotated_expr[k] for k in ("input", "weight", "bias"))
-    w_shape, b_shape = _shape(weight), _shape(bias)
+    w_shape, b_shape = static_shape(weight), static_shape(bias)
     return (_float32(x, weight, bias) and len(w_shape) == 2 and b_shape == [w_shape[1]]
-            and len(_shape(x)) >= 2)
+            and len(static_shape(x)) >= 2)
 
 
 def dense_pattern():
@@ -68,7 +69,7 @@ def _check_attention_matmul(context: PatternCheckContext) -> bool:
     lhs, rhs = context.annotated_expr["lhs"], context.annotated_expr["rhs"]
     if isinstance(lhs, Constant) or isinstance(rhs, Constant) or not _float32(lhs, rhs):
         return False
-    ls, rs = _shape(lhs), _shape(rhs)
+    ls, rs = static_shape(lhs), static_shape(rhs)
     return len(ls) == len(rs) == 3 and ls[0] == rs[0]
 
 
@@ -86,14 +87,14 @@ def attention_scores_pattern():
 
     def check(context: PatternCheckContext) -> bool:
         value = context.annotated_expr["scale"]
-        return _check_attention_matmul(context) and _float32(value) and math.prod(_shape(value)) == 1
+        return _check_attention_matmul(context) and _float32(value) and math.prod(static_shape(value)) == 1
 
     return (f"{PREFIX}.attention_scores", out, {"lhs": a, "rhs": b, "scale": scale, "root": out}, check)
 
 
 def _check_softmax(context: PatternCheckContext) -> bool:
     call = context.annotated_expr["softmax"]
-    rank = len(_shape(call) or [])
+    rank = len(static_shape(call) or [])
     return _float32(call) and int(call.attrs.axis) in (-1, rank - 1)
 
 
@@ -113,7 +114,7 @@ def softmax_span_pattern():
     out = is_op("relax.divide")(masked, total)
 
     def check(context: PatternCheckContext) -> bool:
-        shape, span_shape = _shape(context.annotated_expr["softmax"]), _shape(context.annotated_expr["span"])
+        shape, span_shape = static_shape(context.annotated_expr["softmax"]), static_shape(context.annotated_expr["span"])
         if not _float32(context.annotated_expr["span"]):
             return False
         # the span vector broadcasts over rows: (1, heads, 1, keys) against (batch, heads, rows, keys)
@@ -131,7 +132,7 @@ def layernorm_pattern():
     def check(context: PatternCheckContext) -> bool:
         call = context.annotated_expr["root"]
         axes = [int(a) for a in call.attrs.axes]
-        return _float32(context.annotated_expr["input"]) and axes in ([-1], [len(_shape(call)) - 1])
+        return _float32(context.annotated_expr["input"]) and axes in ([-1], [len(static_shape(call)) - 1])
 
     return (f"{PREFIX}.layernorm", out, {"input": x, "gamma": gamma, "beta": beta, "root": out}, check)
 
@@ -144,7 +145,7 @@ def residual_add_pattern():
         lhs, rhs = context.annotated_expr["lhs"], context.annotated_expr["rhs"]
         if isinstance(lhs, Constant) or isinstance(rhs, Constant):
             return False
-        return _float32(lhs, rhs) and _shape(lhs) == _shape(rhs)
+        return _float32(lhs, rhs) and static_shape(lhs) == static_shape(rhs)
 
     return (f"{PREFIX}.residual_add", out, {"lhs": a, "rhs": b, "root": out}, check)
 
@@ -156,8 +157,8 @@ def embedding_pattern():
     def check(context: PatternCheckContext) -> bool:
         call, table_expr = context.annotated_expr["root"], context.annotated_expr["table"]
         ids_expr = context.annotated_expr["ids"]
-        return (_float32(table_expr) and len(_shape(table_expr)) == 2 and int(call.attrs.axis) == 0
-                and getattr(ids_expr.ty, "dtype", "") in ("int32", "int64") and len(_shape(ids_expr) or []) == 1)
+        return (_float32(table_expr) and len(static_shape(table_expr)) == 2 and int(call.attrs.axis) == 0
+                and getattr(ids_expr.ty, "dtype", "") in ("int32", "int64") and len(static_shape(ids_expr) or []) == 1)
 
     return (f"{PREFIX}.embedding", out, {"table": table, "ids": ids, "root": out}, check)
 

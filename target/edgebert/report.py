@@ -90,12 +90,13 @@ def format_report(report: dict[str, Any]) -> str:
     sections = [("block", report["blocks"]), ("pattern (full depth)", report["patterns_full_depth"])]
     for title, rows in sections:
         columns = _component_columns(rows)
+        widths = {c: max(12, len(c) + 5) for c in columns}
         header = f"{title:<28}{'cycles':>12}{'compute':>12}{'memory':>12}{'util':>7}" + "".join(
-            f"{c + ' nJ':>12}" for c in columns) + f"{'total nJ':>12}"
+            f"{c + ' nJ':>{widths[c]}}" for c in columns) + f"{'total nJ':>12}"
         lines += [header, "-" * len(header)]
         for name, cost in rows.items():
             lines.append(f"{name:<28}{cost['cycles']:>12,}{cost['compute_cycles']:>12,}{cost['memory_cycles']:>12,}"
-                         f"{cost['utilisation']:>7.1%}" + "".join(f"{cost['energy_pj'].get(c, 0) / 1e3:>12.1f}"
+                         f"{cost['utilisation']:>7.1%}" + "".join(f"{cost['energy_pj'].get(c, 0) / 1e3:>{widths[c]}.1f}"
                                                                  for c in columns)
                          + f"{cost['total_energy_pj'] / 1e3:>12.1f}")
         lines.append("")
