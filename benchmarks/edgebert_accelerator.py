@@ -27,7 +27,8 @@ import numpy as np
 from edgebert_tvm.artifact import Artifact, write_artifact
 from edgebert_tvm.compiler import CompileOptions, compile_model
 from edgebert_tvm.data import builtin_split, read_tsv, task_for
-from edgebert_tvm.evaluate import artifact_all_exits, entropy, exit_layers, torch_all_exits
+from edgebert_tvm.evaluate import artifact_all_exits, entropy, evaluate_exits, exit_layers, torch_all_exits
+from edgebert_tvm.inputs import encode, load_tokenizer
 from edgebert_tvm.exit_predictor import ExitPredictor
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.target.edgebert.config import load_config
@@ -35,6 +36,8 @@ from edgebert_tvm.target.edgebert.report import accelerator_report, plot_report
 from edgebert_tvm.target.edgebert.sentence import ChipWorkload
 
 SEQ_LEN = 64
+THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6]
+Q10_LIMIT = 2.0**15 / 2**10  # 16-bit activations with 10 fraction bits saturate at +-32
 
 
 def compile_to(name: str, options: CompileOptions, directory: Path) -> Artifact:
@@ -50,6 +53,23 @@ def accuracy(logits: np.ndarray, labels: np.ndarray, layers: np.ndarray | None =
     rows = np.arange(len(labels))
     chosen = logits[:, -1] if layers is None else logits[rows, layers - 1]
     return float((chosen.argmax(-1) == labels).mean())
+
+
+def ffn_output_range(checkpoint, examples) -> list[dict[str, float]]:
+    """Per layer, the float model's largest |FFN output| and the fraction beyond the Q10 range."""
+    import torch
+
+    tokenizer = load_tokenizer(checkpoint.tokenizer_dir / "tokenizer.json", SEQ_LEN)
+    arrays = encode(tokenizer, [e.text for e in examples])
+    model, seen = checkpoint.model, {}
+    hooks = [model.layer_parts(g).ffn_out.register_forward_hook(
+        lambda mod, inp, out, g=g: seen.setdefault(g, []).append(out.abs())) for g in range(model.num_layers)]
+    with torch.no_grad():
+        model(*[torch.from_numpy(arrays[k]) for k in ("input_ids", "attention_mask", "token_type_ids")])
+    for hook in hooks:
+        hook.remove()
+    return [{"layer": g + 1, "max_abs": float(torch.cat(v).max()),
+             "fraction_beyond_q10": float((torch.cat(v) > Q10_LIMIT).float().mean())} for g, v in sorted(seen.items())]
 
 
 def main() -> None:
@@ -107,11 +127,15 @@ def main() -> None:
         "embeddings_per_sentence": report["embeddings"],
         "minilm_blocks": report["blocks"],
         "minilm_patterns_full_depth": report["patterns_full_depth"],
+        "threshold_sweep": {"float": [vars(r) for r in evaluate_exits(floats, labels, THRESHOLDS)],
+                            "chip": [vars(r) for r in evaluate_exits(chip, labels, THRESHOLDS)]},
+        "float_ffn_output_range_first_64": ffn_output_range(checkpoint, examples[:64]),
         "albert_base_seq128": {"full_depth_sentence": albert_report["full_depth_sentence"],
                                "latency_us": albert_report["per_sentence"]["full_depth"]["latency_us"],
                                "embeddings": albert_report["embeddings"], "blocks": albert_report["blocks"]},
     }
-    print(json.dumps({k: results[k] for k in ("accuracy", "average_exit_layer", "exit_predictor",
+    print(json.dumps({k: results[k] for k in ("accuracy", "average_exit_layer", "exit_predictor", "threshold_sweep",
+                                              "float_ffn_output_range_first_64",
                                               "energy_uj_per_sentence", "latency_us_per_sentence", "ratios",
                                               "dvfs_met_target", "embeddings_per_sentence")}, indent=2))
     albert_full = results["albert_base_seq128"]
