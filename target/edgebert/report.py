@@ -132,6 +132,7 @@ def plot_report(report: dict[str, Any], path: Path, title: str) -> None:
         right.bar(list(blocks), values, bottom=bottom, label=column)
         bottom += values
     right.set_ylabel("energy per call (nJ)")
+    right.tick_params(axis="x", rotation=30)
     right.set_title("by block and component")
     right.legend(fontsize=8)
     fig.suptitle(title)
