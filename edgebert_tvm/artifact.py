@@ -82,6 +82,8 @@ def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", options:
         "compile_seconds": compiled.compile_seconds,
         "versions": _versions(),
     }
+    if compiled.accelerator is not None:
+        meta["accelerator"] = compiled.accelerator
     with atomic_directory(out_dir) as tmp:
         compiled.executable.export_library(str(tmp / LIBRARY_NAME))
         if checkpoint.tokenizer_dir is not None:

@@ -40,12 +40,19 @@ def cmd_compile(args: argparse.Namespace) -> None:
     from .models.checkpoint import load
 
     check_output_directory(Path(args.output))
+    if args.accelerator_config:
+        if args.target != "edgebert":
+            raise EdgeBertError("--accelerator-config is for --target edgebert")
+        from .target.edgebert.config import load_config
+
+        load_config(args.accelerator_config)  # fail before the long work
     options = CompileOptions(target=args.target, batch=args.batch, seq_len=args.seq_len, num_cores=args.num_cores,
                              exit_thresholds=args.exit_threshold,
                              span_folding=None if args.span_folding == "off" else args.span_folding,
                              attention_spans=_read_spans(Path(args.spans)) if args.spans else None,
                              weight_format=args.weights, exp_bits=args.exp_bits,
-                             rda_threshold=args.rda_threshold, rda_granularity=args.rda_granularity)
+                             rda_threshold=args.rda_threshold, rda_granularity=args.rda_granularity,
+                             accelerator_config=args.accelerator_config)
     checkpoint = load(args.model)
     compiled = compile_model(checkpoint, options)
     write_artifact(checkpoint, compiled, options, Path(args.output))
@@ -105,11 +112,48 @@ def write_json_atomic(path: Path, data: Any) -> None:
             os.unlink(tmp)
 
 
+def _accelerator_report(args: argparse.Namespace, artifact: Any, inputs: dict[str, np.ndarray],
+                        exit_layer: np.ndarray) -> dict[str, Any]:
+    """The edgebert cost report for these inputs' exit layers (and DVFS if the artifact has a predictor)."""
+    from .evaluate import entropy
+    from .exit_predictor import ExitPredictor
+    from .target.edgebert.config import load_config, parse_config
+    from .target.edgebert.report import accelerator_report, format_report, plot_report
+    from .target.edgebert.sentence import ChipWorkload
+
+    accelerator = artifact.metadata.get("accelerator")
+    if accelerator is None:
+        raise EdgeBertError(f"{artifact.directory}: --report needs an artifact compiled with --target edgebert")
+    config = (load_config(args.accelerator_config) if args.accelerator_config
+              else parse_config(accelerator["config"], f"{artifact.directory}/metadata.json accelerator config"))
+    workload = ChipWorkload.from_dict(accelerator["workload"])
+    predicted = None
+    if artifact.metadata.get("exit_predictor"):
+        predictor = ExitPredictor(**artifact.metadata["exit_predictor"])
+        predicted = predictor.predict(entropy(artifact.all_exits(inputs)[:, 0]))
+    target = args.latency_target_us * 1e-6 if args.latency_target_us else None
+    report = accelerator_report(workload, config, exit_layer.tolist(), predicted, target)
+    print(format_report(report))
+    if args.report_plot:
+        plot_report(report, Path(args.report_plot), f"{artifact.metadata['model']['source']} on the edgebert accelerator")
+        print(f"plot: {args.report_plot}")
+    if args.report_json:
+        write_json_atomic(Path(args.report_json), report)
+    return report
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from .artifact import Artifact
 
-    if args.json and Path(args.json).is_dir():
-        raise EdgeBertError(f"{args.json}: is a directory")
+    for path in (args.json, args.report_json):
+        if path and Path(path).is_dir():
+            raise EdgeBertError(f"{path}: is a directory")
+    if (args.report_json or args.report_plot or args.accelerator_config or args.latency_target_us) and not args.report:
+        raise EdgeBertError("--report-json, --report-plot, --accelerator-config and --latency-target-us need --report")
+    if args.report and args.accelerator_config:
+        from .target.edgebert.config import load_config
+
+        load_config(args.accelerator_config)  # fail before running anything
     artifact = Artifact.load(Path(args.artifact))
     inputs, texts = _read_inputs(args, artifact)
     result = artifact.run(inputs, repeat=args.repeat)
@@ -125,6 +169,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         print("Execution time summary (per call of batch %d):" % artifact.batch)
         print(" mean (ms)   median (ms)    max (ms)     min (ms)     std (ms)  ")
         print("".join(f"{summary[k]:^12.2f} " for k in ("mean", "median", "max", "min", "std")))
+    if args.report:
+        output["accelerator_report"] = _accelerator_report(args, artifact, inputs, result.exit_layer)
     if args.json:
         write_json_atomic(Path(args.json), output)
 
@@ -204,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("compile", help="compile a checkpoint into an artifact directory",
                             description="Compile a checkpoint directory or built-in model into an artifact.")
     p.add_argument("model", help=f"checkpoint directory or built-in name ({', '.join(BUILTIN_NAMES)})")
-    p.add_argument("--target", default="llvm", choices=TARGET_NAMES, help="llvm: this CPU; cuda: NVIDIA GPU")
+    p.add_argument("--target", default="llvm", choices=TARGET_NAMES,
+                   help="llvm: this CPU; cuda: NVIDIA GPU; edgebert: the EdgeBERT accelerator model (host: this CPU)")
+    p.add_argument("--accelerator-config", help="edgebert target: accelerator configuration JSON (default: cited defaults)")
     p.add_argument("-o", "--output", required=True, help="artifact directory to write")
     p.add_argument("--batch", type=_positive_int, default=1, help="compiled batch size (default 1)")
     p.add_argument("--seq-len", type=_positive_int, default=128, help="compiled sequence length (default 128)")
@@ -239,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=_positive_int, default=1, help="run the inputs this many times (for timing)")
     p.add_argument("--all-exits", action="store_true", help="also report every exit's logits")
     p.add_argument("--json", help="write logits, exit_layer (and time_ms) to this JSON file")
+    p.add_argument("--report", action="store_true",
+                   help="edgebert artifacts: cycles, energy by component and memory level, utilisation, per sentence")
+    p.add_argument("--report-json", help="write the --report data to this JSON file")
+    p.add_argument("--report-plot", help="write the --report plot to this PNG")
+    p.add_argument("--accelerator-config", help="cost the run with this accelerator configuration instead of the compiled one")
+    p.add_argument("--latency-target-us", type=_number, help="DVFS latency target per sentence (default: full depth at the "
+                                                             "nominal point)")
     p.set_defaults(func=cmd_run)
 
     p = commands.add_parser("train", help="train an EdgeBERT checkpoint (the two-stage recipe)",

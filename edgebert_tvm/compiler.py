@@ -53,6 +53,7 @@ class CompileOptions:
         if not digits.isdigit():
             raise EdgeBertError(f"--weights must be adaptivfloatN (N = 4..16 bits), got {self.weight_format!r}")
         return int(digits)
+    accelerator_config: str | None = None  # edgebert target: configuration file (default: the cited defaults)
 
     def validate(self, max_positions: int) -> None:
         if self.batch < 1:
@@ -82,6 +83,7 @@ class CompiledModel:
     compile_seconds: dict[str, float]
     unscheduled: list[str]
     reports: dict[str, Any]  # what the EdgeBERT passes did, for the artifact's metadata
+    accelerator: dict | None = None  # edgebert target: the chip's workload per block and its configuration
 
 
 def folded_spans(options: CompileOptions, edgebert: EdgeBertConfig) -> list[list[float]] | None:
@@ -156,10 +158,14 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     seconds["import"] = time.perf_counter() - start
     passes = edgebert_passes(options, checkpoint.model.edgebert)
     start = time.perf_counter()
+    accelerator = None
     with target:
         mod = tvm.transform.Sequential(passes)(mod)
+        if options.target == "edgebert":
+            mod, accelerator = _offload_to_edgebert(mod, checkpoint, options)
+            seconds["partition_codegen"] = time.perf_counter() - start
         mod = lowering_pipeline(target)(mod)
-    seconds["lower"] = time.perf_counter() - start
+    seconds["lower"] = time.perf_counter() - start - seconds.get("partition_codegen", 0.0)
     if (rda_report := _rda_metadata(passes, options)) is not None:
         reports["rda"] = rda_report
     start = time.perf_counter()
@@ -167,7 +173,7 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     seconds["build"] = time.perf_counter() - start
     return CompiledModel(
         executable, target, [p.info.name for p in passes], constant_bytes(mod), seconds, unscheduled_functions(mod),
-        reports,
+        reports, accelerator,
     )
 
 
@@ -178,3 +184,17 @@ def _rda_metadata(passes: list[tvm.transform.Pass], options: CompileOptions) -> 
         return None
     return {"threshold": options.rda_threshold, "granularity": options.rda_granularity,
             "summary": rda.summarize(reports[0]), "tensors": [dataclasses.asdict(r) for r in reports[0]]}
+
+
+def _offload_to_edgebert(mod: tvm.IRModule, checkpoint: Checkpoint, options: CompileOptions) -> tuple[tvm.IRModule, dict]:
+    """Partition for the accelerator and record its workload and configuration for `run --report`."""
+    from .target.edgebert.config import parse_config, read_config_file
+    from .target.edgebert.partition import chip_workload, partition_for_edgebert
+
+    raw_config = read_config_file(options.accelerator_config)
+    parse_config(raw_config, options.accelerator_config or "default accelerator configuration")
+    model = checkpoint.model
+    mod, regions = partition_for_edgebert(mod)
+    groups = [model.arch.layer_group(model.config, i) for i in range(model.num_layers)]
+    workload = chip_workload(regions, groups, model.edgebert.num_labels, options.exit_thresholds is not None)
+    return mod, {"workload": workload.to_dict(), "config": raw_config}

@@ -14,7 +14,7 @@ from tvm.target import codegen
 
 from ..errors import EdgeBertError
 
-TARGET_NAMES = ("llvm", "cuda")
+TARGET_NAMES = ("llvm", "cuda", "edgebert")
 DEFAULT_CUDA_ARCH = "sm_80"
 
 
@@ -25,8 +25,9 @@ def host_target(num_cores: int | None = None) -> tvm.target.Target:
 
 
 def make_target(name: str, num_cores: int | None = None, cuda_arch: str = DEFAULT_CUDA_ARCH) -> tvm.target.Target:
-    """`llvm` for the host CPU; `cuda` for an NVIDIA GPU of `cuda_arch` with the host CPU as host."""
-    if name == "llvm":
+    """`llvm` for the host CPU (also the host of the `edgebert` accelerator); `cuda` for an NVIDIA GPU of
+    `cuda_arch` with the host CPU as host."""
+    if name in ("llvm", "edgebert"):  # edgebert: the accelerator's regions are offloaded, the host runs the rest
         return host_target(num_cores)
     if name == "cuda":
         if not cuda_arch.startswith("sm_") or not cuda_arch[3:].isdigit():

@@ -1,0 +1,119 @@
+"""Partition a structured EdgeBERT module for the accelerator and describe the chip's work per block.
+
+Order: canonicalize (drops the reshapes around linear layers, so matmul + bias + GELU is one
+match), fold constants (weights behind permute_dims become plain constants), round the weights and
+embedding tables the chip stores onto the AdaptivFloat-8 grid (the host keeps float32 copies of
+exactly those values), group pattern matches into `Codegen: edgebert` regions with the weights as
+region parameters (`bind_constants=False`: one kernel per distinct region shape, the weights passed
+at run time), read off the workload for the cost model, then run the codegen.
+
+MergeCompositeFunctions is not used: on the structured module (block functions called from `main`)
+it fails in TVM 0.27 ("Variable ... could not be found in any group"), so each match is one region.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import IRModule, relax
+from tvm.ir.expr import Constant
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+from ...adaptivfloat.quantizer import hw8_decode, hw8_encode
+from ...importer import BLOCK_ATTR
+from ...passes.canonicalize import Canonicalize
+from . import codegen  # noqa: F401 (registers relax.ext.edgebert)
+from .cost import ActMatmul, Add, Dense, Embedding, LayerNorm, Op, Softmax
+from .patterns import static_shape, edgebert_patterns
+from .sentence import ChipWorkload
+
+
+def hw8_round(values: np.ndarray) -> np.ndarray:
+    """Values as the chip stores them: AdaptivFloat-8 codes under one bias register, decoded."""
+    codes, register = hw8_encode(values)
+    return hw8_decode(codes, register)
+
+
+@relax.transform.function_pass(opt_level=0, name="edgebert.QuantizeForAccelerator")
+class QuantizeForAccelerator:
+    """matmul(x, W) and take(T, ids) with constant W, T -> the same with W, T on the AF8 grid."""
+
+    def __init__(self) -> None:
+        self.x, self.weight = wildcard(), is_const()
+        self.pattern = is_op("relax.matmul")(self.x, self.weight) | is_op("relax.take")(self.weight, self.x)
+
+    def transform_function(self, func: relax.Function, mod: IRModule, ctx: tvm.transform.PassContext) -> relax.Function:
+        if func.attrs is not None and func.attrs.get("Primitive", 0) != 0:
+            return func
+
+        def rewrite(expr: relax.Call, matches: dict) -> relax.Expr:
+            weight = matches[self.weight]
+            if weight.ty.dtype != "float32" or len(weight.ty.shape) != 2:
+                return expr
+            rounded = relax.const(hw8_round(weight.value.numpy()))
+            args = [rounded if a.same_as(weight) else a for a in expr.args]
+            return relax.Call(expr.op, args, expr.attrs)
+
+        return rewrite_call(self.pattern, rewrite, func)
+
+
+def _region_op(pattern: str, args: list[relax.Expr]) -> Op:
+    """The cost model's view of one region call (arguments as at the call site)."""
+    kind = pattern.split(".", 1)[1]
+    shapes = [static_shape(a) for a in args]
+    if kind in ("dense", "dense_gelu"):
+        x, weight = shapes[0], next(a for a in args if isinstance(a, Constant) and len(static_shape(a)) == 2)
+        inner, cols = static_shape(weight)
+        return Dense(math.prod(x[:-1]), inner, cols, int(np.count_nonzero(weight.value.numpy())), kind == "dense_gelu")
+    if kind in ("attention_matmul", "attention_scores"):
+        (batch, rows, inner), (_, _, cols) = shapes[0], shapes[1]
+        return ActMatmul(batch, rows, inner, cols)
+    if kind in ("softmax", "softmax_span", "layernorm"):
+        cls = LayerNorm if kind == "layernorm" else Softmax
+        return cls(math.prod(shapes[0][:-1]), shapes[0][-1])
+    if kind == "residual_add":
+        return Add(math.prod(shapes[0]))
+    if kind == "embedding":
+        table = args[0].value.numpy()
+        return Embedding(shapes[1][0], table.shape[1], float(np.count_nonzero(table) / table.size))
+    raise ValueError(f"no cost model for pattern {pattern}")
+
+
+def block_workloads(mod: IRModule) -> dict[str, list[dict[str, Any]]]:
+    """Block function name -> the accelerator regions it calls, in order (after FuseOpsByPattern)."""
+    blocks: dict[str, list[dict[str, Any]]] = {}
+    for gv, func in mod.functions_items():
+        if not isinstance(func, relax.Function) or func.attrs is None or BLOCK_ATTR not in func.attrs:
+            continue
+        regions: list[dict[str, Any]] = []
+
+        def visit(expr: relax.Expr) -> None:
+            if isinstance(expr, relax.Call) and isinstance(expr.op, relax.GlobalVar):
+                callee = mod[expr.op]
+                if callee.attrs is not None and callee.attrs.get("Codegen") == codegen.CODEGEN:
+                    pattern, _, _ = codegen._composite(callee)
+                    regions.append({"region": expr.op.name_hint, "pattern": pattern,
+                                    "op": _region_op(pattern, list(expr.args))})
+
+        relax.analysis.post_order_visit(func.body, visit)
+        blocks[gv.name_hint] = regions
+    return blocks
+
+
+def partition_for_edgebert(mod: IRModule) -> tuple[IRModule, dict[str, list[dict[str, Any]]]]:
+    """Offload what the accelerator runs; returns the module with regions compiled and the workload."""
+    mod = tvm.transform.Sequential([Canonicalize(), relax.transform.FoldConstant(), QuantizeForAccelerator()])(mod)
+    mod = relax.transform.FuseOpsByPattern(edgebert_patterns(), bind_constants=False, annotate_codegen=True)(mod)
+    workload = block_workloads(mod)
+    mod = relax.transform.RunCodegen()(mod)
+    return mod, workload
+
+
+def chip_workload(workload: dict[str, list[dict[str, Any]]], layer_groups: list[int], num_labels: int,
+                  early_exit: bool) -> ChipWorkload:
+    """The per-sentence view: which block each layer and exit runs."""
+    return ChipWorkload(workload, [f"layer_{g}" for g in layer_groups],
+                        [f"exit_{i + 1}" for i in range(len(layer_groups))], num_labels, early_exit)

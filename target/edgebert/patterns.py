@@ -1,0 +1,181 @@
+"""Pattern table of the EdgeBERT accelerator: what its processing units and special units run.
+
+One small function per pattern, each returning (name, pattern, annotations, check) as in TVM's
+BYOC pattern modules (relax/backend/contrib/example_npu/patterns.py). Registered once, under the
+prefix `edgebert.`; later entries win when patterns overlap, so fused patterns come last.
+
+- dense, dense_gelu: matmul by a constant weight + constant bias (+ GELU) on the PU array
+  (AdaptivFloat-8 weights, zero weights clock-gated by the bitmask).
+- attention_matmul, attention_scores: activation x activation matmul (P V; Q K^T with the
+  1/sqrt(head_dim) scale folded in, so the unscaled scores never need to fit 16 bits) on the PU array.
+- softmax, softmax_span: the softmax unit, with the span-vector multiply and renormalisation.
+- layernorm, residual_add: the LayerNorm and element-wise add special units.
+- embedding: a row lookup in a constant table, held in ReRAM eNVM.
+Entropy and the exit decision run in the entropy unit; they are costed per exit by the cost model
+(the exit's entropy kernel is a TIR function after FoldEntropyExit, not a Relax op to match).
+"""
+
+from __future__ import annotations
+
+import math
+
+from tvm import relax
+from tvm.ir.expr import Constant
+from tvm.relax.backend.pattern_registry import get_patterns_with_prefix, register_patterns
+from tvm.relax.dpl import is_const, is_op, wildcard
+from tvm.relax.transform import PatternCheckContext
+
+PREFIX = "edgebert"
+
+
+def static_shape(expr: relax.Expr) -> list[int] | None:
+    """Static shape of a tensor expression, None if unknown or symbolic."""
+    shape = getattr(expr.ty, "shape", None)
+    if shape is None or not all(hasattr(d, "value") for d in shape):
+        return None
+    return [int(d.value) for d in shape]
+
+
+def _float32(*exprs: relax.Expr) -> bool:
+    return all(getattr(e.ty, "dtype", None) == "float32" and static_shape(e) is not None for e in exprs)
+
+
+def _dense_body():
+    x, weight, bias = wildcard(), is_const(), is_const()
+    matmul = is_op("relax.matmul")(x, weight)
+    out = is_op("relax.add")(matmul, bias) | is_op("relax.add")(bias, matmul)
+    return out, {"input": x, "weight": weight, "bias": bias, "matmul": matmul}
+
+
+def _check_dense(context: PatternCheckContext) -> bool:
+    x, weight, bias = (context.annotated_expr[k] for k in ("input", "weight", "bias"))
+    w_shape, b_shape = static_shape(weight), static_shape(bias)
+    return (_float32(x, weight, bias) and len(w_shape) == 2 and b_shape == [w_shape[1]]
+            and len(static_shape(x)) >= 2)
+
+
+def dense_pattern():
+    out, annotations = _dense_body()
+    return (f"{PREFIX}.dense", out, {**annotations, "root": out}, _check_dense)
+
+
+def dense_gelu_pattern():
+    dense, annotations = _dense_body()
+    out = is_op("relax.nn.gelu")(dense) | is_op("relax.nn.gelu_tanh")(dense)
+    return (f"{PREFIX}.dense_gelu", out, {**annotations, "dense": dense, "root": out}, _check_dense)
+
+
+def _check_attention_matmul(context: PatternCheckContext) -> bool:
+    lhs, rhs = context.annotated_expr["lhs"], context.annotated_expr["rhs"]
+    if isinstance(lhs, Constant) or isinstance(rhs, Constant) or not _float32(lhs, rhs):
+        return False
+    ls, rs = static_shape(lhs), static_shape(rhs)
+    return len(ls) == len(rs) == 3 and ls[0] == rs[0]
+
+
+def attention_matmul_pattern():
+    a, b = wildcard(), wildcard()
+    out = is_op("relax.matmul")(a, b)
+    return (f"{PREFIX}.attention_matmul", out, {"lhs": a, "rhs": b, "root": out}, _check_attention_matmul)
+
+
+def attention_scores_pattern():
+    """(Q K^T) * scale, where the model reshapes the batched product back to (batch, heads, ...) first."""
+    a, b, scale = wildcard(), wildcard(), is_const()
+    matmul = is_op("relax.matmul")(a, b)
+    out = is_op("relax.multiply")(is_op("relax.reshape")(matmul, wildcard()), scale)
+
+    def check(context: PatternCheckContext) -> bool:
+        value = context.annotated_expr["scale"]
+        return _check_attention_matmul(context) and _float32(value) and math.prod(static_shape(value)) == 1
+
+    return (f"{PREFIX}.attention_scores", out, {"lhs": a, "rhs": b, "scale": scale, "root": out}, check)
+
+
+def _check_softmax(context: PatternCheckContext) -> bool:
+    call = context.annotated_expr["softmax"]
+    rank = len(static_shape(call) or [])
+    return _float32(call) and int(call.attrs.axis) in (-1, rank - 1)
+
+
+def softmax_pattern():
+    x = wildcard()
+    out = is_op("relax.nn.softmax")(x)
+    return (f"{PREFIX}.softmax", out, {"input": x, "softmax": out, "root": out}, _check_softmax)
+
+
+def softmax_span_pattern():
+    """softmax(x) * span, renormalised: probs / (sum(probs) + eps), as the model writes it (the span
+    vector is computed on the host from the learned z and loaded into the aux buffer)."""
+    x, span, eps = wildcard(), wildcard(), is_const()
+    softmax = is_op("relax.nn.softmax")(x)
+    masked = is_op("relax.multiply")(softmax, span)
+    total = is_op("relax.add")(is_op("relax.sum")(masked), eps)
+    out = is_op("relax.divide")(masked, total)
+
+    def check(context: PatternCheckContext) -> bool:
+        shape, span_shape = static_shape(context.annotated_expr["softmax"]), static_shape(context.annotated_expr["span"])
+        if not _float32(context.annotated_expr["span"]):
+            return False
+        # the span vector broadcasts over rows: (1, heads, 1, keys) against (batch, heads, rows, keys)
+        return (_check_softmax(context) and len(shape) == 4 and len(span_shape) == 4
+                and span_shape[2] == 1 and span_shape[3] == shape[3] and span_shape[1] == shape[1])
+
+    annotations = {"input": x, "softmax": softmax, "span": span, "eps": eps, "masked": masked, "root": out}
+    return (f"{PREFIX}.softmax_span", out, annotations, check)
+
+
+def layernorm_pattern():
+    x, gamma, beta = wildcard(), is_const(), is_const()
+    out = is_op("relax.nn.layer_norm")(x, gamma, beta)
+
+    def check(context: PatternCheckContext) -> bool:
+        call = context.annotated_expr["root"]
+        axes = [int(a) for a in call.attrs.axes]
+        return _float32(context.annotated_expr["input"]) and axes in ([-1], [len(static_shape(call)) - 1])
+
+    return (f"{PREFIX}.layernorm", out, {"input": x, "gamma": gamma, "beta": beta, "root": out}, check)
+
+
+def residual_add_pattern():
+    a, b = wildcard(), wildcard()
+    out = is_op("relax.add")(a, b)
+
+    def check(context: PatternCheckContext) -> bool:
+        lhs, rhs = context.annotated_expr["lhs"], context.annotated_expr["rhs"]
+        if isinstance(lhs, Constant) or isinstance(rhs, Constant):
+            return False
+        return _float32(lhs, rhs) and static_shape(lhs) == static_shape(rhs)
+
+    return (f"{PREFIX}.residual_add", out, {"lhs": a, "rhs": b, "root": out}, check)
+
+
+def embedding_pattern():
+    table, ids = is_const(), wildcard()
+    out = is_op("relax.take")(table, ids)
+
+    def check(context: PatternCheckContext) -> bool:
+        call, table_expr = context.annotated_expr["root"], context.annotated_expr["table"]
+        ids_expr = context.annotated_expr["ids"]
+        return (_float32(table_expr) and len(static_shape(table_expr)) == 2 and int(call.attrs.axis) == 0
+                and getattr(ids_expr.ty, "dtype", "") in ("int32", "int64") and len(static_shape(ids_expr) or []) == 1)
+
+    return (f"{PREFIX}.embedding", out, {"table": table, "ids": ids, "root": out}, check)
+
+
+register_patterns([
+    residual_add_pattern(),
+    layernorm_pattern(),
+    softmax_pattern(),
+    softmax_span_pattern(),
+    embedding_pattern(),
+    attention_matmul_pattern(),
+    attention_scores_pattern(),
+    dense_pattern(),
+    dense_gelu_pattern(),
+])
+
+
+def edgebert_patterns():
+    """The registered table, highest priority first (as FuseOpsByPattern wants it)."""
+    return get_patterns_with_prefix(PREFIX)

@@ -1,0 +1,144 @@
+"""`run --report` for edgebert artifacts: cycles, energy by component and memory level, utilisation.
+
+In the manner of Timeloop/Accelergy's summaries: per block (embeddings, each layer block, an exit),
+per pattern over a full-depth sentence, then per-sentence totals that follow each sentence's actual
+exit layer, set beside full depth, DVFS, and the embeddings held in DRAM instead of eNVM.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .config import AcceleratorConfig
+from .cost import MEMORY_LEVELS, Cost, op_cost
+from .sentence import ChipWorkload, run_sentence
+
+UJ = 1e-6  # pJ -> uJ
+
+
+def _summary(results: Sequence[Any]) -> dict[str, float]:
+    return {"energy_uj": float(np.mean([r.energy_pj for r in results]) * UJ),
+            "latency_us": float(np.mean([r.latency_s for r in results]) * 1e6),
+            "cycles": float(np.mean([r.cycles for r in results]))}
+
+
+def _by_pattern(workload: ChipWorkload, config: AcceleratorConfig) -> dict[str, dict[str, Any]]:
+    """Cost per pattern over one full-depth sentence."""
+    totals: dict[str, Cost] = {}
+    names = ["embeddings", *workload.layer_blocks, *workload.exit_blocks]
+    for name in names:
+        for region in workload.blocks.get(name, []):
+            totals[region["pattern"]] = totals.get(region["pattern"], Cost()) + op_cost(region["op"], config)
+    return {k: v.to_dict(config) for k, v in sorted(totals.items())}
+
+
+def accelerator_report(workload: ChipWorkload, config: AcceleratorConfig, exit_layers: Sequence[int],
+                       predicted_layers: Sequence[int] | None = None, latency_target_s: float | None = None) -> dict:
+    """The whole report as a JSON-ready dict."""
+    full = workload.num_layers
+    full_cost = workload.sentence_cost(full, config, early_exit=False)
+    target = latency_target_s if latency_target_s is not None else full_cost.cycles / config.nominal.frequency
+    blocks = {name: workload.block_cost(name, config).to_dict(config)
+              for name in ["embeddings", *dict.fromkeys(workload.layer_blocks), workload.exit_blocks[0]]}
+    embedding_store = {store: workload.block_cost("embeddings", config, store) for store in ("envm", "dram")}
+    actual = [run_sentence(workload, config, int(layer)) for layer in exit_layers]
+    full_depth = [run_sentence(workload, config, full) for _ in exit_layers]
+    dram = [run_sentence(workload, config, int(layer), embedding_store="dram") for layer in exit_layers]
+    report: dict[str, Any] = {
+        "config": {"vector_size": config.vector_size, "processing_units": config.processing_units,
+                   "nominal_voltage_v": config.nominal.voltage, "nominal_frequency_hz": config.nominal.frequency},
+        "early_exit_compiled": workload.early_exit,
+        "blocks": blocks,
+        "patterns_full_depth": _by_pattern(workload, config),
+        "full_depth_sentence": full_cost.to_dict(config),
+        "embeddings": {store: {"energy_uj": c.total_energy * UJ, "latency_us": c.cycles / config.nominal.frequency * 1e6,
+                               "cycles": c.cycles} for store, c in embedding_store.items()},
+        "sentences": len(exit_layers),
+        "average_exit_layer": float(np.mean(exit_layers)) if len(exit_layers) else None,
+        "per_sentence": {"full_depth": _summary(full_depth), "early_exit": _summary(actual),
+                         "early_exit_dram_embeddings": _summary(dram)},
+        "latency_target_us": target * 1e6,
+        "rows": [{"exit_layer": r.exit_layer, "cycles": r.cycles, "energy_uj": r.energy_pj * UJ,
+                  "latency_us": r.latency_s * 1e6} for r in actual],
+    }
+    if predicted_layers is not None:
+        dvfs = [run_sentence(workload, config, int(a), int(p), target) for a, p in zip(exit_layers, predicted_layers)]
+        report["per_sentence"]["early_exit_dvfs"] = {**_summary(dvfs),
+                                                     "met_target": float(np.mean([r.met_target for r in dvfs]))}
+        for row, r, p in zip(report["rows"], dvfs, predicted_layers):
+            row.update({"predicted_layer": int(p), "dvfs_voltage_v": r.point.voltage,
+                        "dvfs_frequency_hz": r.point.frequency, "dvfs_energy_uj": r.energy_pj * UJ,
+                        "dvfs_latency_us": r.latency_s * 1e6, "met_target": r.met_target})
+    return report
+
+
+def _component_columns(blocks: dict[str, dict[str, Any]]) -> list[str]:
+    seen = Counter()
+    for block in blocks.values():
+        seen.update(block["energy_pj"].keys())
+    compute = sorted(k for k in seen if k not in MEMORY_LEVELS)
+    return compute + [k for k in MEMORY_LEVELS if k in seen]
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Plain-text tables: per block and per pattern, then per sentence."""
+    lines = []
+    sections = [("block", report["blocks"]), ("pattern (full depth)", report["patterns_full_depth"])]
+    for title, rows in sections:
+        columns = _component_columns(rows)
+        widths = {c: max(12, len(c) + 5) for c in columns}
+        header = f"{title:<28}{'cycles':>12}{'compute':>12}{'memory':>12}{'util':>7}" + "".join(
+            f"{c + ' nJ':>{widths[c]}}" for c in columns) + f"{'total nJ':>12}"
+        lines += [header, "-" * len(header)]
+        for name, cost in rows.items():
+            lines.append(f"{name:<28}{cost['cycles']:>12,}{cost['compute_cycles']:>12,}{cost['memory_cycles']:>12,}"
+                         f"{cost['utilisation']:>7.1%}" + "".join(f"{cost['energy_pj'].get(c, 0) / 1e3:>{widths[c]}.1f}"
+                                                                 for c in columns)
+                         + f"{cost['total_energy_pj'] / 1e3:>12.1f}")
+        lines.append("")
+    emb = report["embeddings"]
+    lines.append(f"embeddings per sentence: eNVM {emb['envm']['energy_uj']:.3f} uJ, {emb['envm']['latency_us']:.2f} us"
+                 f" | DRAM {emb['dram']['energy_uj']:.3f} uJ, {emb['dram']['latency_us']:.2f} us")
+    lines.append(f"per sentence over {report['sentences']} input(s), average exit layer "
+                 f"{report['average_exit_layer']:.2f}; latency target {report['latency_target_us']:.1f} us")
+    for name, s in report["per_sentence"].items():
+        extra = f"  met target {s['met_target']:.1%}" if "met_target" in s else ""
+        lines.append(f"  {name:<28}{s['energy_uj']:>10.2f} uJ{s['latency_us']:>10.1f} us{s['cycles']:>14,.0f} cycles{extra}")
+    return "\n".join(lines)
+
+
+def plot_report(report: dict[str, Any], path: Path, title: str) -> None:
+    """Energy per sentence by configuration (bars) and energy by component per block (stacked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    runs = report["per_sentence"]
+    left.bar(list(runs), [s["energy_uj"] for s in runs.values()], color="tab:blue")
+    left.set_ylabel("energy per sentence (uJ)")
+    left.set_title("per sentence")
+    left.tick_params(axis="x", rotation=20)
+    blocks = report["blocks"]
+    columns = _component_columns(blocks)
+    bottom = np.zeros(len(blocks))
+    for column in columns:
+        values = np.array([b["energy_pj"].get(column, 0.0) / 1e3 for b in blocks.values()])
+        right.bar(list(blocks), values, bottom=bottom, label=column)
+        bottom += values
+    right.set_ylabel("energy per call (nJ)")
+    right.tick_params(axis="x", rotation=30)
+    right.set_title("by block and component")
+    right.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,106 @@
+"""Per-sentence cycles and energy on the accelerator, following each sentence's exit layer, and DVFS.
+
+The compiled artifact records, per block function, the regions the chip runs (`workload`): a
+sentence that exits after layer L costs the embeddings, layers 1..L and exits 1..L, plus one
+entropy evaluation per exit taken when early exit is compiled in. DVFS (EdgeBERT MICRO'21): the
+entropy predictor turns layer 1's exit entropy into a predicted exit layer before the rest runs;
+the policy picks the lowest-voltage operating point whose frequency still finishes the predicted
+layers within the latency target. The sentence then really runs to its actual exit layer at that
+point, so a misprediction can miss the target (counted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .config import AcceleratorConfig, DvfsPoint
+from .cost import ActMatmul, Add, Cost, Dense, Embedding, Entropy, LayerNorm, Op, Softmax, op_cost, scale_energy, seconds
+
+OP_TYPES = {cls.__name__: cls for cls in (Dense, ActMatmul, Softmax, LayerNorm, Add, Entropy, Embedding)}
+
+
+def op_to_dict(op: Op) -> dict[str, Any]:
+    return {"type": type(op).__name__, **dataclasses.asdict(op)}
+
+
+def op_from_dict(data: dict[str, Any]) -> Op:
+    fields = dict(data)
+    return OP_TYPES[fields.pop("type")](**fields)
+
+
+@dataclasses.dataclass
+class ChipWorkload:
+    """What the artifact runs on the chip: regions per block, and the block of each layer and exit."""
+
+    blocks: dict[str, list[dict[str, Any]]]  # block -> [{"region", "pattern", "op": Op}]
+    layer_blocks: list[str]  # layer i (0-based) -> its block function (ALBERT: all "layer_0")
+    exit_blocks: list[str]
+    num_labels: int
+    early_exit: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        blocks = {name: [{**r, "op": op_to_dict(r["op"])} for r in regions] for name, regions in self.blocks.items()}
+        return {"blocks": blocks, "layer_blocks": self.layer_blocks, "exit_blocks": self.exit_blocks,
+                "num_labels": self.num_labels, "early_exit": self.early_exit}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ChipWorkload":
+        blocks = {name: [{**r, "op": op_from_dict(r["op"])} for r in regions] for name, regions in data["blocks"].items()}
+        return cls(blocks, list(data["layer_blocks"]), list(data["exit_blocks"]), int(data["num_labels"]),
+                   bool(data["early_exit"]))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_blocks)
+
+    def block_ops(self, name: str, embedding_store: str = "envm") -> list[Op]:
+        ops = [r["op"] for r in self.blocks.get(name, [])]
+        return [dataclasses.replace(op, store=embedding_store) if isinstance(op, Embedding) else op for op in ops]
+
+    def block_cost(self, name: str, config: AcceleratorConfig, embedding_store: str = "envm") -> Cost:
+        total = Cost()
+        for op in self.block_ops(name, embedding_store):
+            total = total + op_cost(op, config)
+        return total
+
+    def sentence_cost(self, exit_layer: int, config: AcceleratorConfig, embedding_store: str = "envm",
+                      early_exit: bool | None = None) -> Cost:
+        """Embeddings + layers 1..exit_layer + their exits (+ the entropy unit at each exit checked)."""
+        early_exit = self.early_exit if early_exit is None else early_exit
+        total = self.block_cost("embeddings", config, embedding_store)
+        for index in range(exit_layer):
+            total = total + self.block_cost(self.layer_blocks[index], config)
+            total = total + self.block_cost(self.exit_blocks[index], config)
+            if early_exit and index < self.num_layers - 1:
+                total = total + op_cost(Entropy(self.num_labels), config)
+        return total
+
+
+def dvfs_point(predicted_cycles: int, latency_target: float, config: AcceleratorConfig) -> DvfsPoint:
+    """Lowest-energy point (lowest voltage) that runs `predicted_cycles` within the target; else nominal."""
+    feasible = [p for p in config.dvfs_points if seconds(predicted_cycles, p) <= latency_target]
+    return min(feasible, key=lambda p: p.voltage) if feasible else config.nominal
+
+
+@dataclasses.dataclass
+class SentenceResult:
+    exit_layer: int
+    cycles: int
+    energy_pj: float  # at the operating point used
+    latency_s: float
+    point: DvfsPoint
+    met_target: bool | None
+
+
+def run_sentence(workload: ChipWorkload, config: AcceleratorConfig, exit_layer: int, predicted_layer: int | None = None,
+                 latency_target: float | None = None, embedding_store: str = "envm") -> SentenceResult:
+    """One sentence: at nominal, or with DVFS chosen from the predicted exit layer."""
+    cost = workload.sentence_cost(exit_layer, config, embedding_store)
+    point = config.nominal
+    if predicted_layer is not None and latency_target is not None:
+        predicted = workload.sentence_cost(predicted_layer, config, embedding_store)
+        point = dvfs_point(predicted.cycles, latency_target, config)
+    latency = seconds(cost.cycles, point)
+    met = None if latency_target is None else latency <= latency_target * (1 + 1e-12)
+    return SentenceResult(exit_layer, cost.cycles, scale_energy(cost, point, config), latency, point, met)

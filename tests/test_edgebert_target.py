@@ -1,0 +1,402 @@
+"""The edgebert accelerator target: configuration, cost model against a loop-level simulation,
+the chip's arithmetic against a numpy model, partitioning, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+
+from edgebert_tvm import cli
+from edgebert_tvm.adaptivfloat.quantizer import hw8_decode, hw8_encode
+from edgebert_tvm.errors import EdgeBertError
+from edgebert_tvm.target.edgebert import functional
+from edgebert_tvm.target.edgebert.config import DEFAULT_CONFIG, load_config, read_config_file
+from edgebert_tvm.target.edgebert.cost import ActMatmul, Dense, dense_chunks, op_cost
+from edgebert_tvm.target.edgebert.sentence import ChipWorkload
+from edgebert_tvm.target.targets import host_target
+
+from .conftest import random_inputs, read_json, run_cli, torch_exits
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_default_config_has_a_source_for_every_value():
+    config = load_config()
+    assert config.vector_size == 16 and config.input_buffer == 64 * 1024 and config.nominal.frequency == 1e9
+    raw = read_config_file()
+    assert all(raw[k]["source"] for k in raw if not k.startswith("_"))
+
+
+def _write_config(tmp_path: Path, **changes) -> Path:
+    raw = read_config_file()
+    for key, value in changes.items():
+        if value is None:
+            del raw[key]
+        else:
+            raw[key] = {"value": value, "source": "test"}
+    path = tmp_path / "accel.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"mac_energy": None}, "missing key 'mac_energy'"),
+    ({"input_buffer": "-64 KiB"}, "must be a finite number >= 0"),
+    ({"dram_bandwidth": "0 B/cycle"}, "dram_bandwidth must be > 0"),
+    ({"sram_read_energy": "1.25 pJ/bit"}, "unknown unit 'pJ/bit'"),
+    ({"vector_size": "16.5"}, "vector_size must be a positive integer"),
+    ({"dvfs_points": [["0.5 V", "1 GHz"], ["0.8 V", "2 GHz"]]}, "nominal one"),
+    ({"dvfs_points": [["0.8 V", "1 Gz"]]}, "unknown unit 'Gz'"),
+    ({"clock_typo": "1"}, "unknown key 'clock_typo'"),
+])
+def test_bad_config_is_one_line_exit_2(tmp_path, capsys, changes, match):
+    path = _write_config(tmp_path, **changes)
+    with pytest.raises(EdgeBertError, match=match.replace("(", r"\(")):
+        load_config(path)
+    # the CLI refuses before loading or compiling anything
+    assert cli.main(["compile", "albert-tiny", "--target", "edgebert", "--accelerator-config", str(path),
+                     "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err and not (tmp_path / "out").exists()
+
+
+def test_config_not_json_is_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.json"
+    path.write_text("{ nope")
+    assert cli.main(["compile", "albert-tiny", "--target", "edgebert", "--accelerator-config", str(path),
+                     "-o", str(tmp_path / "out")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- cost model vs loop-level simulation
+
+
+def simulate_dense(op: Dense, config, mask: np.ndarray) -> dict:
+    """Tile by tile: a DMA engine fills two buffer banks in turn, the PUs drain them.
+
+    Written independently of cost.py: chunks are grown one column tile at a time while they fit a
+    bank and half the mask buffer; every PU cycle and every MAC of a nonzero weight is counted.
+    """
+    n, pus = config.vector_size, config.processing_units
+    tiles = math.ceil(op.cols / n)
+    tile_bytes, tile_mask = op.inner * n, op.inner * n / 8
+    chunks, current = [], 0
+    for _ in range(tiles):
+        if current and ((current + 1) * tile_bytes > config.input_buffer or
+                        (current + 1) * tile_mask > config.mask_buffer / 2):
+            chunks.append(current)
+            current = 0
+        current += 1
+    chunks.append(current)
+    dma_free, pu_free, bank_free = 0, 0, [0, 0]
+    load_cycles = compute_cycles = sram_read = macs = 0
+    tile_start = 0
+    for index, chunk in enumerate(chunks):
+        start = max(dma_free, bank_free[index % 2])
+        beats = 0
+        remaining = chunk * (tile_bytes + tile_mask)
+        while remaining > 0:  # one bus beat per cycle
+            remaining -= config.dram_bandwidth
+            beats += 1
+        dma_free = start + beats
+        load_cycles += beats
+        clock = max(pu_free, dma_free)
+        for row in range(op.rows):
+            for group in range(0, chunk, pus):
+                for k_tile in range(math.ceil(op.inner / n)):
+                    clock += 1
+                    compute_cycles += 1
+                    for tile in range(group, min(group + pus, chunk)):
+                        cols = slice((tile_start + tile) * n, (tile_start + tile + 1) * n)
+                        macs += int(mask[k_tile * n:(k_tile + 1) * n, cols].sum())
+                        sram_read += n * n * 9 / 8 + 2 * n
+        pu_free = bank_free[index % 2] = clock
+        tile_start += chunk
+    return {"cycles": pu_free, "compute": compute_cycles, "memory": load_cycles, "macs": macs, "sram_read": sram_read}
+
+
+def _small_config(tmp_path: Path, **values) -> object:
+    return load_config(_write_config(tmp_path, **values))
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_dense_cycles_equal_loop_simulation(tmp_path, case):
+    rng = np.random.default_rng(case)
+    config = _small_config(tmp_path, input_buffer=f"{int(rng.integers(1, 6)) * 512} B",
+                           mask_buffer=f"{int(rng.integers(1, 4)) * 128} B",
+                           dram_bandwidth=f"{int(rng.choice([1, 4, 16, 64]))} B/cycle",
+                           processing_units=str(int(rng.integers(1, 4))))
+    rows, inner, cols = (int(v) for v in rng.integers([1, 4, 4], [9, 70, 90]))
+    weights = rng.standard_normal((inner, cols)) * (rng.random((inner, cols)) < 0.5)
+    padded = np.zeros((math.ceil(inner / 16) * 16, math.ceil(cols / 16) * 16), bool)
+    padded[:inner, :cols] = weights != 0
+    op = Dense(rows, inner, cols, int(padded.sum()))
+    sim, cost = simulate_dense(op, config, padded), op_cost(op, config)
+    assert (cost.cycles, cost.compute_cycles, cost.memory_cycles) == (sim["cycles"], sim["compute"], sim["memory"])
+    assert cost.useful_macs == sim["macs"]
+    assert cost.energy["mac"] == pytest.approx(sim["macs"] * config.mac_energy)
+    write = (sum(dense_chunks(op, config)) * 16 * inner * 9 / 8 + rows * cols * 2) * config.sram_write_energy
+    assert cost.energy["sram"] == pytest.approx(sim["sram_read"] * config.sram_read_energy + write)
+
+
+def test_attention_matmul_cycles_equal_loop_count():
+    config = load_config()
+    op = ActMatmul(batch=3, rows=5, inner=40, cols=33)
+    cycles = sum(1 for _ in range(op.batch) for _ in range(op.rows) for _ in range(0, math.ceil(op.cols / 16))
+                 for _ in range(math.ceil(op.inner / 16)))
+    cost = op_cost(op, config)
+    assert cost.cycles == cycles and cost.useful_macs == 3 * 5 * 40 * 33
+
+
+def test_zero_weights_save_energy_not_cycles():
+    config = load_config()
+    dense, sparse = op_cost(Dense(8, 64, 64, 64 * 64), config), op_cost(Dense(8, 64, 64, 64 * 16), config)
+    assert sparse.cycles == dense.cycles
+    assert sparse.energy["mac"] == pytest.approx(dense.energy["mac"] / 4)
+
+
+# ---------------------------------------------------------------- the chip's arithmetic: numpy model
+
+
+def q10(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # -FLT_MAX padding scores become -inf, then saturate
+        return np.rint(np.clip(np.asarray(x, np.float32) * np.float32(1024), -32768, 32767)).astype(np.int64)
+
+
+def sat(v: np.ndarray) -> np.ndarray:
+    return np.clip(v, -32768, 32767)
+
+
+def shift(v: np.ndarray, s: int) -> np.ndarray:
+    return (v + (1 << (s - 1))) >> s
+
+
+def out(q: np.ndarray) -> np.ndarray:
+    return q.astype(np.float32) * np.float32(2**-10)
+
+
+def np_gelu(q: np.ndarray, table: list[int]) -> np.ndarray:
+    table, limit, step = np.asarray(table, np.int64), functional.GELU_LIMIT_Q, functional.GELU_STEP_Q
+    seg = (np.clip(q, -limit, limit - 1) + limit) // step
+    inside = table[seg] + ((table[seg + 1] - table[seg]) * (q + limit - seg * step) + step // 2) // step
+    return np.where(q < -limit, 0, np.where(q >= limit, q, inside))
+
+
+def np_dense(x, w, b, gelu=None):
+    mask = w != 0  # the bitmask: zero weights are skipped
+    wi = np.rint(w.astype(np.float32) * np.float32(2**14)).astype(np.int64)
+    acc = np.einsum("...k,kn->...n", q10(x), wi * mask)
+    y = sat(shift(acc, 14) + q10(b))
+    return out(np_gelu(y, functional.gelu_table(gelu)) if gelu else y)
+
+
+def np_exp_q15(d):
+    t = (d * functional.LOG2E_Q10) // 1024
+    whole = t // 1024
+    frac = t - whole * 1024
+    seg = frac // 128
+    table = np.asarray(functional.POW2_TABLE, np.int64)
+    value = table[seg] + ((table[seg + 1] - table[seg]) * (frac - seg * 128) + 64) // 128
+    return value >> np.minimum(-whole, 62)
+
+
+def np_divide(num, den):
+    return (num * 2048 + den) // (den * 2)
+
+
+def np_softmax(x, span=None):
+    q = q10(x)
+    e = np_exp_q15(q - q.max(-1, keepdims=True))
+    p = np_divide(e, e.sum(-1, keepdims=True))
+    if span is None:
+        return out(p)
+    masked = shift(p * q10(span), 10)
+    kept = masked.sum(-1, keepdims=True)
+    return out(np.where(kept > 0, np_divide(masked, np.maximum(kept, 1)), 0))
+
+
+def np_layernorm(x, gamma, beta, eps):
+    q = q10(x)
+    width = q.shape[-1]
+    mean = (q.sum(-1, keepdims=True) * 2 + width) // (2 * width)
+    centred = q - mean
+    var = (centred * centred).sum(-1, keepdims=True) // width
+    inv = np.minimum(np.rint(2.0**20 / np.sqrt(var.astype(np.float64) + eps * 2.0**20)), 2.0**31).astype(np.int64)
+    normed = shift(centred * inv, 10)
+    return out(sat(shift(normed * q10(gamma), 10) + q10(beta)))
+
+
+def _run(kernel_inputs, compute, *arrays):
+    out_tensor = compute(*kernel_inputs)
+    lib = functional.build_kernel("k", kernel_inputs, out_tensor, host_target())
+    args = [tvm.runtime.tensor(a) for a in arrays]
+    result = tvm.runtime.tensor(np.zeros([int(d) for d in out_tensor.shape], "float32"))
+    lib["k"](*args, result)
+    return result.numpy()
+
+
+def _ph(array: np.ndarray, name: str) -> te.Tensor:
+    return te.placeholder(array.shape, dtype=str(array.dtype), name=name)
+
+
+@pytest.fixture(scope="module")
+def rng():
+    return np.random.default_rng(7)
+
+
+@pytest.mark.parametrize("gelu", [None, "erf", "tanh"])
+def test_dense_kernel_equals_numpy_model(rng, gelu):
+    x = (rng.standard_normal((2, 5, 40)) * 3).astype("float32")
+    w = hw8_decode(*hw8_encode(rng.standard_normal((40, 24)) * (rng.random((40, 24)) < 0.5) * 0.3))
+    b = rng.standard_normal(24).astype("float32")
+    got = _run([_ph(x, "x"), _ph(w, "w"), _ph(b, "b")], lambda *t: functional.dense(*t, gelu), x, w, b)
+    np.testing.assert_array_equal(got, np_dense(x, w, b, gelu))
+    reference = x @ w + b  # and it is close to float (Q10 rounding, plus the GELU's PWL error)
+    if gelu == "erf":
+        reference = 0.5 * reference * (1 + np.vectorize(math.erf)(reference / np.sqrt(2)))
+    if gelu != "tanh":
+        assert np.abs(got - reference).max() < 0.02
+
+
+def test_attention_matmul_kernel_equals_numpy_model(rng):
+    a, b = (rng.standard_normal((4, 6, 20)).astype("float32"), rng.standard_normal((4, 20, 7)).astype("float32"))
+    got = _run([_ph(a, "a"), _ph(b, "b")], functional.attention_matmul, a, b)
+    acc = np.einsum("zik,zkj->zij", q10(a), q10(b))
+    np.testing.assert_array_equal(got, out(sat(shift(acc, 10))))
+    # Q K^T with the 1/sqrt(d) scale folded in (a scale register in Q16), viewed as (batch, heads, rows, cols)
+    a, scale = a * 2, np.array(0.125 ** 0.5, "float32")
+    got = _run([_ph(a, "a"), _ph(b, "b"), _ph(scale, "s")],
+               lambda x, y, s: functional.attention_matmul(x, y, s, [2, 2, 6, 7]), a, b, scale)
+    scale_q = int(np.rint(scale * np.float32(2**16)))
+    expected = out(sat(shift(np.einsum("zik,zkj->zij", q10(a), q10(b)) * scale_q, 26))).reshape(2, 2, 6, 7)
+    np.testing.assert_array_equal(got, expected)
+    assert np.abs(got - (a @ b * scale).reshape(2, 2, 6, 7)).max() < 0.02
+
+
+@pytest.mark.parametrize("with_span", [False, True])
+def test_softmax_kernel_equals_numpy_model(rng, with_span):
+    x = (rng.standard_normal((1, 3, 5, 16)) * 4).astype("float32")
+    x[..., -3:] = np.finfo(np.float32).min  # padding keys, as the attention bias makes them
+    if with_span:
+        span = rng.random((1, 3, 1, 16)).astype("float32")
+        span[0, 1] = 0.0  # a head whose span is zero
+        got = _run([_ph(x, "x"), _ph(span, "s")], functional.softmax, x, span)
+        expected = np_softmax(x, span)
+    else:
+        got = _run([_ph(x, "x")], lambda t: functional.softmax(t, None), x)
+        expected = np_softmax(x)
+        exact = np.exp(x - x.max(-1, keepdims=True))
+        assert np.abs(got - exact / exact.sum(-1, keepdims=True)).max() < 0.01
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_layernorm_and_add_kernels_equal_numpy_model(rng):
+    x = (rng.standard_normal((4, 32)) * 2 + 1).astype("float32")
+    y = rng.standard_normal((4, 32)).astype("float32")
+    gamma, beta = rng.standard_normal(32).astype("float32"), rng.standard_normal(32).astype("float32")
+    got = _run([_ph(x, "x"), _ph(gamma, "g"), _ph(beta, "b")],
+               lambda *t: functional.layernorm(*t, 1e-12), x, gamma, beta)
+    np.testing.assert_array_equal(got, np_layernorm(x, gamma, beta, 1e-12))
+    mean, std = x.mean(-1, keepdims=True), x.std(-1, keepdims=True)
+    assert np.abs(got - ((x - mean) / std * gamma + beta)).max() < 0.02
+    got = _run([_ph(x, "x"), _ph(y, "y")], functional.residual_add, x, y)
+    np.testing.assert_array_equal(got, out(sat(q10(x) + q10(y))))
+
+
+def test_embedding_kernel_equals_numpy_model(rng):
+    table = hw8_decode(*hw8_encode(rng.standard_normal((50, 8)) * 0.1))
+    ids = rng.integers(0, 50, size=9).astype("int32")
+    got = _run([_ph(table, "t"), _ph(ids, "i")], functional.embedding, table, ids)
+    np.testing.assert_array_equal(got, out(q10(table[ids])))
+
+
+# ---------------------------------------------------------------- partition, artifact, CLI
+
+
+@pytest.fixture(scope="module")
+def spans_checkpoint(tmp_path_factory, minilm_dir) -> Path:
+    """A 2-layer random BERT with attention spans (so the span multiply is offloaded)."""
+    import torch
+
+    from edgebert_tvm.models.checkpoint import Checkpoint, save
+    from edgebert_tvm.models.config import EdgeBertConfig
+    from edgebert_tvm.models.modeling import EdgeBertForSequenceClassification
+
+    from .conftest import tiny_bert_config
+
+    torch.manual_seed(3)
+    model = EdgeBertForSequenceClassification(tiny_bert_config(num_hidden_layers=2), EdgeBertConfig(num_labels=2))
+    model.enable_spans(0.02)
+    directory = tmp_path_factory.mktemp("ckpt") / "spans"
+    save(Checkpoint(model.eval(), "spans", minilm_dir), directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def edgebert_artifact(tmp_path_factory, spans_checkpoint) -> Path:
+    out_dir = tmp_path_factory.mktemp("art") / "edgebert"
+    run_cli("compile", str(spans_checkpoint), "--target", "edgebert", "--seq-len", "16", "--exit-threshold", "0.4",
+            "-o", str(out_dir), check=True)
+    return out_dir
+
+
+def test_partition_offloads_every_pattern(edgebert_artifact):
+    workload = ChipWorkload.from_dict(read_json(edgebert_artifact / "metadata.json")["accelerator"]["workload"])
+    layer = [r["pattern"].split(".")[1] for r in workload.blocks["layer_0"]]
+    assert layer == ["dense", "dense", "dense", "attention_scores", "softmax_span", "attention_matmul", "dense",
+                     "residual_add", "layernorm", "dense_gelu", "dense", "residual_add", "layernorm"]
+    assert [r["pattern"].split(".")[1] for r in workload.blocks["exit_1"]] == ["dense", "dense"]
+    assert "embedding" in [r["pattern"].split(".")[1] for r in workload.blocks["embeddings"]]
+    assert workload.early_exit and workload.layer_blocks == ["layer_0", "layer_1"]
+
+
+def test_artifact_runs_in_fresh_process_with_report(edgebert_artifact, spans_checkpoint, tmp_path):
+    from edgebert_tvm.models.checkpoint import load
+
+    inputs = random_inputs(3, 16, 30522, seed=2)
+    np.savez(tmp_path / "in.npz", **inputs)
+    proc = run_cli("run", str(edgebert_artifact), "--inputs", str(tmp_path / "in.npz"), "--all-exits", "--json",
+                   str(tmp_path / "out.json"), "--report", "--report-json", str(tmp_path / "r.json"),
+                   "--report-plot", str(tmp_path / "r.png"), check=True)
+    assert "per sentence" in proc.stdout and (tmp_path / "r.png").stat().st_size > 0
+    result, report = read_json(tmp_path / "out.json"), read_json(tmp_path / "r.json")
+    # the accelerator's numbers stay close to the float model
+    reference = torch_exits(load(str(spans_checkpoint)).model, inputs)
+    assert np.abs(np.array(result["all_exit_logits"]) - reference).max() < 0.05
+    # per-sentence totals follow the exit layer: embeddings + (layer + exit + entropy) per layer taken
+    config = load_config()
+    workload = ChipWorkload.from_dict(read_json(edgebert_artifact / "metadata.json")["accelerator"]["workload"])
+    for row, layer in zip(report["rows"], result["exit_layer"]):
+        assert row["exit_layer"] == layer
+        assert row["cycles"] == workload.sentence_cost(layer, config).cycles
+    one = workload.sentence_cost(1, config)
+    two = workload.sentence_cost(2, config, early_exit=True)
+    assert two.cycles > one.cycles and report["full_depth_sentence"]["cycles"] == workload.sentence_cost(
+        2, config, early_exit=False).cycles
+
+
+def test_report_needs_an_edgebert_artifact(tmp_path):
+    proc = run_cli("compile", "albert-tiny", "--seq-len", "8", "-o", str(tmp_path / "cpu"))
+    assert proc.returncode == 0
+    inputs = random_inputs(1, 8, 30000)
+    np.savez(tmp_path / "in.npz", **inputs)
+    proc = run_cli("run", str(tmp_path / "cpu"), "--inputs", str(tmp_path / "in.npz"), "--report")
+    assert proc.returncode == 2 and "--target edgebert" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_run_with_bad_config_exit_2(edgebert_artifact, tmp_path):
+    np.savez(tmp_path / "in.npz", **random_inputs(1, 16, 30522))
+    path = _write_config(tmp_path, envm_read_energy="-3 pJ/B")
+    proc = run_cli("run", str(edgebert_artifact), "--inputs", str(tmp_path / "in.npz"), "--report",
+                   "--accelerator-config", str(path))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "envm_read_energy" in proc.stderr
+
+
+def test_default_config_file_is_the_packaged_one():
+    assert DEFAULT_CONFIG.name == "edgebert.json" and DEFAULT_CONFIG.is_file()
