@@ -260,9 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-threshold", type=_number, nargs="+", metavar="T",
                    help="fold entropy early exit into the graph: one threshold (nats) for every exit, "
                         "or one per exit before the last layer")
-    p.add_argument("--span-folding", choices=["keys", "heads", "mask", "off"], default="keys",
+    p.add_argument("--span-folding", choices=["keys", "heads", "mask", "off"], default="auto",
                    help="fold attention spans: constant masks (mask), + dead heads removed (heads), + each head "
-                        "reads only the keys its span reaches (keys, the default); off keeps the run-time mask")
+                        "reads only the keys its span reaches (keys, the default on llvm and cuda); off keeps the "
+                        "run-time mask (the default for the edgebert chip, which applies spans itself)")
     p.add_argument("--spans", metavar="FILE",
                    help="JSON spans (layers x heads, z in [0, 1]) to fold instead of the checkpoint's")
     p.add_argument("--weights", metavar="FORMAT",

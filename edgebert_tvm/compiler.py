@@ -36,7 +36,7 @@ class CompileOptions:
     seq_len: int = 128
     num_cores: int | None = None
     exit_thresholds: list[float] | None = None
-    span_folding: str | None = "keys"  # None keeps the run-time span mask
+    span_folding: str | None = "auto"  # a level, None (keep the run-time mask) or auto (see span_level)
     attention_spans: list[list[float]] | None = None  # overrides the checkpoint's spans
     weight_format: str | None = None  # "adaptivfloatN": weights stored as N-bit AdaptivFloat
     exp_bits: int = 3
@@ -62,9 +62,20 @@ class CompileOptions:
             raise EdgeBertError(f"--seq-len must be in [1, {max_positions}] for this model, got {self.seq_len}")
         if self.num_cores is not None and self.num_cores < 1:
             raise EdgeBertError(f"--num-cores must be >= 1, got {self.num_cores}")
-        if self.span_folding is not None and self.span_folding not in SPAN_LEVELS:
+        if self.span_folding not in (None, "auto", *SPAN_LEVELS):
             raise EdgeBertError(f"--span-folding must be one of {', '.join(SPAN_LEVELS)} or off, "
                                 f"got {self.span_folding!r}")
+        if self.target == "edgebert" and self.span_folding not in (None, "auto"):
+            raise EdgeBertError("--span-folding is for llvm and cuda: the edgebert chip applies spans in its "
+                                "softmax unit")
+
+    @property
+    def span_level(self) -> str | None:
+        """The FoldAttentionSpan level: `auto` is `keys` on llvm and cuda, and off for the edgebert chip,
+        whose softmax unit multiplies by the span vector (its patterns match the imported attention)."""
+        if self.span_folding == "auto":
+            return None if self.target == "edgebert" else "keys"
+        return self.span_folding
         if self.weight_bits is not None:
             check_format(self.weight_bits, self.exp_bits)
         if self.rda_threshold is not None:
@@ -89,7 +100,7 @@ class CompiledModel:
 def folded_spans(options: CompileOptions, edgebert: EdgeBertConfig) -> list[list[float]] | None:
     """The spans FoldAttentionSpan folds: the override, else the checkpoint's; None if not folding."""
     spans = options.attention_spans if options.attention_spans is not None else edgebert.attention_spans
-    return spans if options.span_folding is not None else None
+    return spans if options.span_level is not None else None
 
 
 def edgebert_passes(options: CompileOptions, edgebert: EdgeBertConfig) -> list[tvm.transform.Pass]:
@@ -99,7 +110,7 @@ def edgebert_passes(options: CompileOptions, edgebert: EdgeBertConfig) -> list[t
     spans = folded_spans(options, edgebert)
     if spans is not None:
         passes.append(FoldAttentionSpan(spans, edgebert.span_max, edgebert.span_ramp, edgebert.seq_len,
-                                        options.span_folding))
+                                        options.span_level))
     if options.weight_bits is not None:
         passes.append(QuantizeWeightsAdaptivFloat(options.weight_bits, options.exp_bits))
     if options.rda_threshold is not None:
@@ -147,9 +158,9 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
         z = check_spans(spans, model.arch.num_distinct_layers(model.config), model.config.num_attention_heads)
         edgebert = model.edgebert
         reports["attention_spans"] = {
-            "level": options.span_folding, "spans": z.tolist(),
+            "level": options.span_level, "spans": z.tolist(),
             "layer_groups": span_plan(z, options.seq_len, edgebert.span_max, edgebert.span_ramp, edgebert.seq_len,
-                                      options.span_folding),
+                                      options.span_level),
         }
     target = make_target(options.target, options.num_cores)
     seconds = {}
