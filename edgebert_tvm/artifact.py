@@ -75,6 +75,7 @@ def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", options:
         "exit_predictor": _predictor_for(model.edgebert.extra.get("exit_predictor"), options.exit_thresholds),
         "edgebert": model.edgebert.to_dict(),
         "constant_bytes": compiled.constant_bytes,
+        "sparsity": compiled.sparsity,
         "unscheduled_functions": compiled.unscheduled,
         "compile_seconds": compiled.compile_seconds,
         "versions": _versions(),

@@ -40,7 +40,7 @@ def cmd_compile(args: argparse.Namespace) -> None:
 
     check_output_directory(Path(args.output))
     options = CompileOptions(target=args.target, batch=args.batch, seq_len=args.seq_len, num_cores=args.num_cores,
-                             exit_thresholds=args.exit_threshold)
+                             exit_thresholds=args.exit_threshold, sparse=args.sparse)
     checkpoint = load(args.model)
     compiled = compile_model(checkpoint, options)
     write_artifact(checkpoint, compiled, options, Path(args.output))
@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = RecipeConfig(
         backbone=args.backbone, task=args.task, train_file=args.train_file, teacher=args.teacher,
         max_examples=args.max_examples, max_seq_len=args.max_seq_len, batch_size=args.batch_size,
-        epochs=args.epochs, lr=args.lr, sparsity=args.sparsity, pruning=args.pruning,
+        epochs=args.epochs, lr=args.lr, sparsity=args.sparsity, pruning=args.pruning, pruning_block=args.pruning_block,
         embedding_keep=args.embedding_keep, spans=not args.no_spans, offramp_epochs=args.offramp_epochs,
         seed=args.seed, save_every=args.save_every,
     )
@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-threshold", type=_number, nargs="+", metavar="T",
                    help="fold entropy early exit into the graph: one threshold (nats) for every exit, "
                         "or one per exit before the last layer")
+    p.add_argument("--sparse", action="store_true",
+                   help="FoldSparsity: sparse kernels for pruned weights where this CPU's measured cost model says "
+                        "they beat dense, compressed pruned embeddings")
     p.set_defaults(func=cmd_compile)
 
     p = commands.add_parser("run", help="run an artifact on text or an .npz of inputs",
@@ -222,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_number, default=5e-5)
     p.add_argument("--sparsity", type=_number, default=0.5, help="final encoder sparsity (default 0.5)")
     p.add_argument("--pruning", default="movement", help="movement, magnitude or none (default movement)")
+    p.add_argument("--pruning-block", metavar="RxC",
+                   help="prune whole blocks of RxC weights ([out, in]), e.g. 32x32 or 16x1 (default: unstructured)")
     p.add_argument("--embedding-keep", type=_number, default=0.4,
                    help="fraction of word-embedding weights kept by magnitude pruning (default 0.4)")
     p.add_argument("--no-spans", action="store_true", help="do not learn attention spans")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 
@@ -12,6 +13,7 @@ from tvm import relax
 from .errors import EdgeBertError
 from .passes.canonicalize import Canonicalize
 from .passes.fold_entropy_exit import FoldEntropyExit, check_thresholds
+from .passes.fold_sparsity import SPARSITY_ATTR, FoldSparsity
 from .importer import InputSpec, import_model
 from .models.checkpoint import Checkpoint
 from .target import make_target
@@ -27,6 +29,7 @@ class CompileOptions:
     seq_len: int = 128
     num_cores: int | None = None
     exit_thresholds: list[float] | None = None
+    sparse: bool = False
 
     def validate(self, max_positions: int) -> None:
         if self.batch < 1:
@@ -47,11 +50,14 @@ class CompiledModel:
     constant_bytes: int
     compile_seconds: dict[str, float]
     unscheduled: list[str]
+    sparsity: list[dict] | None = None  # FoldSparsity's per-matrix choices
 
 
 def edgebert_passes(options: CompileOptions) -> list[tvm.transform.Pass]:
     """The EdgeBERT graph-level passes selected by `options`, in pipeline order (DESIGN.md section 2)."""
     passes: list[tvm.transform.Pass] = []
+    if options.sparse:
+        passes.append(FoldSparsity())
     if options.exit_thresholds is not None:
         passes.append(FoldEntropyExit(options.exit_thresholds))
     return passes
@@ -92,11 +98,13 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     start = time.perf_counter()
     with target:
         mod = tvm.transform.Sequential(passes)(mod)
+        sparsity = json.loads(str(mod.attrs[SPARSITY_ATTR])) if mod.attrs and SPARSITY_ATTR in mod.attrs else None
         mod = lowering_pipeline(target)(mod)
     seconds["lower"] = time.perf_counter() - start
     start = time.perf_counter()
     executable = tvm.compile(mod, target, relax_pipeline=None)
     seconds["build"] = time.perf_counter() - start
     return CompiledModel(
-        executable, target, [p.info.name for p in passes], constant_bytes(mod), seconds, unscheduled_functions(mod)
+        executable, target, [p.info.name for p in passes], constant_bytes(mod), seconds, unscheduled_functions(mod),
+        sparsity,
     )
