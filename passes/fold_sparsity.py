@@ -28,7 +28,7 @@ from ..target.cpu.sparse import bsr_matmul, csr_matmul, masked_gather, to_bsr, t
 from ..target.cpu.sparse_cost import BSR_BLOCKS, CostModel, kind_name, load_cost_model
 
 SPARSITY_ATTR = "edgebert.sparsity"
-DENSE_ENOUGH = 0.95  # above this density no sparse kernel can win; skip the analysis
+DENSE_ENOUGH = 0.9  # a kernel that skips less than this much work is not sparse: keep dense
 
 
 def _constant_array(expr: relax.Expr) -> np.ndarray | None:
@@ -52,8 +52,9 @@ def choose_kernel(weight: np.ndarray, m: int, cost: CostModel, min_speedup: floa
         predicted["csr"] = cost.predict("csr", m, k, n, m * nnz)
         for block in BSR_BLOCKS:
             if n % block[0] == 0 and k % block[1] == 0:
-                macs = m * kept_blocks(weight, block) * block[0] * block[1]
-                predicted[kind_name(block)] = cost.predict(kind_name(block), m, k, n, macs)
+                kept = kept_blocks(weight, block) * block[0] * block[1]
+                if kept <= DENSE_ENOUGH * weight.size:  # else it is a dense kernel in disguise
+                    predicted[kind_name(block)] = cost.predict(kind_name(block), m, k, n, m * kept)
     best = min(predicted, key=predicted.get)
     if predicted[best] * min_speedup > predicted["dense"]:
         best = "dense"
