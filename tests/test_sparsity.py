@@ -127,6 +127,22 @@ def test_fold_sparsity_tiny_bert_matches_pytorch(kind, block):
     np.testing.assert_allclose(got, reference, atol=1e-4)
 
 
+def test_cli_compile_sparse_records_choices(tmp_path, minilm_dir, monkeypatch):
+    from edgebert_tvm import cli
+    from edgebert_tvm.models.checkpoint import Checkpoint, save
+    from edgebert_tvm.passes import fold_sparsity
+
+    monkeypatch.setattr(fold_sparsity, "load_cost_model", lambda target: _forced("bsr16x1"))
+    model = _pruned_tiny_bert((16, 1), 0.75)
+    save(Checkpoint(model, "tiny-pruned", minilm_dir), tmp_path / "ckpt")
+    assert cli.main(["compile", str(tmp_path / "ckpt"), "-o", str(tmp_path / "A"), "--seq-len", "16", "--sparse"]) == 0
+    meta = json.loads((tmp_path / "A" / "metadata.json").read_text())
+    assert meta["passes"] == ["edgebert.FoldSparsity"]
+    assert sorted({c["choice"] for c in meta["sparsity"]}) == ["bsr16x1", "masked_gather"]
+    dense_bytes = sum(p.numel() * 4 for p in model.parameters())
+    assert meta["constant_bytes"] < 0.8 * dense_bytes
+
+
 def test_cost_model_keeps_dense_for_dense_weights():
     model = EdgeBertForSequenceClassification(tiny_bert_config(num_hidden_layers=1), EdgeBertConfig(num_labels=2))
     with make_target("llvm"):

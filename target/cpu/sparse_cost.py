@@ -32,7 +32,7 @@ FORMAT_VERSION = 3
 
 
 def kind_name(block: tuple[int, int] | None) -> str:
-    """'csr' for unstructured, 'bsr32x32' for a block shape, 'dense' for None with dense=True."""
+    """'csr' for unstructured (None), 'bsr32x32' for a block shape."""
     return "csr" if block is None else f"bsr{block[0]}x{block[1]}"
 
 
