@@ -56,12 +56,12 @@ def predicted_crossover(cost, m: int, k: int, n: int, block: tuple[int, int] | N
     return None if density <= 0 else max(0.0, 1.0 - density)
 
 
-def kernel_sweep(threads: int, rounds: int) -> list[dict]:
+def kernel_sweep(threads: int, rounds: int, shapes: list[tuple[int, int, int]]) -> list[dict]:
     target = make_target("llvm", threads)
     cost = load_cost_model(target)
     rng = np.random.default_rng(0)
     rows = []
-    for m, k, n in SHAPES:
+    for m, k, n in shapes:
         x = rng.standard_normal((m, k)).astype("float32")
         weights = {(block, s): block_pruned(rng, (n, k), block or (1, 1), 1.0 - s) for block in PATTERNS for s in SPARSITIES}
         dense_w = weights[(None, SPARSITIES[0])]
@@ -83,6 +83,8 @@ def kernel_sweep(threads: int, rounds: int) -> list[dict]:
                 "sparse_ms": {f"{s:.2f}": t for s, t in per_sparsity.items()},
                 "speedup_over_our_dense": {f"{s:.2f}": dense_ms / t for s, t in per_sparsity.items()},
                 "speedup_over_torch": {f"{s:.2f}": torch_ms / t for s, t in per_sparsity.items()},
+                "min_ms": {"dense": min(times["ours dense"]), "torch": min(times["torch dense"]),
+                           **{f"{s:.2f}": min(times[f"{kind} {s:.2f}"]) for s in SPARSITIES}},
                 "measured_crossover_sparsity": min(wins) if wins else None,
                 "predicted_crossover_sparsity": predicted_crossover(cost, m, k, n, block),
             })
@@ -122,7 +124,7 @@ def bitmask_bytes(mod: tvm.IRModule) -> int:
         nonlocal total
         if isinstance(expr, tvm.ir.expr.Constant) and isinstance(expr.value, tvm.runtime.Tensor):
             array = expr.value.numpy()
-            total += np.count_nonzero(array) * 4 + array.size // 8 if array.ndim == 2 else array.nbytes
+            total += int(np.count_nonzero(array)) * 4 + array.size // 8 if array.ndim == 2 else array.nbytes
 
     for _, func in mod.functions_items():
         if isinstance(func, relax.Function) and func.attrs and func.attrs.get(BLOCK_ATTR) == "layer":
@@ -142,10 +144,11 @@ def end_to_end(checkpoint_name: str, threads: int, rounds: int, seq_len: int = 1
     outputs = {name: run() for name, run in runners.items()}
     times = time_interleaved(runners, rounds)
     ms = {name: median(t) for name, t in times.items()}
+    best = {name: min(t) for name, t in times.items()}
     choices = compiled["sparse"].sparsity or []
     kinds = sorted({c["choice"] for c in choices})
     result = {
-        "checkpoint": checkpoint_name, "seq_len": seq_len, "median_ms": ms,
+        "checkpoint": checkpoint_name, "seq_len": seq_len, "median_ms": ms, "min_ms": best,
         "sparse_speedup_over_dense": ms["edgebert-tvm dense"] / ms["edgebert-tvm sparse"],
         "max_abs_logit_difference": float(np.abs(outputs["edgebert-tvm sparse"] - outputs["edgebert-tvm dense"]).max()),
         "constant_bytes": {name: c.constant_bytes for name, c in compiled.items()},
@@ -223,6 +226,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-kernels", action="store_true")
+    parser.add_argument("--shapes", nargs="+", metavar="MxKxN", help="only these kernel shapes (rows replace "
+                        "those of the same shape in an existing --json)")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--json", default=str(RESULTS / "sparsity.json"))
     parser.add_argument("--plot", default=str(RESULTS / "sparsity.png"))
@@ -232,7 +237,10 @@ def main() -> None:
     results: dict = json.loads(path.read_text()) if path.exists() else {}  # parts run separately accumulate
     results.update({"threads": args.threads, "rounds": args.rounds})
     if not args.skip_kernels:
-        results["kernels"] = kernel_sweep(args.threads, args.rounds)
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
+        rows = kernel_sweep(args.threads, args.rounds, shapes)
+        kept = [r for r in results.get("kernels", []) if tuple(r["shape"]) not in shapes]
+        results["kernels"] = sorted(kept + rows, key=lambda r: SHAPES.index(tuple(r["shape"])))
         plot(results["kernels"], Path(args.plot))
         print(f"plot: {args.plot}")
     if not args.skip_end_to_end:
