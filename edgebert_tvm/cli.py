@@ -52,7 +52,7 @@ def cmd_compile(args: argparse.Namespace) -> None:
                              attention_spans=_read_spans(Path(args.spans)) if args.spans else None,
                              weight_format=args.weights, exp_bits=args.exp_bits,
                              rda_threshold=args.rda_threshold, rda_granularity=args.rda_granularity,
-                             accelerator_config=args.accelerator_config)
+                             accelerator_config=args.accelerator_config, sparse=args.sparse)
     checkpoint = load(args.model)
     compiled = compile_model(checkpoint, options)
     write_artifact(checkpoint, compiled, options, Path(args.output))
@@ -191,7 +191,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = RecipeConfig(
         backbone=args.backbone, task=args.task, train_file=args.train_file, teacher=args.teacher,
         max_examples=args.max_examples, max_seq_len=args.max_seq_len, batch_size=args.batch_size,
-        epochs=args.epochs, lr=args.lr, sparsity=args.sparsity, pruning=args.pruning,
+        epochs=args.epochs, lr=args.lr, sparsity=args.sparsity, pruning=args.pruning, pruning_block=args.pruning_block,
         embedding_keep=args.embedding_keep, spans=not args.no_spans, offramp_epochs=args.offramp_epochs,
         seed=args.seed, save_every=args.save_every,
     )
@@ -276,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "each tensor's 16-bit grid (max|x|/32767); 0 is lossless")
     p.add_argument("--rda-granularity", default=8, metavar="G",
                    help="RDA group size in values (default 8), or 'layer' for one group per row")
+    p.add_argument("--sparse", action="store_true",
+                   help="FoldSparsity: sparse kernels for pruned weights where this CPU's measured cost model says "
+                        "they beat dense, compressed pruned embeddings")
     p.set_defaults(func=cmd_compile)
 
     p = commands.add_parser("run", help="run an artifact on text or an .npz of inputs",
@@ -313,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_number, default=5e-5)
     p.add_argument("--sparsity", type=_number, default=0.5, help="final encoder sparsity (default 0.5)")
     p.add_argument("--pruning", default="movement", help="movement, magnitude or none (default movement)")
+    p.add_argument("--pruning-block", metavar="RxC",
+                   help="prune whole blocks of RxC weights ([out, in]), e.g. 32x32 or 16x1 (default: unstructured)")
     p.add_argument("--embedding-keep", type=_number, default=0.4,
                    help="fraction of word-embedding weights kept by magnitude pruning (default 0.4)")
     p.add_argument("--no-spans", action="store_true", help="do not learn attention spans")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from typing import Any
@@ -21,6 +22,7 @@ from .passes.canonicalize import Canonicalize
 from .passes.fold_attention_span import LEVELS as SPAN_LEVELS
 from .passes.fold_attention_span import FoldAttentionSpan, check_spans, span_plan
 from .passes.fold_entropy_exit import FoldEntropyExit, check_thresholds
+from .passes.fold_sparsity import SPARSITY_ATTR, FoldSparsity
 from .passes.lower_adaptivfloat import LowerAdaptivFloat, register_pipeline
 from .passes.quantize_weights_adaptivfloat import QuantizeWeightsAdaptivFloat
 from .target import make_target
@@ -54,6 +56,7 @@ class CompileOptions:
             raise EdgeBertError(f"--weights must be adaptivfloatN (N = 4..16 bits), got {self.weight_format!r}")
         return int(digits)
     accelerator_config: str | None = None  # edgebert target: configuration file (default: the cited defaults)
+    sparse: bool = False
 
     def validate(self, max_positions: int) -> None:
         if self.batch < 1:
@@ -111,6 +114,8 @@ def edgebert_passes(options: CompileOptions, edgebert: EdgeBertConfig) -> list[t
     if spans is not None:
         passes.append(FoldAttentionSpan(spans, edgebert.span_max, edgebert.span_ramp, edgebert.seq_len,
                                         options.span_level))
+    if options.sparse:
+        passes.append(FoldSparsity())
     if options.weight_bits is not None:
         passes.append(QuantizeWeightsAdaptivFloat(options.weight_bits, options.exp_bits))
     if options.rda_threshold is not None:
@@ -172,6 +177,8 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     accelerator = None
     with target:
         mod = tvm.transform.Sequential(passes)(mod)
+        if mod.attrs and SPARSITY_ATTR in mod.attrs:
+            reports["sparsity"] = json.loads(str(mod.attrs[SPARSITY_ATTR]))
         if options.target == "edgebert":
             mod, accelerator = _offload_to_edgebert(mod, checkpoint, options)
             seconds["partition_codegen"] = time.perf_counter() - start

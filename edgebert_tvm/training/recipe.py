@@ -34,7 +34,7 @@ from ..errors import EdgeBertError
 from ..models.checkpoint import Checkpoint, load, save
 from ..models.config import EdgeBertConfig
 from .batches import batches, encode_examples, num_batches
-from .pruning import METHODS, EncoderPruner, cubic_sparsity, encoder_sparsity, prune_embeddings
+from .pruning import METHODS, EncoderPruner, cubic_sparsity, encoder_sparsity, parse_block, prune_embeddings
 from .state import load_state, read_progress, save_state
 
 STATE_DIR = ".train-state"
@@ -57,6 +57,7 @@ class RecipeConfig:
     warmup: float = 0.06
     sparsity: float = 0.5
     pruning: str = "movement"
+    pruning_block: str | None = None
     score_lr: float = 1e-2
     embedding_keep: float = 0.4
     spans: bool = True
@@ -83,6 +84,10 @@ class RecipeConfig:
         for ok, message in checks:
             if not ok:
                 raise EdgeBertError(message)
+        try:
+            parse_block(self.pruning_block)
+        except ValueError as err:
+            raise EdgeBertError(f"--pruning-block: {err}") from None
 
 
 # The recipe of the built-in `edgebert-sst2` checkpoint: sized to train in about 15 minutes on two
@@ -92,8 +97,13 @@ DEFAULT_RECIPE = RecipeConfig(max_examples=48000, lr=8e-5, pruning="magnitude", 
 
 
 def recipe_id(config: RecipeConfig) -> str:
-    """A short stable hash of a recipe, so a changed recipe builds a new cached checkpoint."""
-    return hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:10]
+    """A short stable hash of a recipe, so a changed recipe builds a new cached checkpoint.
+    Fields added later hash only when set, so older recipes keep their ids."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if not (k in _LATER_FIELDS and v is None)}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+
+
+_LATER_FIELDS = ("pruning_block",)
 
 
 def _seed_everything(seed: int) -> None:
@@ -184,7 +194,8 @@ class Trainer:
         train, self.held_out = _split_examples(config, self.task)
         self.data = encode_examples(Tokenizer.from_file(str(self.tokenizer)), train, config.max_seq_len)
         self.teacher = load(config.teacher).model.eval() if config.teacher else None
-        self.pruner = EncoderPruner(self.model, config.pruning) if config.pruning != "none" else None
+        self.pruner = (EncoderPruner(self.model, config.pruning, parse_block(config.pruning_block))
+                       if config.pruning != "none" else None)
         self.log: list[dict[str, Any]] = []
 
     # -- stage 1 -----------------------------------------------------------------------------
