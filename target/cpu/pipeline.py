@@ -10,6 +10,7 @@ from tvm.s_tir import dlight
 from .elementwise import Elementwise
 from .fast_math import FastMath
 from .matmul import Matmul
+from .reduction import RowReduction
 from .small import SmallKernel
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
@@ -17,7 +18,7 @@ SCHEDULED_ATTR = "tirx.is_scheduled"
 
 def schedule_rules() -> list[dlight.ScheduleRule]:
     """Rules in priority order; the first that applies to a PrimFunc schedules it."""
-    return [Matmul(), dlight.cpu.Reduction(), Elementwise(), SmallKernel()]
+    return [Matmul(), dlight.cpu.Reduction(), RowReduction(), Elementwise(), SmallKernel()]
 
 
 def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
