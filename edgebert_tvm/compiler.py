@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from pathlib import Path
 
 import tvm
 from tvm import relax
@@ -15,7 +16,8 @@ from .passes.fold_entropy_exit import FoldEntropyExit, check_thresholds
 from .importer import InputSpec, import_model
 from .models.checkpoint import Checkpoint
 from .target import make_target
-from .target.cpu import cpu_pipeline, unscheduled_functions
+from .target.cpu import cpu_passes, unscheduled_functions
+from .target.gpu import cuda_passes
 
 
 @dataclasses.dataclass
@@ -27,6 +29,7 @@ class CompileOptions:
     seq_len: int = 128
     num_cores: int | None = None
     exit_thresholds: list[float] | None = None
+    tuning_records: Path | None = None  # an `edgebert-tvmc tune` work directory
 
     def validate(self, max_positions: int) -> None:
         if self.batch < 1:
@@ -47,6 +50,7 @@ class CompiledModel:
     constant_bytes: int
     compile_seconds: dict[str, float]
     unscheduled: list[str]
+    tuned: list[str] = dataclasses.field(default_factory=list)  # kernels scheduled from tuning records
 
 
 def edgebert_passes(options: CompileOptions) -> list[tvm.transform.Pass]:
@@ -57,10 +61,19 @@ def edgebert_passes(options: CompileOptions) -> list[tvm.transform.Pass]:
     return passes
 
 
-def lowering_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+def lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """Graph clean-ups, then TVM lowering with default schedules: ours on CPUs, dlight's on GPUs."""
-    lowering = cpu_pipeline(target) if target.kind.name == "llvm" else relax.get_default_pipeline(target)
-    return tvm.transform.Sequential([Canonicalize(), lowering])
+    return [Canonicalize(), *(cpu_passes(target) if target.kind.name == "llvm" else cuda_passes(target))]
+
+
+def lowering_pipeline(target: tvm.target.Target, tuning_records: Path | None = None) -> tvm.transform.Pass:
+    """`lowering_passes`; with tuning records, their schedules replace the defaults of the kernels they cover."""
+    passes = lowering_passes(target)
+    if tuning_records is not None:
+        from .tuning.records import apply_records
+
+        passes = apply_records(passes, tuning_records)
+    return tvm.transform.Sequential(passes)
 
 
 def constant_bytes(mod: tvm.IRModule) -> int:
@@ -78,8 +91,9 @@ def constant_bytes(mod: tvm.IRModule) -> int:
     return sum(seen.values())
 
 
-def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledModel:
-    """Import, run the EdgeBERT passes and TVM's lowering for the target, and build."""
+def graph_module(checkpoint: Checkpoint, options: CompileOptions) -> tuple[tvm.IRModule, tvm.target.Target, list[str], dict[str, float]]:
+    """Check the options, import, and run the EdgeBERT passes: the module every target lowers
+    (and tuning extracts its tasks from), its target, the passes run and the seconds taken."""
     options.validate(checkpoint.model.config.max_position_embeddings)
     if options.exit_thresholds is not None:
         options.exit_thresholds = check_thresholds(options.exit_thresholds, checkpoint.model.num_layers)
@@ -92,11 +106,24 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     start = time.perf_counter()
     with target:
         mod = tvm.transform.Sequential(passes)(mod)
-        mod = lowering_pipeline(target)(mod)
+    seconds["passes"] = time.perf_counter() - start
+    return mod, target, [p.info.name for p in passes], seconds
+
+
+def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledModel:
+    """Import, run the EdgeBERT passes and TVM's lowering for the target (applying tuning records
+    if given), and build."""
+    mod, target, passes, seconds = graph_module(checkpoint, options)
+    start = time.perf_counter()
+    with target:
+        mod = lowering_pipeline(target, options.tuning_records)(mod)
     seconds["lower"] = time.perf_counter() - start
     start = time.perf_counter()
     executable = tvm.compile(mod, target, relax_pipeline=None)
     seconds["build"] = time.perf_counter() - start
-    return CompiledModel(
-        executable, target, [p.info.name for p in passes], constant_bytes(mod), seconds, unscheduled_functions(mod)
-    )
+    tuned = []
+    if options.tuning_records is not None:
+        from .tuning.records import tuned_functions
+
+        tuned = tuned_functions(mod)
+    return CompiledModel(executable, target, passes, constant_bytes(mod), seconds, unscheduled_functions(mod), tuned)
