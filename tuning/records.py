@@ -150,8 +150,9 @@ def open_for_tuning(work_dir: Path) -> ms.database.JSONDatabase:
     if work_dir.exists() and not work_dir.is_dir():
         raise EdgeBertError(f"{work_dir}: exists and is not a directory")
     work_dir.mkdir(parents=True, exist_ok=True)
-    if any((work_dir / name).exists() for name in (WORKLOAD_FILE, RECORD_FILE, DEFAULTS_FILE)):
+    if (work_dir / WORKLOAD_FILE).exists() or (work_dir / RECORD_FILE).exists():
         read_database(work_dir)
+    read_defaults(work_dir)
     for path in (work_dir / WORKLOAD_FILE, work_dir / RECORD_FILE, work_dir / DEFAULTS_FILE):
         if _read_lines(path)[1]:
             text = path.read_bytes()

@@ -9,7 +9,8 @@ from .tune import TaskResult, TuneOptions
 
 
 def model_ms(results: list[TaskResult], tuned: bool) -> float | None:
-    """Kernel time of one model run, sum of calls x latency: a proxy, without the VM's overheads."""
+    """Sum of call sites x latency: a proxy for one run of every Relax function (`main` and
+    `all_exits` both count; ALBERT's shared layer counts once), without the VM's overheads."""
     times = [r.weight * (r.compiled_ms if tuned else r.default_ms) for r in results
              if r.default_ms is not None and r.compiled_ms is not None]
     return sum(times) if times else None
@@ -20,7 +21,7 @@ def _ms(value: float | None) -> str:
 
 
 def format_table(results: list[TaskResult], name_width: int = 48) -> str:
-    lines = [f"{'kernel':{name_width}s} {'calls':>5s} {'MFLOP':>9s} {'default ms':>10s} {'best tuned':>10s} "
+    lines = [f"{'kernel':{name_width}s} {'sites':>5s} {'MFLOP':>9s} {'default ms':>10s} {'best tuned':>10s} "
              f"{'compiled':>10s} {'speedup':>7s} {'trials':>6s}"]
     for r in results:
         name = r.name if len(r.name) <= name_width else r.name[: name_width - 3] + "..."
@@ -29,7 +30,7 @@ def format_table(results: list[TaskResult], name_width: int = 48) -> str:
                      f"{_ms(r.compiled_ms)} {speedup} {r.trials:6d}")
     before, after = model_ms(results, tuned=False), model_ms(results, tuned=True)
     if before and after:
-        lines.append(f"{'all kernels, one model run (calls x latency)':{name_width}s} {'':5s} "
+        lines.append(f"{'all kernels (call sites x latency)':{name_width}s} {'':5s} "
                      f"{sum(r.weight * r.flops for r in results) / 1e6:9.1f} {_ms(before)} {'':10s} {_ms(after)} "
                      f"{before / after:6.2f}x {sum(r.trials for r in results):6d}")
     lines.append("(default: the schedule `compile` uses without records; best tuned: MetaSchedule's best; "

@@ -21,7 +21,8 @@ from .records import schedule_point
 
 @dataclasses.dataclass
 class Task:
-    """One kernel to tune: its workload (an IRModule with `main`), calls per model run and FLOPs per call."""
+    """One kernel to tune: its workload (an IRModule with `main`), its call sites in the module
+    (MetaSchedule's task weight) and FLOPs per call."""
 
     name: str
     mod: tvm.IRModule
