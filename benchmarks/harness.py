@@ -97,9 +97,11 @@ def _vm_runner(executable: tvm.runtime.Executable, inputs: dict[str, np.ndarray]
     return lambda: vm["main"](*args)[0].numpy()
 
 
-def edgebert_tvm_runner(checkpoint: Checkpoint, inputs: dict[str, np.ndarray], threads: int) -> Runner:
+def edgebert_tvm_runner(checkpoint: Checkpoint, inputs: dict[str, np.ndarray], threads: int,
+                        tuning_records: Path | None = None) -> Runner:
     batch, seq_len = inputs["input_ids"].shape
-    compiled = compile_model(checkpoint, CompileOptions(batch=batch, seq_len=seq_len, num_cores=threads))
+    compiled = compile_model(checkpoint, CompileOptions(batch=batch, seq_len=seq_len, num_cores=threads,
+                                                        tuning_records=tuning_records))
     return _vm_runner(compiled.executable, inputs)
 
 

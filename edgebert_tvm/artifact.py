@@ -79,6 +79,8 @@ def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", options:
         "constant_bytes": compiled.constant_bytes,
         "unscheduled_functions": compiled.unscheduled,
         "pass_reports": compiled.reports,
+        "tuning_records": str(options.tuning_records) if options.tuning_records is not None else None,
+        "tuned_functions": compiled.tuned,
         "compile_seconds": compiled.compile_seconds,
         "versions": _versions(),
     }

@@ -14,11 +14,14 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import EdgeBertError
+
+if TYPE_CHECKING:
+    from .compiler import CompileOptions
 
 EXIT_BAD_INPUT = 2
 
@@ -33,31 +36,43 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _compile_options(args: argparse.Namespace) -> CompileOptions:
+    from .compiler import CompileOptions
+
+    if args.accelerator_config:
+        from .target.edgebert.config import load_config
+
+        load_config(args.accelerator_config)  # fail before the long work
+    return CompileOptions(target=args.target, batch=args.batch, seq_len=args.seq_len, num_cores=args.num_cores,
+                          exit_thresholds=args.exit_threshold,
+                          span_folding=None if args.span_folding == "off" else args.span_folding,
+                          attention_spans=_read_spans(Path(args.spans)) if args.spans else None,
+                          weight_format=args.weights, exp_bits=args.exp_bits,
+                          rda_threshold=args.rda_threshold, rda_granularity=args.rda_granularity,
+                          accelerator_config=args.accelerator_config, sparse=args.sparse)
+
+
 def cmd_compile(args: argparse.Namespace) -> None:
     from .artifact import write_artifact
-    from .compiler import CompileOptions, compile_model
+    from .compiler import compile_model
     from .fileio import check_output_directory
     from .models.checkpoint import load
 
     check_output_directory(Path(args.output))
-    if args.accelerator_config:
-        if args.target != "edgebert":
-            raise EdgeBertError("--accelerator-config is for --target edgebert")
-        from .target.edgebert.config import load_config
+    if args.accelerator_config and args.target != "edgebert":
+        raise EdgeBertError("--accelerator-config is for --target edgebert")
+    options = _compile_options(args)
+    if args.tuning_records:
+        from .tuning.records import read_database
 
-        load_config(args.accelerator_config)  # fail before the long work
-    options = CompileOptions(target=args.target, batch=args.batch, seq_len=args.seq_len, num_cores=args.num_cores,
-                             exit_thresholds=args.exit_threshold,
-                             span_folding=None if args.span_folding == "off" else args.span_folding,
-                             attention_spans=_read_spans(Path(args.spans)) if args.spans else None,
-                             weight_format=args.weights, exp_bits=args.exp_bits,
-                             rda_threshold=args.rda_threshold, rda_granularity=args.rda_granularity,
-                             accelerator_config=args.accelerator_config, sparse=args.sparse)
+        read_database(Path(args.tuning_records))  # a bad directory fails before the long work
+        options.tuning_records = Path(args.tuning_records).resolve()
     checkpoint = load(args.model)
     compiled = compile_model(checkpoint, options)
     write_artifact(checkpoint, compiled, options, Path(args.output))
     total = sum(compiled.compile_seconds.values())
-    print(f"compiled {checkpoint.source} for {options.target} (batch {options.batch}, seq {options.seq_len}) "
+    tuned = f", {len(compiled.tuned)} kernels from tuning records" if args.tuning_records else ""
+    print(f"compiled {checkpoint.source} for {options.target} (batch {options.batch}, seq {options.seq_len}{tuned}) "
           f"in {total:.1f} s -> {args.output}")
 
 
@@ -74,6 +89,36 @@ def _read_spans(path: Path) -> Any:
     if not isinstance(spans, list):
         raise EdgeBertError(f"{path}: expected a list of span rows or an object with attention_spans")
     return spans
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from .models.checkpoint import load
+    from .tuning.measure import Tracker
+    from .tuning.records import open_for_tuning
+    from .tuning.report import format_table, report_json
+    from .tuning.tasks import model_tasks
+    from .tuning.tune import TuneOptions, tune
+
+    if args.rpc_key and not args.rpc_tracker:
+        raise EdgeBertError("--rpc-key needs --rpc-tracker HOST:PORT")
+    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
+        raise EdgeBertError(f"--time-budget must be a positive number of minutes, got {args.time_budget}")
+    tracker = Tracker.parse(args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None
+    if tracker is not None:
+        tracker.servers()  # fail now if nothing can measure
+    work_dir = Path(args.output)
+    open_for_tuning(work_dir)  # a corrupt database fails here, untouched, before the long work
+    checkpoint = load(args.model)
+    tasks, target = model_tasks(checkpoint, _compile_options(args))
+    tasks = tasks[: args.top_kernels]  # heaviest (calls x FLOPs) first
+    print(f"{checkpoint.source}: {len(tasks)} kernels to tune for {args.target}, {args.trials} trials each "
+          f"-> {work_dir}", flush=True)
+    options = TuneOptions(trials=args.trials, work_dir=work_dir, time_budget_min=args.time_budget, tracker=tracker,
+                          population=args.population)
+    results = tune(tasks, target, options)
+    print(format_table(results))
+    write_json_atomic(work_dir / "tuning_report.json", report_json(checkpoint.source, args.target, options, results))
+    print(f"records: {work_dir} (apply with `edgebert-tvmc compile {args.model} --tuning-records {work_dir} ...`)")
 
 
 def _read_inputs(args: argparse.Namespace, artifact: Any) -> tuple[dict[str, np.ndarray], list[str] | None]:
@@ -247,39 +292,62 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgebert-tvmc", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def model_options(p: argparse.ArgumentParser) -> None:
+        """What selects the compiled module: `tune` takes the same, so it tunes what `compile` builds."""
+        p.add_argument("model", help=f"checkpoint directory or built-in name ({', '.join(BUILTIN_NAMES)})")
+        p.add_argument("--target", default="llvm", choices=TARGET_NAMES,
+                       help="llvm: this CPU; cuda: NVIDIA GPU; edgebert: the EdgeBERT accelerator model (host: this CPU)")
+        p.add_argument("--batch", type=_positive_int, default=1, help="compiled batch size (default 1)")
+        p.add_argument("--seq-len", type=_positive_int, default=128, help="compiled sequence length (default 128)")
+        p.add_argument("--num-cores", type=_positive_int, default=None, help="CPU threads (default: all available)")
+        p.add_argument("--exit-threshold", type=_number, nargs="+", metavar="T",
+                       help="fold entropy early exit into the graph: one threshold (nats) for every exit, "
+                            "or one per exit before the last layer")
+        p.add_argument("--span-folding", choices=["keys", "heads", "mask", "off"], default="auto",
+                       help="fold attention spans: constant masks (mask), + dead heads removed (heads), + each head "
+                            "reads only the keys its span reaches (keys, the default on llvm and cuda); off keeps "
+                            "the run-time mask (the default for the edgebert chip, which applies spans itself)")
+        p.add_argument("--spans", metavar="FILE",
+                       help="JSON spans (layers x heads, z in [0, 1]) to fold instead of the checkpoint's")
+        p.add_argument("--sparse", action="store_true",
+                       help="FoldSparsity: sparse kernels for pruned weights where this CPU's measured cost model "
+                            "says they beat dense, compressed pruned embeddings")
+        p.add_argument("--weights", metavar="FORMAT",
+                       help="store weights as adaptivfloatN (N = 4..16 bits, e.g. adaptivfloat8), decoded inside "
+                            "the matmul and embedding kernels (default: float32)")
+        p.add_argument("--exp-bits", type=_positive_int, default=3,
+                       help="AdaptivFloat exponent bits (default 3, the EdgeBERT accelerator's; needs < N-1)")
+        p.add_argument("--rda-threshold", type=_number, metavar="T",
+                       help="store constant tensors the RDA way (zero / repeated / two-base groups); T in units of "
+                            "each tensor's 16-bit grid (max|x|/32767); 0 is lossless")
+        p.add_argument("--rda-granularity", default=8, metavar="G",
+                       help="RDA group size in values (default 8), or 'layer' for one group per row")
+        p.add_argument("--accelerator-config",
+                       help="edgebert target: accelerator configuration JSON (default: the cited defaults)")
+
     p = commands.add_parser("compile", help="compile a checkpoint into an artifact directory",
                             description="Compile a checkpoint directory or built-in model into an artifact.")
-    p.add_argument("model", help=f"checkpoint directory or built-in name ({', '.join(BUILTIN_NAMES)})")
-    p.add_argument("--target", default="llvm", choices=TARGET_NAMES,
-                   help="llvm: this CPU; cuda: NVIDIA GPU; edgebert: the EdgeBERT accelerator model (host: this CPU)")
-    p.add_argument("--accelerator-config", help="edgebert target: accelerator configuration JSON (default: cited defaults)")
+    model_options(p)
     p.add_argument("-o", "--output", required=True, help="artifact directory to write")
-    p.add_argument("--batch", type=_positive_int, default=1, help="compiled batch size (default 1)")
-    p.add_argument("--seq-len", type=_positive_int, default=128, help="compiled sequence length (default 128)")
-    p.add_argument("--num-cores", type=_positive_int, default=None, help="CPU threads (default: all available)")
-    p.add_argument("--exit-threshold", type=_number, nargs="+", metavar="T",
-                   help="fold entropy early exit into the graph: one threshold (nats) for every exit, "
-                        "or one per exit before the last layer")
-    p.add_argument("--span-folding", choices=["keys", "heads", "mask", "off"], default="auto",
-                   help="fold attention spans: constant masks (mask), + dead heads removed (heads), + each head "
-                        "reads only the keys its span reaches (keys, the default on llvm and cuda); off keeps the "
-                        "run-time mask (the default for the edgebert chip, which applies spans itself)")
-    p.add_argument("--spans", metavar="FILE",
-                   help="JSON spans (layers x heads, z in [0, 1]) to fold instead of the checkpoint's")
-    p.add_argument("--weights", metavar="FORMAT",
-                   help="store weights as adaptivfloatN (N = 4..16 bits, e.g. adaptivfloat8), decoded inside the "
-                        "matmul and embedding kernels (default: float32)")
-    p.add_argument("--exp-bits", type=_positive_int, default=3,
-                   help="AdaptivFloat exponent bits (default 3, the EdgeBERT accelerator's; needs < N-1)")
-    p.add_argument("--rda-threshold", type=_number, metavar="T",
-                   help="store constant tensors the RDA way (zero / repeated / two-base groups); T in units of "
-                        "each tensor's 16-bit grid (max|x|/32767); 0 is lossless")
-    p.add_argument("--rda-granularity", default=8, metavar="G",
-                   help="RDA group size in values (default 8), or 'layer' for one group per row")
-    p.add_argument("--sparse", action="store_true",
-                   help="FoldSparsity: sparse kernels for pruned weights where this CPU's measured cost model says "
-                        "they beat dense, compressed pruned embeddings")
+    p.add_argument("--tuning-records", metavar="DIR",
+                   help="a `tune` work directory: its best schedules replace the defaults of the kernels they cover")
     p.set_defaults(func=cmd_compile)
+
+    p = commands.add_parser("tune", help="auto-tune a model's kernels with MetaSchedule (XGBoost cost model)",
+                            description="Tune every kernel of the compiled model (after the EdgeBERT passes) with "
+                                        "MetaSchedule; records go to a JSON database in DIR. Rerun to resume.")
+    model_options(p)
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="work directory (database, logs, report)")
+    p.add_argument("--trials", type=_positive_int, required=True, help="measured candidates per kernel")
+    p.add_argument("--time-budget", type=_number, metavar="MIN",
+                   help="stop starting new rounds after this many minutes (rerun to continue)")
+    p.add_argument("--top-kernels", type=_positive_int, metavar="N",
+                   help="only the N kernels with the most work per run (calls x FLOPs); the rest keep defaults")
+    p.add_argument("--population", type=_positive_int, default=512,
+                   help="evolutionary search population per round (default 512; smaller searches faster, worse)")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on the devices of this TVM RPC tracker")
+    p.add_argument("--rpc-key", metavar="KEY", help="device key the RPC servers registered with")
+    p.set_defaults(func=cmd_tune)
 
     p = commands.add_parser("run", help="run an artifact on text or an .npz of inputs",
                             description="Run a compiled artifact; prints logits and exit layer per input.")

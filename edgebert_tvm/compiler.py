@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import tvm
@@ -26,7 +27,8 @@ from .passes.fold_sparsity import SPARSITY_ATTR, FoldSparsity
 from .passes.lower_adaptivfloat import LowerAdaptivFloat, register_pipeline
 from .passes.quantize_weights_adaptivfloat import QuantizeWeightsAdaptivFloat
 from .target import make_target
-from .target.cpu import cpu_pipeline, unscheduled_functions
+from .target.cpu import cpu_passes, unscheduled_functions
+from .target.gpu import cuda_passes
 
 
 @dataclasses.dataclass
@@ -56,6 +58,7 @@ class CompileOptions:
             raise EdgeBertError(f"--weights must be adaptivfloatN (N = 4..16 bits), got {self.weight_format!r}")
         return int(digits)
     accelerator_config: str | None = None  # edgebert target: configuration file (default: the cited defaults)
+    tuning_records: Path | None = None  # an `edgebert-tvmc tune` work directory
     sparse: bool = False
 
     def validate(self, max_positions: int) -> None:
@@ -98,6 +101,7 @@ class CompiledModel:
     unscheduled: list[str]
     reports: dict[str, Any]  # what the EdgeBERT passes did, for the artifact's metadata
     accelerator: dict | None = None  # edgebert target: the chip's workload per block and its configuration
+    tuned: list[str] = dataclasses.field(default_factory=list)  # kernels scheduled from tuning records
 
 
 def folded_spans(options: CompileOptions, edgebert: EdgeBertConfig) -> list[list[float]] | None:
@@ -125,15 +129,25 @@ def edgebert_passes(options: CompileOptions, edgebert: EdgeBertConfig) -> list[t
     return passes
 
 
-def lowering_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+def lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """Custom datatypes lowered, graph clean-ups, then TVM lowering with default schedules (ours on CPUs,
     dlight's on GPUs).
 
     LowerAdaptivFloat comes first: FoldConstant builds and runs PrimFuncs on constant inputs (the
     position embeddings' lookup, the packing of constant weights), and llvm cannot build custom types.
     """
-    lowering = cpu_pipeline(target) if target.kind.name == "llvm" else relax.get_default_pipeline(target)
-    return tvm.transform.Sequential([LowerAdaptivFloat(), Canonicalize(), lowering])
+    lowering = cpu_passes(target) if target.kind.name == "llvm" else cuda_passes(target)
+    return [LowerAdaptivFloat(), Canonicalize(), *lowering]
+
+
+def lowering_pipeline(target: tvm.target.Target, tuning_records: Path | None = None) -> tvm.transform.Pass:
+    """`lowering_passes`; with tuning records, their schedules replace the defaults of the kernels they cover."""
+    passes = lowering_passes(target)
+    if tuning_records is not None:
+        from .tuning.records import apply_records
+
+        passes = apply_records(passes, tuning_records)
+    return tvm.transform.Sequential(passes)
 
 
 def constant_bytes(mod: tvm.IRModule) -> int:
@@ -151,8 +165,12 @@ def constant_bytes(mod: tvm.IRModule) -> int:
     return sum(seen.values())
 
 
-def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledModel:
-    """Import, run the EdgeBERT passes and TVM's lowering for the target, and build."""
+def graph_module(
+    checkpoint: Checkpoint, options: CompileOptions
+) -> tuple[tvm.IRModule, tvm.target.Target, list[str], dict[str, float], dict[str, Any]]:
+    """Check the options, import, and run the EdgeBERT passes: the module every target lowers (and
+    tuning extracts its tasks from), its target, the passes run, the seconds taken and the passes'
+    reports for the artifact's metadata."""
     options.validate(checkpoint.model.config.max_position_embeddings)
     if options.exit_thresholds is not None:
         options.exit_thresholds = check_thresholds(options.exit_thresholds, checkpoint.model.num_layers)
@@ -170,29 +188,43 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     target = make_target(options.target, options.num_cores)
     seconds = {}
     start = time.perf_counter()
-    mod = import_model(checkpoint.model, InputSpec(options.batch, options.seq_len))
+    mod = import_model(model, InputSpec(options.batch, options.seq_len))
     seconds["import"] = time.perf_counter() - start
-    passes = edgebert_passes(options, checkpoint.model.edgebert)
+    passes = edgebert_passes(options, model.edgebert)
     start = time.perf_counter()
-    accelerator = None
     with target:
         mod = tvm.transform.Sequential(passes)(mod)
-        if mod.attrs and SPARSITY_ATTR in mod.attrs:
-            reports["sparsity"] = json.loads(str(mod.attrs[SPARSITY_ATTR]))
+    seconds["passes"] = time.perf_counter() - start
+    if mod.attrs and SPARSITY_ATTR in mod.attrs:
+        reports["sparsity"] = json.loads(str(mod.attrs[SPARSITY_ATTR]))
+    if (rda_report := _rda_metadata(passes, options)) is not None:
+        reports["rda"] = rda_report
+    return mod, target, [p.info.name for p in passes], seconds, reports
+
+
+def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledModel:
+    """Import, run the EdgeBERT passes and the target's lowering (applying tuning records if given;
+    for the edgebert target, partitioning and codegen first), and build."""
+    mod, target, passes, seconds, reports = graph_module(checkpoint, options)
+    accelerator = None
+    start = time.perf_counter()
+    with target:
         if options.target == "edgebert":
             mod, accelerator = _offload_to_edgebert(mod, checkpoint, options)
             seconds["partition_codegen"] = time.perf_counter() - start
-        mod = lowering_pipeline(target)(mod)
-    seconds["lower"] = time.perf_counter() - start - seconds.get("partition_codegen", 0.0)
-    if (rda_report := _rda_metadata(passes, options)) is not None:
-        reports["rda"] = rda_report
+            start = time.perf_counter()
+        mod = lowering_pipeline(target, options.tuning_records)(mod)
+    seconds["lower"] = time.perf_counter() - start
     start = time.perf_counter()
     executable = tvm.compile(mod, target, relax_pipeline=None, tir_pipeline=register_pipeline())
     seconds["build"] = time.perf_counter() - start
-    return CompiledModel(
-        executable, target, [p.info.name for p in passes], constant_bytes(mod), seconds, unscheduled_functions(mod),
-        reports, accelerator,
-    )
+    tuned = []
+    if options.tuning_records is not None:
+        from .tuning.records import tuned_functions
+
+        tuned = tuned_functions(mod)
+    return CompiledModel(executable, target, passes, constant_bytes(mod), seconds, unscheduled_functions(mod),
+                         reports, accelerator, tuned)
 
 
 def _rda_metadata(passes: list[tvm.transform.Pass], options: CompileOptions) -> dict | None:

@@ -32,5 +32,8 @@ def make_target(name: str, num_cores: int | None = None, cuda_arch: str = DEFAUL
     if name == "cuda":
         if not cuda_arch.startswith("sm_") or not cuda_arch[3:].isdigit():
             raise EdgeBertError(f"invalid CUDA architecture {cuda_arch!r} (expected e.g. sm_80)")
-        return tvm.target.Target({"kind": "cuda", "arch": cuda_arch}, host=host_target(num_cores))
+        # The limits MetaSchedule's GPU rules read (the same for every arch since sm_50 here).
+        limits = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152, "thread_warp_size": 32,
+                  "max_num_threads": 1024, "registers_per_block": 65536}
+        return tvm.target.Target({"kind": "cuda", "arch": cuda_arch, **limits}, host=host_target(num_cores))
     raise EdgeBertError(f"unknown target {name!r} (choose from: {', '.join(TARGET_NAMES)})")

@@ -1,5 +1,5 @@
 """Default CPU schedules: what dlight does for GPUs, for the kernels BERT-family encoders produce."""
 
-from .pipeline import cpu_pipeline, schedule_rules, unscheduled_functions
+from .pipeline import cpu_passes, cpu_pipeline, schedule_rules, unscheduled_functions
 
-__all__ = ["cpu_pipeline", "schedule_rules", "unscheduled_functions"]
+__all__ = ["cpu_passes", "cpu_pipeline", "schedule_rules", "unscheduled_functions"]

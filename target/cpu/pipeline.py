@@ -21,13 +21,15 @@ def schedule_rules() -> list[dlight.ScheduleRule]:
     return [Matmul(), dlight.cpu.Reduction(), RowReduction(), Elementwise(), SmallKernel()]
 
 
-def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+def cpu_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """cpu_generic's passes with `ApplyDefaultSchedule` between fusion and lowering.
 
     FastMath swaps tanh, erf, exp and softmax for TVM's vectorizable approximations (libm's are
-    scalar calls); the differential tests against PyTorch bound the error.
+    scalar calls); the differential tests against PyTorch bound the error. Tuning extracts its
+    tasks from the module as it reaches `ApplyDefaultSchedule` and applies its records just
+    before it (edgebert_tvm.tuning), so it sees the same PrimFuncs as the default schedules.
     """
-    return tvm.transform.Sequential(
+    return (
         [FastMath()]
         + cpu_generic.library_dispatch_passes(target)
         + cpu_generic.legalize_passes(target)
@@ -39,9 +41,13 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
             relax.transform.DeadCodeElimination(),
         ]
         + cpu_generic.dataflow_lower_passes(target)
-        + cpu_generic.finalize_passes(target),
-        name="edgebert.CPUPipeline",
+        + cpu_generic.finalize_passes(target)
     )
+
+
+def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """`cpu_passes` as one pass."""
+    return tvm.transform.Sequential(cpu_passes(target), name="edgebert.CPUPipeline")
 
 
 def unscheduled_functions(mod: tvm.IRModule) -> list[str]:

@@ -1,0 +1,168 @@
+"""Tuning: resume after a kill, records applied at compile (checked against PyTorch), a corrupt
+database refused untouched, measurement through a loopback RPC tracker, cuda compile-only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from tvm.s_tir import meta_schedule as ms
+
+from edgebert_tvm import cli
+from edgebert_tvm.compiler import CompileOptions, compile_model
+from edgebert_tvm.errors import EdgeBertError
+from edgebert_tvm.models.checkpoint import load
+from edgebert_tvm.tuning.measure import InProcessBuilder, Tracker
+from edgebert_tvm.tuning.records import DEFAULTS_FILE, RECORD_FILE, WORKLOAD_FILE, open_for_tuning, read_database
+from edgebert_tvm.tuning.tasks import model_tasks
+
+from .conftest import random_inputs, run_cli, torch_exits
+
+MODEL = ["albert-tiny", "--seq-len", "16"]
+QUICK = ["--top-kernels", "2", "--population", "32"]
+
+
+def _records(work_dir: Path) -> int:
+    path = work_dir / RECORD_FILE
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_killed_run_resumes_and_records_apply_at_compile(tmp_path):
+    work = tmp_path / "tune"
+    args = ["tune", *MODEL, *QUICK, "--trials", "6", "-o", str(work)]
+    proc = subprocess.Popen([sys.executable, "-m", "edgebert_tvm.cli", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while _records(work) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = _records(work)
+    assert before >= 3, "the tuner wrote no records before it was killed"
+
+    assert cli.main(args) == 0  # resumes: same command
+    assert _records(work) >= before
+    report = json.loads((work / "tuning_report.json").read_text())
+    assert [t["trials"] for t in report["tasks"]] == [6, 6]  # trials from before the kill counted
+    assert all(t["default_ms"] > 0 and t["best_ms"] > 0 for t in report["tasks"])
+    assert len(read_database(work).get_all_tuning_records()) == _records(work)
+
+    # Without default timings every tuned record applies: the tuned kernels, layout rewrite included,
+    # must compute what PyTorch computes.
+    (work / DEFAULTS_FILE).unlink()
+    checkpoint = load("albert-tiny")
+    compiled = compile_model(checkpoint, CompileOptions(seq_len=16, tuning_records=work))
+    assert len(compiled.tuned) == 2 and not compiled.unscheduled
+    vm = tvm.relax.VirtualMachine(compiled.executable, tvm.cpu())
+    inputs = random_inputs(1, 16, 30000)
+    out = vm["all_exits"](*[tvm.runtime.tensor(inputs[k]) for k in ("input_ids", "attention_mask", "token_type_ids")])
+    np.testing.assert_allclose(out.numpy(), torch_exits(checkpoint.model, inputs), atol=1e-4)
+
+
+def test_corrupt_database_is_refused_untouched(tmp_path):
+    work = tmp_path / "tune"
+    work.mkdir()
+    (work / WORKLOAD_FILE).write_text('["0x1", "not base64 json"]\n')
+    digest = _sha(work / WORKLOAD_FILE)
+    proc = run_cli("tune", *MODEL, "--trials", "2", "-o", str(work))
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "corrupt" in proc.stderr
+    assert _sha(work / WORKLOAD_FILE) == digest
+    proc = run_cli("compile", *MODEL, "--tuning-records", str(work), "-o", str(tmp_path / "A"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "A").exists()
+
+    (work / WORKLOAD_FILE).write_text("garbage without newline")
+    with pytest.raises(EdgeBertError, match="corrupt"):
+        open_for_tuning(work)
+    assert (work / WORKLOAD_FILE).read_text() == "garbage without newline"
+    with pytest.raises(EdgeBertError, match="HOST:PORT"):
+        Tracker.parse("localhost", "k")
+
+
+def test_half_written_last_record_is_dropped_only(tmp_path):
+    """What a kill mid-append leaves: complete lines, then the start of a record with no newline."""
+    work = tmp_path / "tune"
+    work.mkdir()
+    (work / DEFAULTS_FILE).write_text('{"workload": "ab", "task": "t", "ms": 1.5}\n{"workload": "cd", "ta')
+    open_for_tuning(work)
+    assert (work / DEFAULTS_FILE).read_text() == '{"workload": "ab", "task": "t", "ms": 1.5}\n'
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rpc_loopback_tracker_and_two_servers(tmp_path):
+    port, key = _free_port(), "edgebert-test"
+    python = [sys.executable, "-m"]
+    procs = [subprocess.Popen([*python, "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
+                               "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(2):
+            server_port = _free_port()
+            procs.append(subprocess.Popen(
+                [*python, "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(server_port),
+                 "--port-end", str(server_port + 1), "--tracker", f"127.0.0.1:{port}", "--key", key], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        tracker = Tracker("127.0.0.1", port, key)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if tracker.servers() == 2:
+                    break
+            except EdgeBertError:
+                pass
+            time.sleep(1)
+        assert tracker.servers() == 2
+        work = tmp_path / "tune"
+        assert cli.main(["tune", *MODEL, "--top-kernels", "1", "--population", "32", "--trials", "4", "-o", str(work),
+                         "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", key]) == 0
+        records = read_database(work).get_all_tuning_records()
+        assert len(records) == 4
+        assert all(max(float(s) for s in r.run_secs) < 1.0 for r in records)  # measured, not failed
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_cuda_tasks_build_and_records_apply_compile_only(tmp_path, tiny_bert_dir):
+    """No GPU here: tasks for cuda are extracted, a MetaSchedule cuda candidate builds, and a cuda
+    record applies at compile while llvm records are ignored. Nothing runs on a GPU."""
+    checkpoint = load(tiny_bert_dir)
+    tasks, target = model_tasks(checkpoint, CompileOptions(target="cuda", seq_len=16))
+    task = tasks[0]
+    context = ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
+                             search_strategy="evolutionary", task_name=task.name)
+    space = context.generate_design_space()[0]
+    (built,) = InProcessBuilder().build([ms.builder.BuilderInput(space.mod, target)])
+    assert built.error_msg is None and Path(built.artifact_path).exists()
+
+    work = tmp_path / "tune"
+    database = open_for_tuning(work)
+    workload = database.commit_workload(task.mod)
+    # The run time cannot be measured without a GPU; the value only has to be a valid time.
+    database.commit_tuning_record(ms.database.TuningRecord(space.trace, workload, [1e-3], target,
+                                                           ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])))
+    compiled = compile_model(checkpoint, CompileOptions(target="cuda", seq_len=16, tuning_records=work))
+    assert len(compiled.tuned) == 1
+    llvm_only = compile_model(checkpoint, CompileOptions(target="llvm", seq_len=16, tuning_records=work))
+    assert llvm_only.tuned == []

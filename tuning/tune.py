@@ -1,0 +1,208 @@
+"""The tuning loop: MetaSchedule's evolutionary search with its XGBoost cost model, task by task, in
+rounds, resumable, within a time budget.
+
+Before searching, each task's default schedule (what `compile` would use) is measured with the
+same runner: it is the "before" column of the report, and a tuned kernel replaces the default at
+compile time only if it measured faster (records.py).
+Tasks are then tuned in rounds of `trials_per_round` trials each, the kernels that take the most
+of a model run first, so a time budget is spent where it matters. Each round is one MetaSchedule
+run on one task with one shared cost model; every measured candidate is appended to the JSON
+database as it is measured, so a killed run resumes from the records it left (trials already in
+the database count towards `--trials`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import tvm
+from tqdm import tqdm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+
+from ..compiler import lowering_passes
+from ..errors import EdgeBertError
+from .measure import InProcessBuilder, Tracker, make_runner
+from .records import (FAILED_SECONDS, append_default, mean_ms, open_for_tuning, read_defaults, schedule_point,
+                      workload_key)
+from .tasks import Task
+
+
+
+@dataclasses.dataclass
+class TuneOptions:
+    trials: int  # per task, default-schedule record not included
+    work_dir: Path
+    time_budget_min: float | None = None
+    tracker: Tracker | None = None
+    trials_per_round: int = 32
+    population: int = 512  # evolutionary search population per round (MetaSchedule's default)
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class TaskResult:
+    name: str
+    weight: int
+    flops: float
+    default_ms: float | None
+    best_ms: float | None
+    trials: int
+
+    @property
+    def compiled_ms(self) -> float | None:
+        """What `compile --tuning-records` uses: the tuned schedule only if it beat the default."""
+        if self.default_ms is None or self.best_ms is None:
+            return self.best_ms if self.default_ms is None else self.default_ms
+        return min(self.default_ms, self.best_ms)
+
+    @property
+    def speedup(self) -> float | None:
+        if self.default_ms is None or self.compiled_ms is None:
+            return None
+        return self.default_ms / self.compiled_ms
+
+
+def default_schedule(task: Task, target: tvm.target.Target) -> tvm.s_tir.Schedule | None:
+    """The schedule the target's default-schedule pass gives this kernel (first rule that applies)."""
+    passes = lowering_passes(target)
+    rules = passes[schedule_point(passes)].rules
+    func = task.mod["main"]
+    for rule in rules:
+        sch = rule.apply(func, target, False)
+        if isinstance(sch, list):
+            sch = sch[0] if sch else None
+        if sch is not None:
+            return sch
+    return None
+
+
+class TaskState:
+    """A task's records: trials so far, default and best latency."""
+
+    def __init__(self, task: Task, database: ms.database.Database, defaults: dict[str, float | None]) -> None:
+        self.task = task
+        self.key = workload_key(task.mod)
+        self.workload = database.commit_workload(task.mod)
+        self.default_recorded = self.key in defaults
+        self.default_ms = defaults.get(self.key)
+        self.logger = None
+        self.best_ms: float | None = None
+        self.trials = 0
+        self.exhausted = False
+        for record in database.get_all_tuning_records():
+            if record.workload.same_as(self.workload):
+                self.add(mean_ms(record))
+
+    def add(self, ms_: float | None) -> None:
+        self.trials += 1
+        if ms_ is not None and (self.best_ms is None or ms_ < self.best_ms):
+            self.best_ms = ms_
+
+    def result(self) -> TaskResult:
+        t = self.task
+        return TaskResult(t.name, t.weight, t.flops, self.default_ms, self.best_ms, self.trials)
+
+
+@derived_object
+class _Progress(ms.measure_callback.PyMeasureCallback):
+    """Counts measured candidates into the task's state and the progress bar."""
+
+    def __init__(self, state: TaskState, bar: tqdm) -> None:
+        super().__init__()
+        self.state = state
+        self.bar = bar
+        self.measured = 0
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+        for result in runner_results:
+            secs = [float(x) for x in result.run_secs or []]
+            self.state.add(sum(secs) / len(secs) * 1e3 if secs and max(secs) < FAILED_SECONDS else None)
+            self.measured += 1
+            self.bar.update(1)
+        self.bar.set_postfix_str(f"{self.state.task.name[:40]} best {self.state.best_ms or float('nan'):.3f} ms")
+
+
+def device_type(target: tvm.target.Target) -> str:
+    return "cuda" if target.kind.name == "cuda" else "cpu"
+
+
+def _measure_default(state: TaskState, target, work_dir: Path, builder, runner) -> None:
+    """Time the default schedule with the tuning runner, once per work directory."""
+    if state.default_recorded:
+        return
+    sch = default_schedule(state.task, target)
+    if sch is None:
+        return
+    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+    if built.error_msg:
+        raise EdgeBertError(f"{state.task.name}: the default schedule does not build ({built.error_msg.splitlines()[-1]})")
+    args_info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, device_type(target), args_info)])
+    result = future.result()
+    shutil.rmtree(Path(built.artifact_path).parent, ignore_errors=True)
+    if result.error_msg:
+        tqdm.write(f"{state.task.name}: the default schedule failed to run ({result.error_msg.splitlines()[-1]})")
+    secs = [float(x) for x in result.run_secs or []]
+    state.default_ms = sum(secs) / len(secs) * 1e3 if secs and not result.error_msg else None
+    state.default_recorded = True
+    append_default(work_dir, state.key, state.task.name, state.default_ms)
+
+
+def _tune_round(state: TaskState, trials: int, target, options: TuneOptions, database, builder, runner,
+                cost_model, bar: tqdm, round_index: int) -> int:
+    """One MetaSchedule run of `trials` candidates on one task; returns how many were measured."""
+    task = state.task
+    context = ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
+                             search_strategy=ms.search_strategy.EvolutionarySearch(
+                                 population_size=options.population, init_min_unmeasured=min(50, options.population)),
+                             task_name=task.name, logger=state.logger,
+                             rand_state=options.seed * 7919 + round_index, num_threads="physical").clone()
+    progress = _Progress(state, bar)
+    ms.tune.tune_tasks(tasks=[context], task_weights=[1.0], work_dir=str(options.work_dir),
+                       max_trials_global=trials, max_trials_per_task=trials, num_trials_per_iter=trials,
+                       builder=builder, runner=runner, database=database, cost_model=cost_model,
+                       measure_callbacks=[*ms.MeasureCallback.create("default"), progress],
+                       task_scheduler="round-robin")
+    return progress.measured
+
+
+def tune(tasks: list[Task], target: tvm.target.Target, options: TuneOptions) -> list[TaskResult]:
+    """Tune `tasks` into `options.work_dir`; returns each task's default and best latency and trials."""
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # the per-task logs go to work_dir/logs
+    start = time.monotonic()
+    deadline = start + options.time_budget_min * 60 if options.time_budget_min else None
+    database = open_for_tuning(options.work_dir)
+    builder, runner = InProcessBuilder(), make_runner(options.tracker)
+    defaults = read_defaults(options.work_dir)
+    states = [TaskState(task, database, defaults) for task in tasks]
+    for state, logger in zip(states, ms.logging.get_loggers_from_work_dir(str(options.work_dir), [t.name for t in tasks])):
+        state.logger = logger
+    for state in tqdm(states, desc="default schedules", unit="task", leave=False):
+        _measure_default(state, target, options.work_dir, builder, runner)
+    # The kernels that take most of a model run first (by measured default time, else FLOPs).
+    states.sort(key=lambda s: -(s.task.weight * (s.default_ms if s.default_ms is not None else s.task.flops * 1e-9)))
+    cost_model = ms.CostModel.create("xgb", num_tuning_cores=target.attrs.get("num-cores", 1), tree_method="auto")
+    remaining = sum(max(options.trials - s.trials, 0) for s in states)
+    with tqdm(total=remaining, desc="tuning", unit="trial") as bar:
+        round_index = 0
+        while any(not s.exhausted and s.trials < options.trials for s in states):
+            for state in states:
+                if state.exhausted or state.trials >= options.trials:
+                    continue
+                if deadline is not None and time.monotonic() >= deadline:
+                    bar.write(f"time budget of {options.time_budget_min:g} min reached; rerun to continue")
+                    return [s.result() for s in states]
+                trials = min(options.trials_per_round, options.trials - state.trials)
+                measured = _tune_round(state, trials, target, options, database, builder, runner, cost_model,
+                                       bar, round_index)
+                if measured == 0:  # the search space has nothing new to offer
+                    state.exhausted = True
+                    bar.total -= options.trials - state.trials
+                    bar.refresh()
+                round_index += 1
+    return [s.result() for s in states]
