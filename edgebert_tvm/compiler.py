@@ -74,6 +74,11 @@ class CompileOptions:
         if self.target == "edgebert" and self.span_folding not in (None, "auto"):
             raise EdgeBertError("--span-folding is for llvm and cuda: the edgebert chip applies spans in its "
                                 "softmax unit")
+        if self.weight_bits is not None:
+            check_format(self.weight_bits, self.exp_bits)
+        if self.rda_threshold is not None:
+            self.rda_threshold = rda.check_threshold(self.rda_threshold)
+        self.rda_granularity = rda.check_granularity(self.rda_granularity)
 
     @property
     def span_level(self) -> str | None:
@@ -82,11 +87,6 @@ class CompileOptions:
         if self.span_folding == "auto":
             return None if self.target == "edgebert" else "keys"
         return self.span_folding
-        if self.weight_bits is not None:
-            check_format(self.weight_bits, self.exp_bits)
-        if self.rda_threshold is not None:
-            self.rda_threshold = rda.check_threshold(self.rda_threshold)
-        self.rda_granularity = rda.check_granularity(self.rda_granularity)
 
 
 @dataclasses.dataclass

@@ -173,7 +173,11 @@ def _tune_round(state: TaskState, trials: int, target, options: TuneOptions, dat
 
 def tune(tasks: list[Task], target: tvm.target.Target, options: TuneOptions) -> list[TaskResult]:
     """Tune `tasks` into `options.work_dir`; returns each task's default and best latency and trials."""
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # the per-task logs go to work_dir/logs
+    global_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    global_logger.setLevel(logging.WARNING)  # the per-task logs go to work_dir/logs
+    # MetaSchedule's logging config lists this logger's current handlers by name; one left by an earlier
+    # run in this process (or by a host application) has no entry in the new config and breaks it.
+    global_logger.handlers.clear()
     start = time.monotonic()
     deadline = start + options.time_budget_min * 60 if options.time_budget_min else None
     database = open_for_tuning(options.work_dir)
