@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import INPUT_ORDER, median, set_threads, time_interleaved
 
-from edgebert_tvm.compiler import CompileOptions, compile_model, edgebert_passes
+from edgebert_tvm.compiler import CompileOptions, compile_model, graph_module
 from edgebert_tvm.data import builtin_split, read_tsv, task_for
 from edgebert_tvm.flops import matmul_flops
-from edgebert_tvm.importer import BLOCK_ATTR, InputSpec, import_model
+from edgebert_tvm.importer import BLOCK_ATTR
 from edgebert_tvm.inputs import encode, load_tokenizer
 from edgebert_tvm.models.checkpoint import load
 
@@ -36,8 +36,7 @@ LEVELS = ("off", "mask", "heads", "keys")
 
 def layer_flops(checkpoint, options: CompileOptions) -> float:
     """Mean matmul FLOPs of the encoder layers after the EdgeBERT passes, per sentence."""
-    mod = import_model(checkpoint.model, InputSpec(options.batch, options.seq_len))
-    mod = tvm.transform.Sequential(edgebert_passes(options, checkpoint.model.edgebert))(mod)
+    mod, *_ = graph_module(checkpoint, options)
     flops = [matmul_flops(f) for _, f in mod.functions_items()
              if isinstance(f, relax.Function) and f.attrs is not None and f.attrs.get(BLOCK_ATTR) == "layer"]
     return float(np.mean(flops))
