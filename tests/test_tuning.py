@@ -22,7 +22,8 @@ from edgebert_tvm.compiler import CompileOptions, compile_model
 from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.tuning.measure import InProcessBuilder, Tracker
-from edgebert_tvm.tuning.records import DEFAULTS_FILE, RECORD_FILE, WORKLOAD_FILE, open_for_tuning, read_database
+from edgebert_tvm.tuning.records import (DEFAULTS_FILE, RECORD_FILE, WORKLOAD_FILE, DefaultTiming, append_default,
+                                         open_for_tuning, read_database, read_defaults)
 from edgebert_tvm.tuning.tasks import model_tasks
 
 from .conftest import random_inputs, run_cli, torch_exits
@@ -59,13 +60,21 @@ def test_killed_run_resumes_and_records_apply_at_compile(tmp_path):
     assert _records(work) >= before
     report = json.loads((work / "tuning_report.json").read_text())
     assert [t["trials"] for t in report["tasks"]] == [6, 6]  # trials from before the kill counted
-    assert all(t["default_ms"] > 0 and t["best_ms"] > 0 for t in report["tasks"])
+    assert all(t["default_ms"] > 0 and t["best_ms"] > 0 and t["tuned_ms"] > 0 for t in report["tasks"])
     assert len(read_database(work).get_all_tuning_records()) == _records(work)
+
+    # The back-to-back re-timing decides: a kernel whose best record lost to its default there keeps
+    # the default, whatever the search measured.
+    checkpoint = load("albert-tiny")
+    defaults = read_defaults(work)
+    assert len(defaults) == 2 and all(t.tuned_ms is not None for t in defaults.values())
+    for key, timing in defaults.items():
+        append_default(work, key, "slower", DefaultTiming(timing.ms, 2 * timing.ms))
+    assert compile_model(checkpoint, CompileOptions(seq_len=16, tuning_records=work)).tuned == []
 
     # Without default timings every tuned record applies: the tuned kernels, layout rewrite included,
     # must compute what PyTorch computes.
     (work / DEFAULTS_FILE).unlink()
-    checkpoint = load("albert-tiny")
     compiled = compile_model(checkpoint, CompileOptions(seq_len=16, tuning_records=work))
     assert len(compiled.tuned) == 2 and not compiled.unscheduled
     vm = tvm.relax.VirtualMachine(compiled.executable, tvm.cpu())

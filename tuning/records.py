@@ -1,7 +1,10 @@
 """Tuning records: MetaSchedule's JSON database in a work directory, checked before anything uses it.
 
-Beside it, `default_schedules.json` holds each kernel's default schedule timed by the same runner:
-a kernel's tuned schedule is applied only if it measured faster than its default. (The defaults
+Beside it, `default_schedules.json` holds each kernel's default schedule timed by the same runner.
+At the end of a tuning run each kernel's best record and its default are timed again, back to back
+and interleaved (a busy machine shifts both alike), and that pair is appended as a new line; the
+last line of a kernel decides. A kernel's tuned schedule is applied only if it measured faster
+than its default, in that back-to-back pair where there is one. (The defaults
 are kept out of MetaSchedule's database: its search replays the database's best traces, and a
 replayed default trace fails in IndexMap deserialization in TVM 0.27.)
 
@@ -13,6 +16,7 @@ ignores it. Anything else that does not parse is a corrupt database: one-line er
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -68,18 +72,41 @@ def workload_key(mod: tvm.IRModule) -> str:
     return f"{tvm_ffi.structural_hash(mod) & (2**64 - 1):016x}"
 
 
-def read_defaults(work_dir: Path) -> dict[str, float | None]:
-    """Default-schedule latency (ms) per workload key; None where the default failed to run."""
+@dataclasses.dataclass(frozen=True)
+class DefaultTiming:
+    """A kernel's default-schedule latency (None: it failed to run) and, once a tuning run has
+    re-timed them back to back, its best tuned schedule's latency from the same interleaved runs."""
+
+    ms: float | None
+    tuned_ms: float | None = None
+
+    def tuned_wins(self, best_ms: float | None) -> bool:
+        """Whether compile should use the tuned schedule whose search-time latency is `best_ms`."""
+        if self.tuned_ms is not None:
+            return self.ms is None or self.tuned_ms < self.ms
+        return best_ms is not None and (self.ms is None or best_ms < self.ms)
+
+
+def _is_time(value: object) -> bool:
+    return value is None or isinstance(value, (int, float))
+
+
+def read_defaults(work_dir: Path) -> dict[str, DefaultTiming]:
+    """Each workload key's last default timing line."""
     path = Path(work_dir) / DEFAULTS_FILE
     lines, _ = _read_lines(path)
     valid = lambda o: isinstance(o, dict) and isinstance(o.get("workload"), str) and (  # noqa: E731
-        o.get("ms") is None or isinstance(o.get("ms"), (int, float)))
-    return {obj["workload"]: obj["ms"] for obj in (_parse(path, n, line, valid) for n, line in enumerate(lines, 1))}
+        _is_time(o.get("ms")) and _is_time(o.get("tuned_ms")))
+    return {obj["workload"]: DefaultTiming(obj["ms"], obj.get("tuned_ms"))
+            for obj in (_parse(path, n, line, valid) for n, line in enumerate(lines, 1))}
 
 
-def append_default(work_dir: Path, key: str, name: str, ms_: float | None) -> None:
+def append_default(work_dir: Path, key: str, name: str, timing: DefaultTiming) -> None:
+    entry = {"workload": key, "task": name, "ms": timing.ms}
+    if timing.tuned_ms is not None:
+        entry["tuned_ms"] = timing.tuned_ms
     with open(Path(work_dir) / DEFAULTS_FILE, "a") as f:
-        f.write(json.dumps({"workload": key, "task": name, "ms": ms_}) + "\n")
+        f.write(json.dumps(entry) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -96,8 +123,8 @@ def read_database(work_dir: Path, target_kind: str | None = None) -> ms.database
     """The complete records of `work_dir` in memory; the files are not modified.
 
     With `target_kind` (applying records at compile time), only that kind's records, and only for
-    kernels whose best record beat their default schedule. Records of another kind of target
-    never apply: a CPU schedule of a kernel is no schedule for the same kernel on a GPU.
+    kernels whose best record beat their default schedule (`DefaultTiming.tuned_wins`). Records
+    of another kind of target never apply: a CPU schedule of a kernel is no schedule for the same kernel on a GPU.
     """
     work_dir = Path(work_dir)
     if not work_dir.is_dir():
@@ -130,8 +157,8 @@ def read_database(work_dir: Path, target_kind: str | None = None) -> ms.database
         if target_kind is not None:
             found = [r for r in found if r.target is not None and r.target.kind.name == target_kind]
             times = [t for t in map(mean_ms, found) if t is not None]
-            default = defaults.get(workload_key(workload.mod))
-            if not times or (default is not None and min(times) >= default):
+            timing = defaults.get(workload_key(workload.mod), DefaultTiming(None))
+            if not times or not timing.tuned_wins(min(times)):
                 continue
         committed = database.commit_workload(workload.mod)
         for record in found:

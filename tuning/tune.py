@@ -2,8 +2,11 @@
 rounds, resumable, within a time budget.
 
 Before searching, each task's default schedule (what `compile` would use) is measured with the
-same runner: it is the "before" column of the report, and a tuned kernel replaces the default at
-compile time only if it measured faster (records.py).
+same runner. At the end (also when the time budget runs out) every task's best record and its
+default are built again and timed back to back, interleaved, `RETIME_PAIRS` times; the medians
+are the report's "default" and "tuned" columns and decide, at compile time, whether the tuned
+schedule replaces the default (records.py). Search-time latencies alone cannot decide that: the
+default was timed once, perhaps at another load than the candidates.
 Tasks are then tuned in rounds of `trials_per_round` trials each, the kernels that take the most
 of a model run first, so a time budget is spent where it matters. Each round is one MetaSchedule
 run on one task with one shared cost model; every measured candidate is appended to the JSON
@@ -19,6 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import tvm
 from tqdm import tqdm
 from tvm.ir.utils import derived_object
@@ -27,8 +31,8 @@ from tvm.s_tir import meta_schedule as ms
 from ..compiler import lowering_passes
 from ..errors import EdgeBertError
 from .measure import InProcessBuilder, Tracker, make_runner
-from .records import (FAILED_SECONDS, append_default, mean_ms, open_for_tuning, read_defaults, schedule_point,
-                      workload_key)
+from .records import (FAILED_SECONDS, DefaultTiming, append_default, mean_ms, open_for_tuning, read_defaults,
+                      schedule_point, workload_key)
 from .tasks import Task
 
 
@@ -44,21 +48,26 @@ class TuneOptions:
     seed: int = 0
 
 
+RETIME_PAIRS = 5
+
+
 @dataclasses.dataclass
 class TaskResult:
     name: str
     weight: int
     flops: float
     default_ms: float | None
-    best_ms: float | None
+    best_ms: float | None  # MetaSchedule's best during the search
+    tuned_ms: float | None  # that record re-timed back to back with the default (None: not re-timed)
     trials: int
 
     @property
     def compiled_ms(self) -> float | None:
         """What `compile --tuning-records` uses: the tuned schedule only if it beat the default."""
-        if self.default_ms is None or self.best_ms is None:
-            return self.best_ms if self.default_ms is None else self.default_ms
-        return min(self.default_ms, self.best_ms)
+        timing = DefaultTiming(self.default_ms, self.tuned_ms)
+        if not timing.tuned_wins(self.best_ms):
+            return self.default_ms
+        return self.tuned_ms if self.tuned_ms is not None else self.best_ms
 
     @property
     def speedup(self) -> float | None:
@@ -89,7 +98,8 @@ class TaskState:
         self.key = workload_key(task.mod)
         self.workload = database.commit_workload(task.mod)
         self.default_recorded = self.key in defaults
-        self.default_ms = defaults.get(self.key)
+        timing = defaults.get(self.key, DefaultTiming(None))
+        self.default_ms, self.tuned_ms = timing.ms, timing.tuned_ms
         self.logger = None
         self.best_ms: float | None = None
         self.trials = 0
@@ -105,7 +115,7 @@ class TaskState:
 
     def result(self) -> TaskResult:
         t = self.task
-        return TaskResult(t.name, t.weight, t.flops, self.default_ms, self.best_ms, self.trials)
+        return TaskResult(t.name, t.weight, t.flops, self.default_ms, self.best_ms, self.tuned_ms, self.trials)
 
 
 @derived_object
@@ -131,6 +141,31 @@ def device_type(target: tvm.target.Target) -> str:
     return "cuda" if target.kind.name == "cuda" else "cpu"
 
 
+def _build(state: TaskState, sch: tvm.s_tir.Schedule, target, builder, what: str) -> ms.runner.RunnerInput:
+    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+    if built.error_msg:
+        raise EdgeBertError(f"{state.task.name}: the {what} schedule does not build ({built.error_msg.splitlines()[-1]})")
+    args_info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+    return ms.runner.RunnerInput(built.artifact_path, device_type(target), args_info)
+
+
+def _time(inputs: list[ms.runner.RunnerInput], runner, name: str) -> list[float | None]:
+    """One timing (ms) per input, in order; None for an input that failed to run."""
+    times = []
+    for runner_input, future in zip(inputs, runner.run(inputs)):
+        result = future.result()
+        if result.error_msg:
+            tqdm.write(f"{name}: a schedule failed to run ({result.error_msg.splitlines()[-1]})")
+        secs = [float(x) for x in result.run_secs or []]
+        times.append(sum(secs) / len(secs) * 1e3 if secs and not result.error_msg else None)
+    return times
+
+
+def _cleanup(inputs: list[ms.runner.RunnerInput]) -> None:
+    for runner_input in inputs:
+        shutil.rmtree(Path(runner_input.artifact_path).parent, ignore_errors=True)
+
+
 def _measure_default(state: TaskState, target, work_dir: Path, builder, runner) -> None:
     """Time the default schedule with the tuning runner, once per work directory."""
     if state.default_recorded:
@@ -138,19 +173,28 @@ def _measure_default(state: TaskState, target, work_dir: Path, builder, runner) 
     sch = default_schedule(state.task, target)
     if sch is None:
         return
-    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
-    if built.error_msg:
-        raise EdgeBertError(f"{state.task.name}: the default schedule does not build ({built.error_msg.splitlines()[-1]})")
-    args_info = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
-    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, device_type(target), args_info)])
-    result = future.result()
-    shutil.rmtree(Path(built.artifact_path).parent, ignore_errors=True)
-    if result.error_msg:
-        tqdm.write(f"{state.task.name}: the default schedule failed to run ({result.error_msg.splitlines()[-1]})")
-    secs = [float(x) for x in result.run_secs or []]
-    state.default_ms = sum(secs) / len(secs) * 1e3 if secs and not result.error_msg else None
+    inputs = [_build(state, sch, target, builder, "default")]
+    (state.default_ms,) = _time(inputs, runner, state.task.name)
+    _cleanup(inputs)
     state.default_recorded = True
-    append_default(work_dir, state.key, state.task.name, state.default_ms)
+    append_default(work_dir, state.key, state.task.name, DefaultTiming(state.default_ms))
+
+
+def _median(values: list[float | None]) -> float | None:
+    return None if not values or any(v is None for v in values) else float(np.median(values))
+
+
+def _retime(state: TaskState, target, work_dir: Path, database, builder, runner) -> None:
+    """Time the best record and the default back to back, interleaved, and record both medians."""
+    default = default_schedule(state.task, target)
+    best = database.query_schedule(state.task.mod, target, state.task.name)
+    if default is None or best is None or state.best_ms is None:
+        return
+    inputs = [_build(state, default, target, builder, "default"), _build(state, best, target, builder, "tuned")]
+    pairs = [_time(inputs, runner, state.task.name) for _ in range(RETIME_PAIRS)]
+    _cleanup(inputs)
+    state.default_ms, state.tuned_ms = _median([d for d, _ in pairs]), _median([t for _, t in pairs])
+    append_default(work_dir, state.key, state.task.name, DefaultTiming(state.default_ms, state.tuned_ms))
 
 
 def _tune_round(state: TaskState, trials: int, target, options: TuneOptions, database, builder, runner,
@@ -200,7 +244,7 @@ def tune(tasks: list[Task], target: tvm.target.Target, options: TuneOptions) -> 
                     continue
                 if deadline is not None and time.monotonic() >= deadline:
                     bar.write(f"time budget of {options.time_budget_min:g} min reached; rerun to continue")
-                    return [s.result() for s in states]
+                    return _finish(states, target, options.work_dir, database, builder, runner)
                 trials = min(options.trials_per_round, options.trials - state.trials)
                 measured = _tune_round(state, trials, target, options, database, builder, runner, cost_model,
                                        bar, round_index)
@@ -209,4 +253,10 @@ def tune(tasks: list[Task], target: tvm.target.Target, options: TuneOptions) -> 
                     bar.total -= options.trials - state.trials
                     bar.refresh()
                 round_index += 1
+    return _finish(states, target, options.work_dir, database, builder, runner)
+
+
+def _finish(states: list[TaskState], target, work_dir: Path, database, builder, runner) -> list[TaskResult]:
+    for state in tqdm(states, desc="re-timing best vs default", unit="task", leave=False):
+        _retime(state, target, work_dir, database, builder, runner)
     return [s.result() for s in states]

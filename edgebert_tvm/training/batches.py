@@ -65,5 +65,12 @@ def batches(encoded: Encoded, batch_size: int, seed: int | None = None, skip: in
         yield _pad(encoded, group)
 
 
+def batches_by_length(encoded: Encoded, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """(rows, batch) in order of length, for inference over a whole set with the least padding."""
+    order = np.argsort([len(ids) for ids in encoded.ids], kind="stable")
+    for i in range(0, len(order), batch_size):
+        yield order[i:i + batch_size], _pad(encoded, order[i:i + batch_size])
+
+
 def num_batches(encoded: Encoded, batch_size: int) -> int:
     return (len(encoded.labels) + batch_size - 1) // batch_size
