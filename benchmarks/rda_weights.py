@@ -3,14 +3,17 @@
 Every floating parameter of `edgebert-sst2` (the tensors `edgebert.ApproximateRedundantData` rewrites
 in the compiled module) is stored the RDA way at each threshold; accuracy is the final layer's on all
 872 SST-2 dev sentences at seq 64, in PyTorch with the decoded weights. One threshold is also
-compiled with the pass (`--compiled-threshold`) and run through the artifact, which must agree.
+compiled with the pass (`--compiled-threshold`) and run through the artifact, which must agree; that
+artifact (library + compressed weight store) is set beside the same checkpoint compiled plain, in size
+and in batch-1 latency (interleaved, medians).
 
-    .venv/bin/python benchmarks/rda_weights.py [--thresholds 0 63 255 1023 4095] [--compiled-threshold 1023]
+    .venv/bin/python benchmarks/rda_weights.py [--thresholds 0 63 255 1023 4095] [--compiled-threshold 255]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from edgebert_tvm.data import builtin_split, read_tsv, task_for  # noqa: E402
 from edgebert_tvm.evaluate import torch_all_exits  # noqa: E402
 from edgebert_tvm.models.checkpoint import load  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
 RESULTS = Path(__file__).parent / "results"
 SEQ_LEN = 64
 
@@ -44,26 +48,46 @@ def approximate_parameters(model: torch.nn.Module, threshold: float, granularity
     return reports
 
 
-def compiled_accuracy(threshold: float, granularity: rda.Granularity, examples, labels) -> dict:
+def artifact_bytes(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.iterdir() if f.name != "tokenizer.json")
+
+
+def compiled_comparison(threshold: float, granularity: rda.Granularity, examples, labels, rounds: int) -> dict:
+    """The pass at one threshold against the same checkpoint compiled plain: SST-2 dev accuracy of
+    the artifact, artifact size (library + compressed store), and batch-1 latency, interleaved."""
+    from harness import time_interleaved
+
     from edgebert_tvm.artifact import Artifact, write_artifact
     from edgebert_tvm.compiler import CompileOptions, compile_model
     from edgebert_tvm.evaluate import artifact_all_exits
+    from edgebert_tvm.inputs import encode, load_tokenizer
 
     checkpoint = load("edgebert-sst2")
-    options = CompileOptions(batch=8, seq_len=SEQ_LEN, rda_threshold=threshold, rda_granularity=granularity)
-    compiled = compile_model(checkpoint, options)
     with tempfile.TemporaryDirectory() as tmp:
-        write_artifact(checkpoint, compiled, options, Path(tmp) / "artifact")
-        logits = artifact_all_exits(Artifact.load(Path(tmp) / "artifact"), examples)
+        artifacts = {}
+        for name, rda_threshold in (("plain", None), ("rda", threshold)):
+            options = CompileOptions(seq_len=SEQ_LEN, rda_threshold=rda_threshold, rda_granularity=granularity)
+            write_artifact(checkpoint, compile_model(checkpoint, options), options, Path(tmp) / name)
+            artifacts[name] = Artifact.load(Path(tmp) / name)
+        sizes = {name: artifact_bytes(Path(tmp) / name) for name in artifacts}
+        logits = artifact_all_exits(artifacts["rda"], examples)
+        reports = artifacts["rda"].metadata["pass_reports"]["rda"]["summary"]
+        sentence = encode(load_tokenizer(artifacts["rda"].tokenizer_path, SEQ_LEN), [examples[0].text])
+        runners = {name: (lambda a=a: a.run(sentence)) for name, a in artifacts.items()}
+        times = time_interleaved(runners, rounds)
+    medians = {name: float(np.median(t)) for name, t in times.items()}
     return {"threshold": threshold, "accuracy": float((logits[:, -1].argmax(-1) == labels).mean()),
-            "compression_rate": compiled.reports["rda"]["summary"]["compression_rate"]}
+            "compression_rate": reports["compression_rate"], "artifact_bytes": sizes,
+            "artifact_ratio": sizes["rda"] / sizes["plain"], "median_ms": medians,
+            "latency_ratio": medians["rda"] / medians["plain"], "rounds": rounds}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0, 63, 255, 1023, 4095, 16383])
     parser.add_argument("--granularity", default=rda.DEFAULT_GRANULARITY)
-    parser.add_argument("--compiled-threshold", type=float, default=1023)
+    parser.add_argument("--compiled-threshold", type=float, default=255)
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved latency rounds (batch 1)")
     args = parser.parse_args()
     granularity = rda.check_granularity(args.granularity)
     task = task_for("sst2")
@@ -83,11 +107,14 @@ def main() -> None:
                      "max_relative_rms_error": max(r.relative_rms_error for r in reports)})
         print(f"threshold {threshold:>7g}: compression {summary['compression_rate']:.2%}, "
               f"SST-2 dev accuracy {rows[-1]['accuracy']:.2%}", flush=True)
-    compiled = compiled_accuracy(args.compiled_threshold, granularity, examples, labels) \
+    compiled = compiled_comparison(args.compiled_threshold, granularity, examples, labels, args.rounds) \
         if args.compiled_threshold is not None else None
     if compiled:
         print(f"compiled with the pass at threshold {compiled['threshold']:g}: compression "
-              f"{compiled['compression_rate']:.2%}, accuracy {compiled['accuracy']:.2%}")
+              f"{compiled['compression_rate']:.2%}, artifact accuracy {compiled['accuracy']:.2%}; artifact "
+              f"{compiled['artifact_bytes']['rda'] / 1e6:.1f} MB vs {compiled['artifact_bytes']['plain'] / 1e6:.1f} MB "
+              f"plain ({compiled['artifact_ratio']:.3f}x); median latency ratio rda/plain "
+              f"{compiled['latency_ratio']:.3f} over {compiled['rounds']} interleaved rounds")
     print(f"\n{'threshold':>9} {'compression':>11} {'accuracy':>9} {'emb. compr.':>11} {'max rel. rms err':>16}")
     for r in rows:
         print(f"{r['threshold']:>9g} {r['compression_rate']:>11.2%} {r['accuracy']:>9.2%} "

@@ -1,7 +1,8 @@
-"""Artifact directories: exported library + metadata.json + tokenizer, written atomically.
+"""Artifact directories: exported library + metadata.json + tokenizer (+ compressed weights), written atomically.
 
 An artifact loads in a fresh process with nothing registered by hand: `Artifact.load(dir)` loads
-the library onto the Relax VM and `run` feeds it inputs in chunks of the compiled batch size.
+the library onto the Relax VM (and decodes weights kept compressed beside it, weight_store.py)
+and `run` feeds it inputs in chunks of the compiled batch size.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from . import __version__
+from . import __version__, weight_store
 from .errors import EdgeBertError
 from .fileio import atomic_directory
 from .inputs import INPUT_NAMES
@@ -88,6 +89,10 @@ def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", options:
         meta["accelerator"] = compiled.accelerator
     with atomic_directory(out_dir) as tmp:
         compiled.executable.export_library(str(tmp / LIBRARY_NAME))
+        if compiled.stored_weights:
+            weight_store.write(compiled.stored_weights, tmp / weight_store.FILE_NAME)
+            meta["weight_store"] = {"file": weight_store.FILE_NAME, "tensors": len(compiled.stored_weights),
+                                    "bytes": (tmp / weight_store.FILE_NAME).stat().st_size}
         if checkpoint.tokenizer_dir is not None:
             shutil.copy2(checkpoint.tokenizer_dir / TOKENIZER_NAME, tmp / TOKENIZER_NAME)
         (tmp / METADATA_NAME).write_text(json.dumps(meta, indent=2) + "\n")
@@ -132,6 +137,11 @@ class Artifact:
             library = tvm.runtime.load_module(str(lib_path))
         except tvm.error.TVMError as err:
             raise EdgeBertError(f"{lib_path}: cannot load library ({str(err).splitlines()[0]})") from None
+        if "weight_store" in meta:
+            store = directory / meta["weight_store"]["file"]
+            if not store.is_file():
+                raise EdgeBertError(f"{directory}: the compressed weights {store.name} are missing")
+            weight_store.fill_cache(weight_store.read(store), device)
         return cls(directory, meta, relax.VirtualMachine(library, device), device)
 
     @property

@@ -49,7 +49,8 @@ def _compile_options(args: argparse.Namespace) -> CompileOptions:
                           attention_spans=_read_spans(Path(args.spans)) if args.spans else None,
                           weight_format=args.weights, exp_bits=args.exp_bits,
                           rda_threshold=args.rda_threshold, rda_granularity=args.rda_granularity,
-                          accelerator_config=args.accelerator_config, sparse=args.sparse)
+                          rda_activations=args.rda_activations, accelerator_config=args.accelerator_config,
+                          sparse=args.sparse)
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
@@ -171,6 +172,8 @@ def _accelerator_report(args: argparse.Namespace, artifact: Any, inputs: dict[st
         raise EdgeBertError(f"{artifact.directory}: --report needs an artifact compiled with --target edgebert")
     config = (load_config(args.accelerator_config) if args.accelerator_config
               else parse_config(accelerator["config"], f"{artifact.directory}/metadata.json accelerator config"))
+    if "activation_storage" in accelerator:
+        config = dataclasses.replace(config, activation_bytes=accelerator["activation_storage"]["bytes_per_value"])
     workload = ChipWorkload.from_dict(accelerator["workload"])
     predicted = None
     if artifact.metadata.get("exit_predictor"):
@@ -322,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "each tensor's 16-bit grid (max|x|/32767); 0 is lossless")
         p.add_argument("--rda-granularity", default=8, metavar="G",
                        help="RDA group size in values (default 8), or 'layer' for one group per row")
+        p.add_argument("--rda-activations", type=_number, metavar="T",
+                       help="edgebert target: store the chip's 16-bit activation buffers the RDA way (T in LSBs of "
+                            "1/1024); bytes per value measured on the task's sentences, charged in --report")
         p.add_argument("--accelerator-config",
                        help="edgebert target: accelerator configuration JSON (default: the cited defaults)")
 

@@ -12,8 +12,9 @@ from typing import Any
 import tvm
 from tvm import relax
 
-from . import rda
+from . import rda, weight_store
 from .adaptivfloat.quantizer import check_format
+from .data import builtin_split, read_tsv, task_for
 from .errors import EdgeBertError
 from .importer import InputSpec, import_model
 from .models.checkpoint import Checkpoint
@@ -46,6 +47,10 @@ class CompileOptions:
     exp_bits: int = 3
     rda_threshold: float | None = None
     rda_granularity: rda.Granularity = rda.DEFAULT_GRANULARITY
+    rda_activations: float | None = None  # edgebert target: RDA threshold of the activation buffers
+    accelerator_config: str | None = None  # edgebert target: configuration file (default: the cited defaults)
+    tuning_records: Path | None = None  # an `edgebert-tvmc tune` work directory
+    sparse: bool = False
 
     @property
     def weight_bits(self) -> int | None:
@@ -57,9 +62,6 @@ class CompileOptions:
         if not digits.isdigit():
             raise EdgeBertError(f"--weights must be adaptivfloatN (N = 4..16 bits), got {self.weight_format!r}")
         return int(digits)
-    accelerator_config: str | None = None  # edgebert target: configuration file (default: the cited defaults)
-    tuning_records: Path | None = None  # an `edgebert-tvmc tune` work directory
-    sparse: bool = False
 
     def validate(self, max_positions: int) -> None:
         if self.batch < 1:
@@ -78,6 +80,10 @@ class CompileOptions:
             check_format(self.weight_bits, self.exp_bits)
         if self.rda_threshold is not None:
             self.rda_threshold = rda.check_threshold(self.rda_threshold)
+        if self.rda_activations is not None:
+            if self.target != "edgebert":
+                raise EdgeBertError("--rda-activations is for --target edgebert (it changes the chip's SRAM traffic)")
+            self.rda_activations = rda.check_threshold(self.rda_activations)
         self.rda_granularity = rda.check_granularity(self.rda_granularity)
 
     @property
@@ -102,6 +108,7 @@ class CompiledModel:
     reports: dict[str, Any]  # what the EdgeBERT passes did, for the artifact's metadata
     accelerator: dict | None = None  # edgebert target: the chip's workload per block and its configuration
     tuned: list[str] = dataclasses.field(default_factory=list)  # kernels scheduled from tuning records
+    stored_weights: dict[str, rda.Encoded] = dataclasses.field(default_factory=dict)  # compressed, decoded at load
 
 
 def folded_spans(options: CompileOptions, edgebert: EdgeBertConfig) -> list[list[float]] | None:
@@ -123,7 +130,9 @@ def edgebert_passes(options: CompileOptions, edgebert: EdgeBertConfig) -> list[t
     if options.weight_bits is not None:
         passes.append(QuantizeWeightsAdaptivFloat(options.weight_bits, options.exp_bits))
     if options.rda_threshold is not None:
-        passes.append(ApproximateRedundantData(options.rda_threshold, options.rda_granularity))
+        # The edgebert chip's regions take their weights as constants; elsewhere the store stays compressed.
+        passes.append(ApproximateRedundantData(options.rda_threshold, options.rda_granularity,
+                                               at_load=options.target != "edgebert"))
     if options.exit_thresholds is not None:
         passes.append(FoldEntropyExit(options.exit_thresholds))
     return passes
@@ -167,10 +176,11 @@ def constant_bytes(mod: tvm.IRModule) -> int:
 
 def graph_module(
     checkpoint: Checkpoint, options: CompileOptions
-) -> tuple[tvm.IRModule, tvm.target.Target, list[str], dict[str, float], dict[str, Any]]:
+) -> tuple[tvm.IRModule, tvm.target.Target, list[str], dict[str, float], dict[str, Any], dict[str, rda.Encoded]]:
     """Check the options, import, and run the EdgeBERT passes: the module every target lowers (and
-    tuning extracts its tasks from), its target, the passes run, the seconds taken and the passes'
-    reports for the artifact's metadata."""
+    tuning extracts its tasks from), its target, the passes run, the seconds taken, the passes'
+    reports for the artifact's metadata, and the weights the module reads from the tensor cache
+    (compressed; `weight_store`)."""
     options.validate(checkpoint.model.config.max_position_embeddings)
     if options.exit_thresholds is not None:
         options.exit_thresholds = check_thresholds(options.exit_thresholds, checkpoint.model.num_layers)
@@ -199,13 +209,14 @@ def graph_module(
         reports["sparsity"] = json.loads(str(mod.attrs[SPARSITY_ATTR]))
     if (rda_report := _rda_metadata(passes, options)) is not None:
         reports["rda"] = rda_report
-    return mod, target, [p.info.name for p in passes], seconds, reports
+    stored = {key: e for p in passes if isinstance(p, ApproximateRedundantData) for key, e in p.stored.items()}
+    return mod, target, [p.info.name for p in passes], seconds, reports, stored
 
 
 def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledModel:
     """Import, run the EdgeBERT passes and the target's lowering (applying tuning records if given;
     for the edgebert target, partitioning and codegen first), and build."""
-    mod, target, passes, seconds, reports = graph_module(checkpoint, options)
+    mod, target, passes, seconds, reports, stored = graph_module(checkpoint, options)
     accelerator = None
     start = time.perf_counter()
     with target:
@@ -223,8 +234,11 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
         from .tuning.records import tuned_functions
 
         tuned = tuned_functions(mod)
+    device = tvm.cuda() if target.kind.name == "cuda" else tvm.cpu()
+    if stored and device.exist:  # so this process can run the executable as the artifact will after loading
+        weight_store.fill_cache(stored, device)
     return CompiledModel(executable, target, passes, constant_bytes(mod), seconds, unscheduled_functions(mod),
-                         reports, accelerator, tuned)
+                         reports, accelerator, tuned, stored)
 
 
 def _rda_metadata(passes: list[tvm.transform.Pass], options: CompileOptions) -> dict | None:
@@ -247,4 +261,22 @@ def _offload_to_edgebert(mod: tvm.IRModule, checkpoint: Checkpoint, options: Com
     mod, regions = partition_for_edgebert(mod)
     groups = [model.arch.layer_group(model.config, i) for i in range(model.num_layers)]
     workload = chip_workload(regions, groups, model.edgebert.num_labels, options.exit_thresholds is not None)
-    return mod, {"workload": workload.to_dict(), "config": raw_config}
+    accelerator = {"workload": workload.to_dict(), "config": raw_config}
+    if options.rda_activations is not None:
+        accelerator["activation_storage"] = _measure_activation_storage(checkpoint, options).to_dict()
+    return mod, accelerator
+
+
+def _measure_activation_storage(checkpoint: Checkpoint, options: CompileOptions) -> "ActivationStorage":
+    """Bytes per activation value with RDA buffers, on the first sentences of the model's task's training set."""
+    from .target.edgebert.activation_storage import CALIBRATION_SENTENCES, measure
+
+    edgebert = checkpoint.model.edgebert
+    if edgebert.task is None or checkpoint.tokenizer_dir is None:
+        raise EdgeBertError(f"{checkpoint.source}: --rda-activations measures on the model's task's sentences; "
+                            "this checkpoint names no task or has no tokenizer")
+    task = task_for(edgebert.task)
+    examples = read_tsv(builtin_split(task, "train"), task, limit=CALIBRATION_SENTENCES)
+    storage, _ = measure(checkpoint.model.eval(), checkpoint.tokenizer_dir / "tokenizer.json", examples,
+                         options.seq_len, options.rda_activations, options.rda_granularity)
+    return storage

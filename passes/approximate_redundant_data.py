@@ -6,10 +6,14 @@ of `granularity` values along the last axis, matched against zero / repeated / t
 within `threshold` units of the tensor's 16-bit grid, stored exactly otherwise. A tensor is grouped
 on its own and every block function is one layer, so no group straddles a tensor or a layer.
 
-The pass replaces each constant by the values its RDA storage decodes to: the compiled kernels
-compute with exactly what the compressed store holds, and `report` lists each tensor's compression
-rate and error. The artifact's library still embeds the decoded tensors (decoded at compile time);
-the compressed format itself is `rda.Encoded.to_bytes`, whose size is what the report counts.
+The kernels compute with exactly what the compressed store holds, and `report` lists each tensor's
+compression rate and error. Where the store lives:
+- `at_load=False`: each constant becomes the values its RDA storage decodes to (decoded at compile
+  time; the library embeds them, so the artifact does not shrink).
+- `at_load=True`: each constant becomes a lookup in TVM's runtime tensor cache
+  (`vm.builtin.tensor_cache.get`) under a content-addressed key, and `stored` keeps its
+  `rda.Encoded`; the artifact writes those in their compressed format (`rda.Encoded.to_bytes`) and
+  decodes them into the cache when it loads (weight_store.py). The library holds no copy.
 With threshold 0 only the lossless patterns match and every constant is unchanged.
 """
 
@@ -20,7 +24,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .. import rda
+from .. import rda, weight_store
 from ..importer import BLOCK_ATTR
 
 
@@ -32,12 +36,13 @@ def _approximable(value: tvm.runtime.Tensor) -> bool:
 
 @mutator
 class _ReplaceConstants(PyExprMutator):
-    """Swap each approximable constant for its RDA-decoded copy (a shared tensor is encoded once)."""
+    """Swap each approximable constant for its RDA-decoded copy or a tensor-cache lookup of it (a
+    shared tensor is encoded once)."""
 
-    def __init__(self, threshold: float, granularity: rda.Granularity, prefix: str,
+    def __init__(self, pass_: "ApproximateRedundantData", prefix: str,
                  done: dict[tvm.runtime.Tensor, tuple[relax.Expr, rda.TensorReport]]) -> None:
         super().__init__()
-        self.threshold, self.granularity, self.prefix, self.done = threshold, granularity, prefix, done
+        self.pass_, self.prefix, self.done = pass_, prefix, done
         self.count = 0
 
     def visit_generic_const_(self, op: tvm.ir.GenericConst) -> relax.Expr:
@@ -46,26 +51,39 @@ class _ReplaceConstants(PyExprMutator):
         if op.value not in self.done:
             name = f"{self.prefix}/const{self.count}"
             self.count += 1
-            decoded, entry = rda.approximate(op.value.numpy(), self.threshold, self.granularity, name)
-            self.done[op.value] = (relax.const(np.ascontiguousarray(decoded), op.value.dtype), entry)
+            x = op.value.numpy()
+            encoded = rda.encode(x, self.pass_.threshold, self.pass_.granularity)
+            decoded = rda.decode(encoded)
+            entry = rda.report(name, x, encoded, decoded)
+            if self.pass_.at_load:
+                key = weight_store.cache_key(encoded)
+                self.pass_.stored[key] = encoded
+                value = weight_store.lookup(key, x.shape, str(op.value.dtype))
+            else:
+                value = relax.const(np.ascontiguousarray(decoded), op.value.dtype)
+            self.done[op.value] = (value, entry)
         return self.done[op.value][0]
 
 
 @tvm.transform.module_pass(opt_level=0, name="edgebert.ApproximateRedundantData")
 class ApproximateRedundantData:
-    """RDA storage for the constants of every block (`threshold` >= 0, `granularity` >= 1 or "layer")."""
+    """RDA storage for the constants of every block (`threshold` >= 0, `granularity` >= 1 or "layer"),
+    decoded at compile time or, with `at_load`, kept compressed for the artifact to decode at load."""
 
-    def __init__(self, threshold: float, granularity: rda.Granularity = rda.DEFAULT_GRANULARITY) -> None:
+    def __init__(self, threshold: float, granularity: rda.Granularity = rda.DEFAULT_GRANULARITY,
+                 at_load: bool = False) -> None:
         self.threshold = rda.check_threshold(threshold)
         self.granularity = rda.check_granularity(granularity)
+        self.at_load = at_load
         self.report: list[rda.TensorReport] = []
+        self.stored: dict[str, rda.Encoded] = {}  # with at_load: cache key -> compressed tensor
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         done: dict[tvm.runtime.Tensor, tuple[relax.Expr, rda.TensorReport]] = {}
         updated = {}
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function) and func.attrs is not None and BLOCK_ATTR in func.attrs:
-                replacer = _ReplaceConstants(self.threshold, self.granularity, gv.name_hint, done)
+                replacer = _ReplaceConstants(self, gv.name_hint, done)
                 updated[gv] = replacer.visit_expr(func)
         self.report = [entry for _, entry in done.values()]
         return tvm.IRModule({gv: updated.get(gv, func) for gv, func in mod.functions_items()}, attrs=mod.attrs)

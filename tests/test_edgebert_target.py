@@ -3,6 +3,7 @@ the chip's arithmetic against a numpy model, partitioning, and the CLI end to en
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -17,7 +18,7 @@ from edgebert_tvm.adaptivfloat.quantizer import hw8_decode, hw8_encode
 from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.target.edgebert import functional
 from edgebert_tvm.target.edgebert.config import DEFAULT_CONFIG, load_config, read_config_file
-from edgebert_tvm.target.edgebert.cost import ActMatmul, Dense, dense_chunks, op_cost
+from edgebert_tvm.target.edgebert.cost import ActMatmul, Dense, LayerNorm, Softmax, dense_chunks, op_cost
 from edgebert_tvm.target.edgebert.sentence import ChipWorkload
 from edgebert_tvm.target.targets import host_target
 
@@ -331,7 +332,8 @@ def spans_checkpoint(tmp_path_factory, minilm_dir) -> Path:
     from .conftest import tiny_bert_config
 
     torch.manual_seed(3)
-    model = EdgeBertForSequenceClassification(tiny_bert_config(num_hidden_layers=2), EdgeBertConfig(num_labels=2))
+    model = EdgeBertForSequenceClassification(tiny_bert_config(num_hidden_layers=2),
+                                              EdgeBertConfig(num_labels=2, task="sst2"))
     model.enable_spans(0.02)
     directory = tmp_path_factory.mktemp("ckpt") / "spans"
     save(Checkpoint(model.eval(), "spans", minilm_dir), directory)
@@ -396,6 +398,47 @@ def test_run_with_bad_config_exit_2(edgebert_artifact, tmp_path):
     proc = run_cli("run", str(edgebert_artifact), "--inputs", str(tmp_path / "in.npz"), "--report",
                    "--accelerator-config", str(path))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "envm_read_energy" in proc.stderr
+
+
+def test_activation_bytes_scale_activation_sram_traffic_only():
+    config = load_config()
+    half = dataclasses.replace(config, activation_bytes=1.0)
+    for op in (ActMatmul(batch=2, rows=16, inner=32, cols=16), Softmax(16, 16), LayerNorm(16, 32)):
+        full, compressed = op_cost(op, config), op_cost(op, half)
+        assert compressed.energy["sram"] == pytest.approx(full.energy["sram"] / 2)
+        assert compressed.cycles == full.cycles
+        assert {k: v for k, v in compressed.energy.items() if k != "sram"} == {
+            k: v for k, v in full.energy.items() if k != "sram"}
+    dense, dense_half = op_cost(Dense(16, 64, 64, 64 * 64), config), op_cost(Dense(16, 64, 64, 64 * 64), half)
+    assert dense.energy["dram"] == dense_half.energy["dram"]  # weights are not activations
+    assert dense.energy["sram"] > dense_half.energy["sram"]
+
+
+def test_rda_activation_buffers_measured_at_compile_and_charged_in_report(spans_checkpoint, tmp_path):
+    out = tmp_path / "A"
+    run_cli("compile", str(spans_checkpoint), "--target", "edgebert", "--seq-len", "16", "--exit-threshold", "0.4",
+            "--rda-activations", "255", "-o", str(out), check=True)
+    storage = read_json(out / "metadata.json")["accelerator"]["activation_storage"]
+    assert storage["sentences"] == 64 and storage["threshold"] == 255
+    assert storage["bytes_per_value"] == pytest.approx(storage["compressed_bits"] / 8 / (storage["original_bits"] / 16))
+    np.savez(tmp_path / "in.npz", **random_inputs(2, 16, 30522))
+    run_cli("run", str(out), "--inputs", str(tmp_path / "in.npz"), "--report", "--report-json",
+            str(tmp_path / "r.json"), check=True)
+    report = read_json(tmp_path / "r.json")
+    assert report["config"]["activation_bytes"] == storage["bytes_per_value"]
+    rda, plain = report["per_sentence"]["early_exit"], report["per_sentence"]["early_exit_16bit_activations"]
+    assert rda["cycles"] == plain["cycles"]
+    assert np.sign(rda["energy_uj"] - plain["energy_uj"]) == np.sign(storage["bytes_per_value"] - 2)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--target", "llvm", "--rda-activations", "63"], "--target edgebert"),
+    (["--target", "edgebert", "--rda-activations", "-1"], "threshold"),
+])
+def test_bad_rda_activations_exit_2(spans_checkpoint, tmp_path, args, match):
+    proc = run_cli("compile", str(spans_checkpoint), "--seq-len", "16", *args, "-o", str(tmp_path / "A"))
+    assert proc.returncode == 2 and match in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "A").exists()
 
 
 def test_default_config_file_is_the_packaged_one():

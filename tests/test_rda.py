@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgebert_tvm import axbench, rda
+from edgebert_tvm import axbench, rda, weight_store
 from edgebert_tvm.errors import EdgeBertError
 
 from .conftest import random_inputs, read_json, run_cli, tiny_bert_config, torch_exits
@@ -126,8 +126,9 @@ def _tiny_model():
     return EdgeBertForSequenceClassification(tiny_bert_config(), EdgeBertConfig(num_labels=3)).eval()
 
 
-@pytest.mark.parametrize("threshold, granularity", [(0, 8), (3000, 8), (16000, "layer")])
-def test_compiled_model_matches_pytorch_with_the_same_approximated_weights(threshold, granularity):
+@pytest.mark.parametrize("threshold, granularity, at_load", [(0, 8, False), (3000, 8, False), (3000, 8, True),
+                                                             (16000, "layer", True)])
+def test_compiled_model_matches_pytorch_with_the_same_approximated_weights(threshold, granularity, at_load):
     import tvm
     from tvm import relax
 
@@ -137,8 +138,9 @@ def test_compiled_model_matches_pytorch_with_the_same_approximated_weights(thres
     from edgebert_tvm.target import make_target
 
     model = _tiny_model()
-    rda_pass = ApproximateRedundantData(threshold, granularity)
+    rda_pass = ApproximateRedundantData(threshold, granularity, at_load=at_load)
     mod = rda_pass(import_model(model, InputSpec(2, 16)))
+    assert (0 < len(rda_pass.stored) <= len(rda_pass.report)) if at_load else not rda_pass.stored  # equal ones shared
     state = model.state_dict()
     floating = {k: v for k, v in state.items() if v.is_floating_point() and v.ndim >= 1}
     assert len(rda_pass.report) == len(floating)  # every weight tensor, each once
@@ -155,9 +157,42 @@ def test_compiled_model_matches_pytorch_with_the_same_approximated_weights(thres
     with target:
         mod = lowering_pipeline(target)(mod)
     vm = relax.VirtualMachine(tvm.compile(mod, target, relax_pipeline=None), tvm.cpu())
+    weight_store.fill_cache(rda_pass.stored, tvm.cpu())
     inputs = random_inputs(2, 16, model.config.vocab_size)
     got = vm["all_exits"](*[tvm.runtime.tensor(inputs[k]) for k in INPUT_ORDER]).numpy()
     np.testing.assert_allclose(got, torch_exits(model, inputs), atol=2e-5, rtol=1e-4)
+
+
+def test_artifact_keeps_weights_compressed_and_decodes_them_at_load(tiny_bert_dir, tmp_path):
+    """The library holds no weight the RDA store holds; a fresh process decodes the store and runs the
+    same model as the plain artifact's weights approximated; a damaged store is refused in one line."""
+    plain, stored = tmp_path / "plain", tmp_path / "stored"
+    run_cli("compile", str(tiny_bert_dir), "-o", str(plain), "--seq-len", "16", check=True)
+    run_cli("compile", str(tiny_bert_dir), "-o", str(stored), "--seq-len", "16", "--rda-threshold", "0", check=True)
+    meta = read_json(stored / "metadata.json")
+    store = stored / meta["weight_store"]["file"]
+    summary = meta["pass_reports"]["rda"]["summary"]
+    assert 0 < meta["weight_store"]["tensors"] <= summary["tensors"]  # equal tensors (LayerNorm ones) stored once
+    assert store.stat().st_size < summary["compressed_bytes"] + 64 * 1024  # the compressed bytes + a header
+    library_saving = (plain / "model.so").stat().st_size - (stored / "model.so").stat().st_size
+    assert library_saving > 0.95 * summary["original_bytes"]
+    np.savez(tmp_path / "in.npz", **random_inputs(2, 16, 30522))
+    outputs = []
+    for artifact in (plain, stored):
+        run_cli("run", str(artifact), "--inputs", str(tmp_path / "in.npz"), "--all-exits", "--json",
+                str(tmp_path / "out.json"), check=True)
+        outputs.append(np.array(read_json(tmp_path / "out.json")["all_exit_logits"]))
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5)  # threshold 0: lossless
+
+    blob = bytearray(store.read_bytes())
+    blob[-100] ^= 0xFF
+    store.write_bytes(bytes(blob))
+    proc = run_cli("run", str(stored), "--inputs", str(tmp_path / "in.npz"))
+    assert proc.returncode == 2 and "corrupt compressed weight store" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    store.unlink()
+    proc = run_cli("run", str(stored), "--inputs", str(tmp_path / "in.npz"))
+    assert proc.returncode == 2 and "missing" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_cli_records_the_report_and_rejects_bad_values(tiny_bert_dir, tmp_path):

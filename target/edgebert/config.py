@@ -18,6 +18,7 @@ from typing import Any
 from ...errors import EdgeBertError
 
 DEFAULT_CONFIG = Path(__file__).with_name("edgebert.json")
+RAW_ACTIVATION_BYTES = 2.0  # activations are 16-bit fixed point
 
 UNITS: dict[str, dict[str, float]] = {
     "count": {"": 1.0},
@@ -82,6 +83,7 @@ class AcceleratorConfig:
     gelu_energy: float
     entropy_energy: float
     dvfs_points: tuple[DvfsPoint, ...]
+    activation_bytes: float = RAW_ACTIVATION_BYTES  # per stored activation; fewer with RDA (activation_storage.py)
     sources: dict[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     @property

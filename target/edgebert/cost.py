@@ -16,6 +16,8 @@ What is modelled, and how:
 - Special units (softmax with span multiply, LayerNorm, residual add, entropy): `vector_size`
   elements per cycle per pass over the data.
 - Embedding lookup: the pruned AdaptivFloat rows (nonzeros + mask) read from ReRAM eNVM or DRAM.
+- Activations: `config.activation_bytes` per value in every SRAM read, write and spill (2: 16-bit
+  fixed point; fewer with RDA storage of the buffers, activation_storage.py).
 Energies in the configuration hold at the nominal voltage; `scale_energy` applies V^2 for DVFS.
 """
 
@@ -30,7 +32,6 @@ from .config import AcceleratorConfig, DvfsPoint
 
 MASK_BITS = 1  # per weight
 WEIGHT_BYTES = 1  # AdaptivFloat-8
-ACT_BYTES = 2  # 16-bit fixed point
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,17 +154,18 @@ def _dense(op: Dense, config: AcceleratorConfig) -> Cost:
     computes = [op.rows * math.ceil(c / pus) * k_tiles for c in chunks]
     tile_ops = op.rows * sum(chunks) * k_tiles
     weight_bytes = sum(chunk_bytes)
+    act = config.activation_bytes
     energy = Counter({
         "mac": op.rows * op.nonzero * config.mac_energy,
-        "sram": tile_ops * (n * n * (WEIGHT_BYTES + MASK_BITS / 8) + n * ACT_BYTES) * config.sram_read_energy
-        + (weight_bytes + op.rows * op.cols * ACT_BYTES) * config.sram_write_energy,
+        "sram": tile_ops * (n * n * (WEIGHT_BYTES + MASK_BITS / 8) + n * act) * config.sram_read_energy
+        + (weight_bytes + op.rows * op.cols * act) * config.sram_write_energy,
         "dram": weight_bytes * config.dram_read_energy,
     })
     if op.gelu:  # applied as outputs leave the accumulators, overlapped with the next tiles
         energy["gelu"] = op.rows * op.cols * config.gelu_energy
     cost = Cost(pipeline_cycles(loads, computes), sum(computes), sum(loads), energy, tile_ops * n * n,
                 op.rows * op.nonzero)
-    return cost + _spill(op.rows * (op.inner + op.cols) * ACT_BYTES, config)
+    return cost + _spill(op.rows * (op.inner + op.cols) * act, config)
 
 
 def _spill(working_set: float, config: AcceleratorConfig) -> Cost:
@@ -182,8 +184,8 @@ def _act_matmul(op: ActMatmul, config: AcceleratorConfig) -> Cost:
     macs = op.batch * op.rows * op.inner * op.cols
     energy = Counter({
         "mac": macs * config.mac_energy,
-        "sram": tile_ops * (n * n + n) * ACT_BYTES * config.sram_read_energy
-        + op.batch * op.rows * op.cols * ACT_BYTES * config.sram_write_energy,
+        "sram": tile_ops * (n * n + n) * config.activation_bytes * config.sram_read_energy
+        + op.batch * op.rows * op.cols * config.activation_bytes * config.sram_write_energy,
     })
     return Cost(cycles, cycles, 0, energy, tile_ops * n * n, macs)
 
@@ -191,8 +193,9 @@ def _act_matmul(op: ActMatmul, config: AcceleratorConfig) -> Cost:
 def _special(elements: int, rows_passes: int, unit: str, per_element: float, config: AcceleratorConfig,
              reads: int = 1) -> Cost:
     """A special unit: `rows_passes` = passes x ceil(row / n) cycles; one write, `reads` reads per element."""
+    traffic = elements * config.activation_bytes
     energy = Counter({unit: elements * per_element,
-                      "sram": elements * ACT_BYTES * (reads * config.sram_read_energy + config.sram_write_energy)})
+                      "sram": traffic * (reads * config.sram_read_energy + config.sram_write_energy)})
     return Cost(rows_passes, rows_passes, 0, energy)
 
 
@@ -218,7 +221,7 @@ def op_cost(op: Op, config: AcceleratorConfig) -> Cost:
                                else (config.dram_bandwidth, config.dram_read_energy))
         cycles = math.ceil(stored / bandwidth)
         energy = Counter({op.store: stored * per_byte,
-                          "sram": op.tokens * op.width * ACT_BYTES * config.sram_write_energy})
+                          "sram": op.tokens * op.width * config.activation_bytes * config.sram_write_energy})
         return Cost(cycles, 0, cycles, energy)
     raise TypeError(f"unknown accelerator operation {op!r}")
 

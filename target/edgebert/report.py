@@ -7,13 +7,14 @@ exit layer, set beside full depth, DVFS, and the embeddings held in DRAM instead
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .config import AcceleratorConfig
+from .config import RAW_ACTIVATION_BYTES, AcceleratorConfig
 from .cost import MEMORY_LEVELS, Cost, op_cost
 from .sentence import ChipWorkload, run_sentence
 
@@ -50,7 +51,8 @@ def accelerator_report(workload: ChipWorkload, config: AcceleratorConfig, exit_l
     dram = [run_sentence(workload, config, int(layer), embedding_store="dram") for layer in exit_layers]
     report: dict[str, Any] = {
         "config": {"vector_size": config.vector_size, "processing_units": config.processing_units,
-                   "nominal_voltage_v": config.nominal.voltage, "nominal_frequency_hz": config.nominal.frequency},
+                   "nominal_voltage_v": config.nominal.voltage, "nominal_frequency_hz": config.nominal.frequency,
+                   "activation_bytes": config.activation_bytes},
         "early_exit_compiled": workload.early_exit,
         "blocks": blocks,
         "patterns_full_depth": _by_pattern(workload, config),
@@ -65,6 +67,10 @@ def accelerator_report(workload: ChipWorkload, config: AcceleratorConfig, exit_l
         "rows": [{"exit_layer": r.exit_layer, "cycles": r.cycles, "energy_uj": r.energy_pj * UJ,
                   "latency_us": r.latency_s * 1e6} for r in actual],
     }
+    if config.activation_bytes != RAW_ACTIVATION_BYTES:  # RDA buffers: the same sentences with plain 16-bit ones
+        plain = dataclasses.replace(config, activation_bytes=RAW_ACTIVATION_BYTES)
+        report["per_sentence"]["early_exit_16bit_activations"] = _summary(
+            [run_sentence(workload, plain, int(layer)) for layer in exit_layers])
     if predicted_layers is not None:
         dvfs = [run_sentence(workload, config, int(a), int(p), target) for a, p in zip(exit_layers, predicted_layers)]
         report["per_sentence"]["early_exit_dvfs"] = {**_summary(dvfs),
@@ -103,6 +109,9 @@ def format_report(report: dict[str, Any]) -> str:
     emb = report["embeddings"]
     lines.append(f"embeddings per sentence: eNVM {emb['envm']['energy_uj']:.3f} uJ, {emb['envm']['latency_us']:.2f} us"
                  f" | DRAM {emb['dram']['energy_uj']:.3f} uJ, {emb['dram']['latency_us']:.2f} us")
+    if report["config"]["activation_bytes"] != RAW_ACTIVATION_BYTES:
+        lines.append(f"activation buffers in RDA storage: {report['config']['activation_bytes']:.3f} bytes per value "
+                     f"(16-bit fixed point: {RAW_ACTIVATION_BYTES:g})")
     lines.append(f"per sentence over {report['sentences']} input(s), average exit layer "
                  f"{report['average_exit_layer']:.2f}; latency target {report['latency_target_us']:.1f} us")
     for name, s in report["per_sentence"].items():
