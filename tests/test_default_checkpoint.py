@@ -35,8 +35,10 @@ def test_default_checkpoint_accuracy_and_exits(default, dev, tmp_path):
     write_artifact(default, compile_model(default, options), options, tmp_path / "A")
     logits = artifact_all_exits(Artifact.load(tmp_path / "A"), dev)
     full, calibrated = evaluate_exits(logits, np.array([e.label for e in dev]), default.model.edgebert.exit_thresholds)
-    assert full.accuracy >= 0.84  # measured 84.5% (the target is 85%: see the issue notes)
-    assert calibrated.average_exit_layer < default.model.num_layers
+    assert full.accuracy >= 0.87  # measured 88.07%
+    # the calibrated threshold (measured 0.3): within a point of full depth, exiting by layer 4 on average
+    assert calibrated.accuracy >= full.accuracy - 0.01
+    assert calibrated.average_exit_layer <= 2 / 3 * default.model.num_layers
     assert default.model.edgebert.extra["encoder_sparsity"] == pytest.approx(0.5, abs=0.005)
 
 

@@ -21,7 +21,7 @@ from edgebert_tvm import cli
 from edgebert_tvm.compiler import CompileOptions, compile_model
 from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.models.checkpoint import load
-from edgebert_tvm.tuning.measure import InProcessBuilder, Tracker
+from edgebert_tvm.tuning.measure import ForkedBuilder, Tracker
 from edgebert_tvm.tuning.records import (DEFAULTS_FILE, RECORD_FILE, WORKLOAD_FILE, DefaultTiming, append_default,
                                          open_for_tuning, read_database, read_defaults)
 from edgebert_tvm.tuning.tasks import model_tasks
@@ -161,7 +161,7 @@ def test_cuda_tasks_build_and_records_apply_compile_only(tmp_path, tiny_bert_dir
     context = ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
                              search_strategy="evolutionary", task_name=task.name)
     space = context.generate_design_space()[0]
-    (built,) = InProcessBuilder().build([ms.builder.BuilderInput(space.mod, target)])
+    (built,) = ForkedBuilder().build([ms.builder.BuilderInput(space.mod, target)])
     assert built.error_msg is None and Path(built.artifact_path).exists()
 
     work = tmp_path / "tune"

@@ -2,14 +2,18 @@
 
 MetaSchedule's LocalBuilder starts fresh worker processes for every batch, and each imports
 `tvm.s_tir.tensor_intrin` (~30-50 s here) against a 30 s limit, so every build times out. The
-builder here compiles in this process (TVM is already imported); the local runner times the
-kernel in this process too, with MetaSchedule's own argument filling and evaluator. Remote
+builder here compiles in a child forked from this process (TVM already imported, a time limit
+that can be enforced); the local runner times the kernel in this process, with MetaSchedule's own
+argument filling and evaluator. Remote
 measurement is MetaSchedule's RPCRunner, whose worker processes live as long as the runner.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
+import time
 
 import tvm
 from tvm.ir.utils import derived_object
@@ -22,6 +26,10 @@ from ..errors import EdgeBertError
 
 # Each candidate: 3 timed calls of at least 50 ms together, twice; the median decides.
 EVALUATOR = ms.runner.EvaluatorConfig(number=3, repeat=2, min_repeat_ms=50, enable_cpu_cache_flush=False)
+# A candidate whose first call takes longer is a failed measurement, not timed further: the search
+# samples pathological schedules (a softmax recomputing its sums per element ran for minutes), and
+# in-process timing has no worker to kill.
+MAX_FIRST_CALL_S = 1.0
 
 
 def _first_line(err: BaseException) -> str:
@@ -29,19 +37,51 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[-1] if lines else ''}"
 
 
+BUILD_TIMEOUT_S = 60.0
+
+
+def _build_and_export(build_input: ms.builder.BuilderInput, pipe) -> None:
+    """In the forked child: compile, export, send the path (or the error) back, and leave at once."""
+    try:
+        pipe.send((default_export(default_build(build_input.mod, build_input.target, None)), None))
+    except Exception as err:  # noqa: BLE001 (a candidate that fails to build is a measured failure)
+        pipe.send((None, f"ForkedBuilder: {_first_line(err)}"))
+    finally:
+        pipe.close()
+        os._exit(0)  # no atexit handlers or finalizers of the parent's objects in the child
+
+
 @derived_object
-class InProcessBuilder(ms.builder.PyBuilder):
-    """Build each candidate with `tvm.compile` here, exported as MetaSchedule's runners expect."""
+class ForkedBuilder(ms.builder.PyBuilder):
+    """Build each candidate with `tvm.compile` in a child forked from this process (TVM is already
+    imported there, so no worker pays the import), killed after `timeout_s`: the search does sample
+    schedules that LLVM takes minutes to compile, and a build in this process could not be stopped."""
+
+    def __init__(self, timeout_s: float = BUILD_TIMEOUT_S) -> None:
+        super().__init__()
+        self.timeout_s = timeout_s
 
     def build(self, build_inputs: list[ms.builder.BuilderInput]) -> list[ms.builder.BuilderResult]:
-        results = []
-        for build_input in build_inputs:
-            try:
-                path = default_export(default_build(build_input.mod, build_input.target, None))
-                results.append(ms.builder.BuilderResult(path, None))
-            except Exception as err:  # noqa: BLE001 (a candidate that fails to build is a measured failure)
-                results.append(ms.builder.BuilderResult(None, f"InProcessBuilder: {_first_line(err)}"))
-        return results
+        return [self._build_one(build_input) for build_input in build_inputs]
+
+    def _build_one(self, build_input: ms.builder.BuilderInput) -> ms.builder.BuilderResult:
+        context = multiprocessing.get_context("fork")
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=_build_and_export, args=(build_input, sender), daemon=True)
+        child.start()
+        sender.close()
+        try:
+            if receiver.poll(self.timeout_s):
+                path, error = receiver.recv()
+            else:
+                path, error = None, f"ForkedBuilder: build timed out after {self.timeout_s:g} s"
+        except EOFError:  # the child died without a word (a crash in the compiler)
+            path, error = None, "ForkedBuilder: the build process died"
+        finally:
+            child.kill()
+            child.join()
+            receiver.close()
+        return ms.builder.BuilderResult(path, error)
 
 
 @derived_object
@@ -63,6 +103,12 @@ class InProcessRunner(ms.runner.PyRunner):
             device = tvm.runtime.device(str(runner_input.device_type), 0)
             args_info = [info.as_json() for info in runner_input.args_info]
             args = alloc_argument_common(self.random_fill, device, args_info, 1)
+            start = time.perf_counter()
+            module[module.entry_name](*args[0])
+            device.sync()
+            if (elapsed := time.perf_counter() - start) > MAX_FIRST_CALL_S:
+                return LocalRunnerFuture(error_message=f"InProcessRunner: first call took {elapsed:.1f} s "
+                                                       f"(limit {MAX_FIRST_CALL_S:g} s)")
             return LocalRunnerFuture(res=run_evaluator_common(module, device, self.evaluator, args))
         except Exception as err:  # noqa: BLE001
             return LocalRunnerFuture(error_message=f"InProcessRunner: {_first_line(err)}")

@@ -30,7 +30,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from ..compiler import lowering_passes
 from ..errors import EdgeBertError
-from .measure import InProcessBuilder, Tracker, make_runner
+from .measure import ForkedBuilder, Tracker, make_runner
 from .records import (FAILED_SECONDS, DefaultTiming, append_default, mean_ms, open_for_tuning, read_defaults,
                       schedule_point, workload_key)
 from .tasks import Task
@@ -225,7 +225,7 @@ def tune(tasks: list[Task], target: tvm.target.Target, options: TuneOptions) -> 
     start = time.monotonic()
     deadline = start + options.time_budget_min * 60 if options.time_budget_min else None
     database = open_for_tuning(options.work_dir)
-    builder, runner = InProcessBuilder(), make_runner(options.tracker)
+    builder, runner = ForkedBuilder(), make_runner(options.tracker)
     defaults = read_defaults(options.work_dir)
     states = [TaskState(task, database, defaults) for task in tasks]
     for state, logger in zip(states, ms.logging.get_loggers_from_work_dir(str(options.work_dir), [t.name for t in tasks])):
