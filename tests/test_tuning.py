@@ -163,6 +163,8 @@ def test_cuda_tasks_build_and_records_apply_compile_only(tmp_path, tiny_bert_dir
     space = context.generate_design_space()[0]
     (built,) = ForkedBuilder().build([ms.builder.BuilderInput(space.mod, target)])
     assert built.error_msg is None and Path(built.artifact_path).exists()
+    (late,) = ForkedBuilder(timeout_s=0.01).build([ms.builder.BuilderInput(space.mod, target)])
+    assert late.artifact_path is None and "timed out" in late.error_msg  # the child is killed, the search goes on
 
     work = tmp_path / "tune"
     database = open_for_tuning(work)
