@@ -3,8 +3,8 @@
 Every floating parameter of `edgebert-sst2` (the tensors `edgebert.ApproximateRedundantData` rewrites
 in the compiled module) is stored the RDA way at each threshold; accuracy is the final layer's on all
 872 SST-2 dev sentences at seq 64, in PyTorch with the decoded weights. One threshold is also
-compiled with the pass (`--compiled-threshold`) and run through the artifact, which must agree; that
-artifact (library + compressed weight store) is set beside the same checkpoint compiled plain, in size
+compiled with the pass (`--compiled-threshold`, `--rda-storage load`) and run through the artifact,
+which must agree; that artifact (library + compressed weight store) is set beside the same checkpoint compiled plain, in size
 and in batch-1 latency (interleaved, medians).
 
     .venv/bin/python benchmarks/rda_weights.py [--thresholds 0 63 255 1023 4095] [--compiled-threshold 255]
@@ -66,7 +66,8 @@ def compiled_comparison(threshold: float, granularity: rda.Granularity, examples
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = {}
         for name, rda_threshold in (("plain", None), ("rda", threshold)):
-            options = CompileOptions(seq_len=SEQ_LEN, rda_threshold=rda_threshold, rda_granularity=granularity)
+            options = CompileOptions(seq_len=SEQ_LEN, rda_threshold=rda_threshold, rda_granularity=granularity,
+                                     rda_storage="load")
             write_artifact(checkpoint, compile_model(checkpoint, options), options, Path(tmp) / name)
             artifacts[name] = Artifact.load(Path(tmp) / name)
         sizes = {name: artifact_bytes(Path(tmp) / name) for name in artifacts}

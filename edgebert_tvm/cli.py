@@ -49,7 +49,8 @@ def _compile_options(args: argparse.Namespace) -> CompileOptions:
                           attention_spans=_read_spans(Path(args.spans)) if args.spans else None,
                           weight_format=args.weights, exp_bits=args.exp_bits,
                           rda_threshold=args.rda_threshold, rda_granularity=args.rda_granularity,
-                          rda_activations=args.rda_activations, accelerator_config=args.accelerator_config,
+                          rda_storage=args.rda_storage, rda_activations=args.rda_activations,
+                          accelerator_config=args.accelerator_config,
                           sparse=args.sparse)
 
 
@@ -325,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "each tensor's 16-bit grid (max|x|/32767); 0 is lossless")
         p.add_argument("--rda-granularity", default=8, metavar="G",
                        help="RDA group size in values (default 8), or 'layer' for one group per row")
+        p.add_argument("--rda-storage", choices=("compile", "load"), default="compile",
+                       help="RDA weights decoded at compile time into the library (default), or kept compressed "
+                            "in the artifact and decoded when it loads (smaller artifact; weights not pre-packed)")
         p.add_argument("--rda-activations", type=_number, metavar="T",
                        help="edgebert target: store the chip's 16-bit activation buffers the RDA way (T in LSBs of "
                             "1/1024); bytes per value measured on the task's sentences, charged in --report")

@@ -32,6 +32,9 @@ from .target.cpu import cpu_passes, unscheduled_functions
 from .target.gpu import cuda_passes
 
 
+RDA_STORAGE = ("compile", "load")
+
+
 @dataclasses.dataclass
 class CompileOptions:
     """What the user asked for on `edgebert-tvmc compile`."""
@@ -47,6 +50,7 @@ class CompileOptions:
     exp_bits: int = 3
     rda_threshold: float | None = None
     rda_granularity: rda.Granularity = rda.DEFAULT_GRANULARITY
+    rda_storage: str = "compile"  # RDA weights decoded at compile time, or kept compressed and decoded at "load"
     rda_activations: float | None = None  # edgebert target: RDA threshold of the activation buffers
     accelerator_config: str | None = None  # edgebert target: configuration file (default: the cited defaults)
     tuning_records: Path | None = None  # an `edgebert-tvmc tune` work directory
@@ -80,6 +84,10 @@ class CompileOptions:
             check_format(self.weight_bits, self.exp_bits)
         if self.rda_threshold is not None:
             self.rda_threshold = rda.check_threshold(self.rda_threshold)
+        if self.rda_storage not in RDA_STORAGE:
+            raise EdgeBertError(f"--rda-storage must be one of {', '.join(RDA_STORAGE)}, got {self.rda_storage!r}")
+        if self.rda_storage == "load" and self.target == "edgebert":
+            raise EdgeBertError("--rda-storage load is for llvm and cuda: the edgebert chip's regions take constant weights")
         if self.rda_activations is not None:
             if self.target != "edgebert":
                 raise EdgeBertError("--rda-activations is for --target edgebert (it changes the chip's SRAM traffic)")
@@ -130,9 +138,8 @@ def edgebert_passes(options: CompileOptions, edgebert: EdgeBertConfig) -> list[t
     if options.weight_bits is not None:
         passes.append(QuantizeWeightsAdaptivFloat(options.weight_bits, options.exp_bits))
     if options.rda_threshold is not None:
-        # The edgebert chip's regions take their weights as constants; elsewhere the store stays compressed.
         passes.append(ApproximateRedundantData(options.rda_threshold, options.rda_granularity,
-                                               at_load=options.target != "edgebert"))
+                                               at_load=options.rda_storage == "load"))
     if options.exit_thresholds is not None:
         passes.append(FoldEntropyExit(options.exit_thresholds))
     return passes

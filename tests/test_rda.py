@@ -168,7 +168,8 @@ def test_artifact_keeps_weights_compressed_and_decodes_them_at_load(tiny_bert_di
     same model as the plain artifact's weights approximated; a damaged store is refused in one line."""
     plain, stored = tmp_path / "plain", tmp_path / "stored"
     run_cli("compile", str(tiny_bert_dir), "-o", str(plain), "--seq-len", "16", check=True)
-    run_cli("compile", str(tiny_bert_dir), "-o", str(stored), "--seq-len", "16", "--rda-threshold", "0", check=True)
+    run_cli("compile", str(tiny_bert_dir), "-o", str(stored), "--seq-len", "16", "--rda-threshold", "0",
+            "--rda-storage", "load", check=True)
     meta = read_json(stored / "metadata.json")
     store = stored / meta["weight_store"]["file"]
     summary = meta["pass_reports"]["rda"]["summary"]
