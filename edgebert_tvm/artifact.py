@@ -89,9 +89,9 @@ def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", options:
         meta["accelerator"] = compiled.accelerator
     with atomic_directory(out_dir) as tmp:
         compiled.executable.export_library(str(tmp / LIBRARY_NAME))
-        if compiled.stored_weights:
+        if compiled.stored_weights is not None:
             weight_store.write(compiled.stored_weights, tmp / weight_store.FILE_NAME)
-            meta["weight_store"] = {"file": weight_store.FILE_NAME, "tensors": len(compiled.stored_weights),
+            meta["weight_store"] = {"file": weight_store.FILE_NAME, "tensors": len(compiled.stored_weights.tensors),
                                     "bytes": (tmp / weight_store.FILE_NAME).stat().st_size}
         if checkpoint.tokenizer_dir is not None:
             shutil.copy2(checkpoint.tokenizer_dir / TOKENIZER_NAME, tmp / TOKENIZER_NAME)

@@ -116,7 +116,7 @@ class CompiledModel:
     reports: dict[str, Any]  # what the EdgeBERT passes did, for the artifact's metadata
     accelerator: dict | None = None  # edgebert target: the chip's workload per block and its configuration
     tuned: list[str] = dataclasses.field(default_factory=list)  # kernels scheduled from tuning records
-    stored_weights: dict[str, rda.Encoded] = dataclasses.field(default_factory=dict)  # compressed, decoded at load
+    stored_weights: weight_store.Store | None = None  # compressed weights, decoded when the artifact loads
 
 
 def folded_spans(options: CompileOptions, edgebert: EdgeBertConfig) -> list[list[float]] | None:
@@ -183,7 +183,7 @@ def constant_bytes(mod: tvm.IRModule) -> int:
 
 def graph_module(
     checkpoint: Checkpoint, options: CompileOptions
-) -> tuple[tvm.IRModule, tvm.target.Target, list[str], dict[str, float], dict[str, Any], dict[str, rda.Encoded]]:
+) -> tuple[tvm.IRModule, tvm.target.Target, list[str], dict[str, float], dict[str, Any], weight_store.Store | None]:
     """Check the options, import, and run the EdgeBERT passes: the module every target lowers (and
     tuning extracts its tasks from), its target, the passes run, the seconds taken, the passes'
     reports for the artifact's metadata, and the weights the module reads from the tensor cache
@@ -216,7 +216,8 @@ def graph_module(
         reports["sparsity"] = json.loads(str(mod.attrs[SPARSITY_ATTR]))
     if (rda_report := _rda_metadata(passes, options)) is not None:
         reports["rda"] = rda_report
-    stored = {key: e for p in passes if isinstance(p, ApproximateRedundantData) for key, e in p.stored.items()}
+    stored = next((weight_store.Store(p.stored, sorted(p.views)) for p in passes
+                   if isinstance(p, ApproximateRedundantData) and p.at_load), None)
     return mod, target, [p.info.name for p in passes], seconds, reports, stored
 
 
@@ -242,7 +243,7 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
 
         tuned = tuned_functions(mod)
     device = tvm.cuda() if target.kind.name == "cuda" else tvm.cpu()
-    if stored and device.exist:  # so this process can run the executable as the artifact will after loading
+    if stored is not None and device.exist:  # so this process can run the executable as the artifact will after loading
         weight_store.fill_cache(stored, device)
     return CompiledModel(executable, target, passes, constant_bytes(mod), seconds, unscheduled_functions(mod),
                          reports, accelerator, tuned, stored)

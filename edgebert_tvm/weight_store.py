@@ -1,15 +1,17 @@
 """Weights kept out of the library: stored compressed in the artifact, decoded into TVM's tensor cache at load.
 
 A pass that wants a constant stored this way (ApproximateRedundantData with `at_load`) replaces it
-by `lookup(key)`, a call of the runtime's `vm.builtin.tensor_cache.get`. The artifact writes the
-compressed tensors to `weights.rda.safetensors` (each `rda.Encoded.to_bytes` as a uint8 tensor, its
-shape, dtype and grouping in the file's metadata); `load` decodes them and puts them in the cache
-before the model's first call. Keys are content hashes, so artifacts loaded side by side in one
+by `lookup(key)`, a call of the runtime's `vm.builtin.tensor_cache.get`, or by a lookup of a
+transpose of it (`view_key`). The artifact writes the compressed tensors to
+`weights.rda.safetensors` (each `rda.Encoded.to_bytes` as a uint8 tensor; shape, dtype, grouping
+and the views the module reads in the file's metadata); loading decodes them and puts every view
+in the cache before the model's first call. Keys are content hashes, so artifacts loaded side by side in one
 process never see each other's weights under the same key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -30,34 +32,57 @@ def cache_key(encoded: rda.Encoded) -> str:
     return "edgebert.rda/" + hashlib.sha256(header + encoded.to_bytes()).hexdigest()[:24]
 
 
+def view_key(key: str, axes: list[int]) -> str:
+    """The key of stored tensor `key` transposed by `axes` (made when the store is loaded)."""
+    return f"{key}|{','.join(map(str, axes))}"
+
+
 def lookup(key: str, shape: tuple[int, ...], dtype: str) -> relax.Expr:
     """The tensor stored under `key`, read from the runtime's tensor cache when the function runs."""
     return relax.op.call_pure_packed(_CACHE_GET, tvm.ir.StringImm(key), ty_args=relax.TensorType(shape, dtype))
 
 
-def fill_cache(stored: dict[str, rda.Encoded], device: tvm.runtime.Device) -> None:
-    """Decode every stored tensor onto `device` under its key."""
+@dataclasses.dataclass
+class Store:
+    """Compressed tensors by key, and the views of them a compiled module reads."""
+
+    tensors: dict[str, rda.Encoded]
+    views: list[str]
+
+
+def fill_cache(store: Store, device: tvm.runtime.Device) -> None:
+    """Decode the stored tensors and put every view the module reads (a tensor, or a transpose of
+    one: `view_key`) onto `device` under its key."""
     update = tvm.get_global_func("vm.builtin.tensor_cache.update")
-    for key, encoded in stored.items():
-        update(key, tvm.runtime.tensor(np.ascontiguousarray(rda.decode(encoded)), device), True)
+    decoded: dict[str, np.ndarray] = {}
+    for view in store.views:
+        key, _, axes = view.partition("|")
+        if key not in store.tensors:
+            raise EdgeBertError(f"the compressed weight store has no tensor {key}")
+        if key not in decoded:
+            decoded[key] = rda.decode(store.tensors[key])
+        array = decoded[key].transpose([int(a) for a in axes.split(",")]) if axes else decoded[key]
+        update(view, tvm.runtime.tensor(np.ascontiguousarray(array), device), True)
 
 
-def write(stored: dict[str, rda.Encoded], path: Path) -> None:
+def write(store: Store, path: Path) -> None:
     from safetensors.numpy import save_file
 
-    tensors = {key: np.frombuffer(encoded.to_bytes(), np.uint8) for key, encoded in stored.items()}
+    tensors = {key: np.frombuffer(encoded.to_bytes(), np.uint8) for key, encoded in store.tensors.items()}
     layout = {key: {"shape": list(e.shape), "dtype": e.dtype.str, "granularity": e.granularity}
-              for key, e in stored.items()}
-    save_file(tensors, str(path), metadata={"edgebert.rda": json.dumps(layout)})
+              for key, e in store.tensors.items()}
+    save_file(tensors, str(path), metadata={"edgebert.rda": json.dumps(layout),
+                                            "edgebert.rda.views": json.dumps(store.views)})
 
 
-def read(path: Path) -> dict[str, rda.Encoded]:
+def read(path: Path) -> Store:
     """The compressed tensors of `path`; anything unreadable or inconsistent is a one-line error."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="numpy") as f:
-            layout = json.loads((f.metadata() or {})["edgebert.rda"])
+            metadata = f.metadata() or {}
+            layout, views = json.loads(metadata["edgebert.rda"]), json.loads(metadata["edgebert.rda.views"])
             stored = {}
             for key, entry in layout.items():
                 encoded = rda.Encoded.from_bytes(f.get_tensor(key).tobytes(), tuple(entry["shape"]),
@@ -65,6 +90,8 @@ def read(path: Path) -> dict[str, rda.Encoded]:
                 if cache_key(encoded) != key:
                     raise ValueError(f"tensor {key} does not match its content hash")
                 stored[key] = encoded
+        if not isinstance(views, list) or any(view.partition("|")[0] not in stored for view in views):
+            raise ValueError("views of tensors it does not hold")
     except (OSError, SafetensorError, KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
         raise EdgeBertError(f"{path}: corrupt compressed weight store ({err})") from None
-    return stored
+    return Store(stored, views)

@@ -13,7 +13,9 @@ compression rate and error. Where the store lives:
 - `at_load=True`: each constant becomes a lookup in TVM's runtime tensor cache
   (`vm.builtin.tensor_cache.get`) under a content-addressed key, and `stored` keeps its
   `rda.Encoded`; the artifact writes those in their compressed format (`rda.Encoded.to_bytes`) and
-  decodes them into the cache when it loads (weight_store.py). The library holds no copy.
+  decodes them into the cache when it loads (weight_store.py). The library holds no copy. A
+  constant that is only transposed (a linear layer's weight) is looked up as that transpose
+  (`views`), made once at load.
 With threshold 0 only the lossless patterns match and every constant is unchanged.
 """
 
@@ -34,35 +36,56 @@ def _approximable(value: tvm.runtime.Tensor) -> bool:
         tvm.runtime.DataTypeCode.FLOAT, tvm.runtime.DataTypeCode.BFLOAT)
 
 
+_PERMUTE_DIMS = tvm.ir.Op.get("relax.permute_dims")
+
+
 @mutator
 class _ReplaceConstants(PyExprMutator):
     """Swap each approximable constant for its RDA-decoded copy or a tensor-cache lookup of it (a
-    shared tensor is encoded once)."""
+    shared tensor is encoded once). With lookups, a transposed constant (a linear layer's weight)
+    is looked up already transposed: the view is made once at load, not on every call."""
 
     def __init__(self, pass_: "ApproximateRedundantData", prefix: str,
-                 done: dict[tvm.runtime.Tensor, tuple[relax.Expr, rda.TensorReport]]) -> None:
+                 done: dict[tvm.runtime.Tensor, tuple[relax.Expr | str, rda.TensorReport]]) -> None:
         super().__init__()
         self.pass_, self.prefix, self.done = pass_, prefix, done
         self.count = 0
 
+    def _store(self, value: tvm.runtime.Tensor) -> relax.Expr | str:
+        """The decoded constant, or (at load) the cache key of the compressed tensor."""
+        if value not in self.done:
+            name = f"{self.prefix}/const{self.count}"
+            self.count += 1
+            x = value.numpy()
+            encoded = rda.encode(x, self.pass_.threshold, self.pass_.granularity)
+            decoded = rda.decode(encoded)
+            if self.pass_.at_load:
+                stored: relax.Expr | str = weight_store.cache_key(encoded)
+                self.pass_.stored[stored] = encoded
+            else:
+                stored = relax.const(np.ascontiguousarray(decoded), value.dtype)
+            self.done[value] = (stored, rda.report(name, x, encoded, decoded))
+        return self.done[value][0]
+
     def visit_generic_const_(self, op: tvm.ir.GenericConst) -> relax.Expr:
         if not _approximable(op.value):
             return op
-        if op.value not in self.done:
-            name = f"{self.prefix}/const{self.count}"
-            self.count += 1
-            x = op.value.numpy()
-            encoded = rda.encode(x, self.pass_.threshold, self.pass_.granularity)
-            decoded = rda.decode(encoded)
-            entry = rda.report(name, x, encoded, decoded)
-            if self.pass_.at_load:
-                key = weight_store.cache_key(encoded)
-                self.pass_.stored[key] = encoded
-                value = weight_store.lookup(key, x.shape, str(op.value.dtype))
-            else:
-                value = relax.const(np.ascontiguousarray(decoded), op.value.dtype)
-            self.done[op.value] = (value, entry)
-        return self.done[op.value][0]
+        stored = self._store(op.value)
+        if isinstance(stored, str):
+            self.pass_.views.add(stored)
+            return weight_store.lookup(stored, tuple(op.value.shape), str(op.value.dtype))
+        return stored
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        arg = call.args[0] if len(call.args) == 1 else None
+        if not (self.pass_.at_load and call.op.same_as(_PERMUTE_DIMS) and isinstance(arg, tvm.ir.expr.Constant)
+                and _approximable(arg.value)):
+            return super().visit_call_(call)
+        shape = tuple(arg.value.shape)
+        axes = [int(a) for a in call.attrs.axes] if call.attrs.axes is not None else list(range(len(shape)))[::-1]
+        view = weight_store.view_key(self._store(arg.value), axes)
+        self.pass_.views.add(view)
+        return weight_store.lookup(view, tuple(shape[a] for a in axes), str(arg.value.dtype))
 
 
 @tvm.transform.module_pass(opt_level=0, name="edgebert.ApproximateRedundantData")
@@ -77,6 +100,7 @@ class ApproximateRedundantData:
         self.at_load = at_load
         self.report: list[rda.TensorReport] = []
         self.stored: dict[str, rda.Encoded] = {}  # with at_load: cache key -> compressed tensor
+        self.views: set[str] = set()  # with at_load: the cache keys the module reads (tensors or their transposes)
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         done: dict[tvm.runtime.Tensor, tuple[relax.Expr, rda.TensorReport]] = {}
