@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .records import FAILED_SECONDS
 from .tune import TaskResult, TuneOptions
 
 
@@ -17,6 +18,8 @@ def model_ms(results: list[TaskResult], tuned: bool) -> float | None:
 
 
 def _ms(value: float | None) -> str:
+    if value is not None and value >= FAILED_SECONDS * 1e3:
+        return f"{'failed':>10s}"
     return f"{value:10.4f}" if value is not None else f"{'-':>10s}"
 
 

@@ -152,7 +152,7 @@ def _build(state: TaskState, sch: tvm.s_tir.Schedule, target, builder, what: str
 def _time(inputs: list[ms.runner.RunnerInput], runner, name: str) -> list[float | None]:
     """One timing (ms) per input, in order; None for an input that failed to run."""
     times = []
-    for runner_input, future in zip(inputs, runner.run(inputs)):
+    for future in runner.run(inputs):
         result = future.result()
         if result.error_msg:
             tqdm.write(f"{name}: a schedule failed to run ({result.error_msg.splitlines()[-1]})")
@@ -185,15 +185,23 @@ def _median(values: list[float | None]) -> float | None:
 
 
 def _retime(state: TaskState, target, work_dir: Path, database, builder, runner) -> None:
-    """Time the best record and the default back to back, interleaved, and record both medians."""
+    """Time the best record and the default back to back, interleaved, and record both medians (a
+    best record that no longer builds or runs is recorded as failed, so it never replaces the default)."""
     default = default_schedule(state.task, target)
     best = database.query_schedule(state.task.mod, target, state.task.name)
     if default is None or best is None or state.best_ms is None:
         return
-    inputs = [_build(state, default, target, builder, "default"), _build(state, best, target, builder, "tuned")]
-    pairs = [_time(inputs, runner, state.task.name) for _ in range(RETIME_PAIRS)]
+    inputs = [_build(state, default, target, builder, "default")]
+    try:
+        inputs.append(_build(state, best, target, builder, "tuned"))
+        pairs = [_time(inputs, runner, state.task.name) for _ in range(RETIME_PAIRS)]
+        tuned = _median([t for _, t in pairs])
+    except EdgeBertError as err:
+        tqdm.write(str(err))
+        pairs, tuned = [_time(inputs, runner, state.task.name)], None
     _cleanup(inputs)
-    state.default_ms, state.tuned_ms = _median([d for d, _ in pairs]), _median([t for _, t in pairs])
+    state.default_ms = _median([times[0] for times in pairs])
+    state.tuned_ms = tuned if tuned is not None else FAILED_SECONDS * 1e3
     append_default(work_dir, state.key, state.task.name, DefaultTiming(state.default_ms, state.tuned_ms))
 
 
