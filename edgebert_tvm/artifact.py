@@ -24,6 +24,7 @@ from . import __version__, weight_store
 from .errors import EdgeBertError
 from .fileio import atomic_directory
 from .inputs import INPUT_NAMES
+from .target import run_device
 
 if TYPE_CHECKING:  # running an artifact must not import torch
     from .compiler import CompiledModel, CompileOptions
@@ -130,7 +131,7 @@ class Artifact:
             raise EdgeBertError(f"{meta_path}: not valid JSON ({err})") from None
         if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
             raise EdgeBertError(f"{meta_path}: unsupported artifact format (expected version {FORMAT_VERSION})")
-        device = tvm.cuda() if meta["target"]["name"] == "cuda" else tvm.cpu()
+        device = run_device(meta["target"]["name"])
         if not device.exist:
             raise EdgeBertError(f"{directory}: compiled for {meta['target']['name']}, but no such device is present")
         try:

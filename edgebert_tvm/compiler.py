@@ -7,7 +7,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tvm
 from tvm import relax
@@ -27,9 +27,12 @@ from .passes.fold_entropy_exit import FoldEntropyExit, check_thresholds
 from .passes.fold_sparsity import SPARSITY_ATTR, FoldSparsity
 from .passes.lower_adaptivfloat import LowerAdaptivFloat, register_pipeline
 from .passes.quantize_weights_adaptivfloat import QuantizeWeightsAdaptivFloat
-from .target import make_target
+from .target import make_target, run_device
 from .target.cpu import cpu_passes, unscheduled_functions
 from .target.gpu import cuda_passes
+
+if TYPE_CHECKING:
+    from .target.edgebert.activation_storage import ActivationStorage
 
 
 RDA_STORAGE = ("compile", "load")
@@ -242,7 +245,7 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
         from .tuning.records import tuned_functions
 
         tuned = tuned_functions(mod)
-    device = tvm.cuda() if target.kind.name == "cuda" else tvm.cpu()
+    device = run_device(target.kind.name)
     if stored is not None and device.exist:  # so this process can run the executable as the artifact will after loading
         weight_store.fill_cache(stored, device)
     return CompiledModel(executable, target, passes, constant_bytes(mod), seconds, unscheduled_functions(mod),
@@ -275,7 +278,7 @@ def _offload_to_edgebert(mod: tvm.IRModule, checkpoint: Checkpoint, options: Com
     return mod, accelerator
 
 
-def _measure_activation_storage(checkpoint: Checkpoint, options: CompileOptions) -> "ActivationStorage":
+def _measure_activation_storage(checkpoint: Checkpoint, options: CompileOptions) -> ActivationStorage:
     """Bytes per activation value with RDA buffers, on the first sentences of the model's task's training set."""
     from .target.edgebert.activation_storage import CALIBRATION_SENTENCES, measure
 

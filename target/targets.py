@@ -24,6 +24,11 @@ def host_target(num_cores: int | None = None) -> tvm.target.Target:
     return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores})
 
 
+def run_device(target_name: str) -> tvm.runtime.Device:
+    """The device a model compiled for `target_name` runs on (edgebert: its host CPU)."""
+    return tvm.cuda() if target_name == "cuda" else tvm.cpu()
+
+
 def make_target(name: str, num_cores: int | None = None, cuda_arch: str = DEFAULT_CUDA_ARCH) -> tvm.target.Target:
     """`llvm` for the host CPU (also the host of the `edgebert` accelerator); `cuda` for an NVIDIA GPU of
     `cuda_arch` with the host CPU as host."""
