@@ -1,32 +1,42 @@
 """Tuning: resume after a kill, records applied at compile (checked against PyTorch), a corrupt
-database refused untouched, measurement through a loopback RPC tracker, cuda compile-only."""
+database refused untouched, measurement through a loopback RPC tracker, cuda compile-only, build
+workers that hang or die replaced, and a tuner started inside a process whose thread pools are busy."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import tvm
+from tvm import te
 from tvm.s_tir import meta_schedule as ms
 
 from edgebert_tvm import cli
 from edgebert_tvm.compiler import CompileOptions, compile_model
 from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.models.checkpoint import load
-from edgebert_tvm.tuning.measure import ForkedBuilder, Tracker
+from edgebert_tvm.tuning import build_worker
+from edgebert_tvm.tuning.measure import Tracker, WorkerPoolBuilder
 from edgebert_tvm.tuning.records import (DEFAULTS_FILE, RECORD_FILE, WORKLOAD_FILE, DefaultTiming, append_default,
                                          open_for_tuning, read_database, read_defaults)
 from edgebert_tvm.tuning.tasks import model_tasks
 
 from .conftest import random_inputs, run_cli, torch_exits
+
+pytestmark = pytest.mark.tuning
 
 MODEL = ["albert-tiny", "--seq-len", "16"]
 QUICK = ["--top-kernels", "2", "--population", "32"]
@@ -161,10 +171,12 @@ def test_cuda_tasks_build_and_records_apply_compile_only(tmp_path, tiny_bert_dir
     context = ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
                              search_strategy="evolutionary", task_name=task.name)
     space = context.generate_design_space()[0]
-    (built,) = ForkedBuilder().build([ms.builder.BuilderInput(space.mod, target)])
+    builder = WorkerPoolBuilder(workers=1)
+    try:
+        (built,) = builder.build([ms.builder.BuilderInput(space.mod, target)])
+    finally:
+        builder.close()
     assert built.error_msg is None and Path(built.artifact_path).exists()
-    (late,) = ForkedBuilder(timeout_s=0.01).build([ms.builder.BuilderInput(space.mod, target)])
-    assert late.artifact_path is None and "timed out" in late.error_msg  # the child is killed, the search goes on
 
     work = tmp_path / "tune"
     database = open_for_tuning(work)
@@ -176,3 +188,102 @@ def test_cuda_tasks_build_and_records_apply_compile_only(tmp_path, tiny_bert_dir
     assert len(compiled.tuned) == 1
     llvm_only = compile_model(checkpoint, CompileOptions(target="llvm", seq_len=16, tuning_records=work))
     assert llvm_only.tuned == []
+
+
+def _kernel(name: str) -> tvm.IRModule:
+    a = te.placeholder((64, 64), name="a")
+    return tvm.IRModule({"main": te.create_prim_func([a, te.compute((64, 64), lambda i, j: a[i, j] * 2, name=name)])})
+
+
+def test_build_workers_that_hang_or_die_are_replaced():
+    """A candidate that sleeps past the limit, one that hangs holding the GIL (the worker's own timer
+    cannot fire: killed from the tuning process), and one that kills its worker each fail alone;
+    the candidate after each builds in a fresh worker."""
+
+    def build_fn(mod, target):  # local, so it is pickled by value into the worker
+        text = mod.script()
+        if "sleeps" in text:
+            time.sleep(600)
+        if "backtracks" in text:  # catastrophic backtracking: minutes inside one C call, GIL held
+            re.match(r"(a+)+$", "a" * 64 + "b")
+        if "crashes" in text:
+            os._exit(3)
+        return build_worker.build(mod, target)
+
+    target = tvm.target.Target({"kind": "llvm"})
+    builder = WorkerPoolBuilder(workers=1, timeout_s=2.0, build_fn=build_fn)
+    try:
+        names = ["fine", "sleeps", "fine", "backtracks", "fine", "crashes", "fine"]
+        results = [builder.build([ms.builder.BuilderInput(_kernel(name), target)])[0] for name in names]
+    finally:
+        builder.close()
+    errors = dict(zip(names[1::2], [r.error_msg for r in results[1::2]]))
+    assert "timed out after 2 s" in errors["sleeps"]
+    assert "hung past its 2 s limit and was killed" in errors["backtracks"]
+    assert "died" in errors["crashes"]
+    for built in results[0::2]:
+        assert built.error_msg is None and Path(built.artifact_path).is_file()
+
+
+def test_tuner_in_a_busy_process_gets_records_and_never_forks(tmp_path):
+    """torch's and TVM's thread pools are busy in this process when the tuner starts (the state in
+    which a fork() child hangs); the tuner still measures, and this process never forks."""
+    forks = []
+    os.register_at_fork(before=lambda: forks.append(threading.current_thread().name))
+    stop = threading.Event()
+
+    def torch_busy():
+        x = torch.randn(256, 256)
+        while not stop.is_set():
+            x = torch.tanh(x @ x)
+
+    a = te.placeholder((256, 256), name="a")
+    k = te.reduce_axis((0, 256), name="k")
+    matmul = te.create_prim_func([a, te.compute((256, 256), lambda i, j: te.sum(a[i, k] * a[k, j], axis=k))])
+    sch = tvm.s_tir.Schedule(matmul)
+    (i, _, _) = sch.get_loops(sch.get_sblock("compute"))
+    sch.parallel(i)  # runs on TVM's thread pool
+    kernel = tvm.compile(sch.mod, target="llvm")
+    args = [tvm.runtime.tensor(np.ones((256, 256), "float32")) for _ in range(2)]
+
+    def tvm_busy():
+        while not stop.is_set():
+            kernel(*args)
+
+    busy = [threading.Thread(target=torch_busy), threading.Thread(target=tvm_busy)]
+    for thread in busy:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        work = tmp_path / "tune"
+        assert cli.main(["tune", *MODEL, "--top-kernels", "1", "--population", "32", "--trials", "4",
+                         "-o", str(work)]) == 0
+    finally:
+        stop.set()
+        for thread in busy:
+            thread.join()
+    records = read_database(work).get_all_tuning_records()
+    assert len(records) == 4 and any(max(float(s) for s in r.run_secs) < 1.0 for r in records)
+    assert forks == []
+
+
+def _forks_in(path: Path) -> list[str]:
+    """Calls of os.fork/forkpty and any use of multiprocessing or ProcessPoolExecutor (both fork
+    by default on Linux) in one source file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute) and node.attr in ("fork", "forkpty", "ProcessPoolExecutor"):
+            found.append(f"{path.name}:{node.lineno}: {node.attr}")
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            found += [f"{path.name}:{node.lineno}: import {n}" for n in names if n.split(".")[0] == "multiprocessing"]
+    return found
+
+
+def test_no_fork_anywhere_in_the_package():
+    import edgebert_tvm
+
+    root = Path(edgebert_tvm.__file__).resolve().parent.parent
+    sources = [p for folder in ("edgebert_tvm", "passes", "target", "tuning") for p in (root / folder).rglob("*.py")]
+    assert len(sources) > 40
+    assert [hit for path in sources for hit in _forks_in(path)] == []

@@ -1,28 +1,36 @@
 """Where candidates are built and timed: in this process, or on remote devices through an RPC tracker.
 
-MetaSchedule's LocalBuilder starts fresh worker processes for every batch, and each imports
-`tvm.s_tir.tensor_intrin` (~30-50 s here) against a 30 s limit, so every build times out. The
-builder here compiles in a child forked from this process (TVM already imported, a time limit
-that can be enforced); the local runner times the kernel in this process, with MetaSchedule's own
-argument filling and evaluator. Remote
-measurement is MetaSchedule's RPCRunner, whose worker processes live as long as the runner.
+Candidates are built in a pool of long-lived worker processes (`WorkerPoolBuilder`), each a fresh
+interpreter started by TVM's popen pool, never a fork of this process: by the time it tunes, this
+process runs TVM's and torch's thread pools, and a child of fork() keeps only the calling thread, so
+a lock or a spinning pool held by another thread can hang it. MetaSchedule's LocalBuilder uses the
+same workers but starts a new pool for every `build()`, and each new worker imports
+`tvm.s_tir.tensor_intrin` (20-50 s) against a 30 s limit, so its builds time out; our pool starts
+once per run, is warmed up before the first candidate, and each worker imports only TVM
+(`build_worker`). The local runner times the kernel in this process, with MetaSchedule's own
+argument filling and evaluator. Remote measurement is MetaSchedule's RPCRunner, whose worker
+processes live as long as the runner.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-import multiprocessing
 import os
+import queue
+import threading
 import time
+from collections.abc import Callable
 
 import tvm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
-from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
 from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture
 from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common, run_evaluator_common
+from tvm.support.popen_pool import PopenWorker
 
 from ..errors import EdgeBertError
+from . import build_worker
 
 # Each candidate: 3 timed calls of at least 50 ms together, twice; the median decides.
 EVALUATOR = ms.runner.EvaluatorConfig(number=3, repeat=2, min_repeat_ms=50, enable_cpu_cache_flush=False)
@@ -30,6 +38,12 @@ EVALUATOR = ms.runner.EvaluatorConfig(number=3, repeat=2, min_repeat_ms=50, enab
 # samples pathological schedules (a softmax recomputing its sums per element ran for minutes), and
 # in-process timing has no worker to kill.
 MAX_FIRST_CALL_S = 1.0
+# A candidate's build limit, counted from when its worker has it (the worker is already warm). The
+# search does sample schedules that LLVM takes minutes to compile.
+BUILD_TIMEOUT_S = 60.0
+# The worker enforces the limit itself; a worker stuck past it by this much more (a call that never
+# lets its timer thread run) is killed from here.
+KILL_GRACE_S = 10.0
 
 
 def _first_line(err: BaseException) -> str:
@@ -37,51 +51,82 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[-1] if lines else ''}"
 
 
-BUILD_TIMEOUT_S = 60.0
+class _BuildWorker(PopenWorker):
+    """A popen worker that can also be killed while another thread waits on its answer."""
+
+    def kill_process(self) -> None:
+        # PopenWorker.kill() first closes the pipes, which blocks while a reader holds them; killing
+        # the process ends that read (EOF), and recv() then cleans up and reports the death.
+        if self._proc is not None:
+            self._proc.kill()
 
 
-def _build_and_export(build_input: ms.builder.BuilderInput, pipe) -> None:
-    """In the forked child: compile, export, send the path (or the error) back, and leave at once."""
-    try:
-        pipe.send((default_export(default_build(build_input.mod, build_input.target, None)), None))
-    except Exception as err:  # noqa: BLE001 (a candidate that fails to build is a measured failure)
-        pipe.send((None, f"ForkedBuilder: {_first_line(err)}"))
-    finally:
-        pipe.close()
-        os._exit(0)  # no atexit handlers or finalizers of the parent's objects in the child
+def _warm_up(worker: _BuildWorker) -> None:
+    worker.send(build_worker.ready)
+    worker.recv()
 
 
 @derived_object
-class ForkedBuilder(ms.builder.PyBuilder):
-    """Build each candidate with `tvm.compile` in a child forked from this process (TVM is already
-    imported there, so no worker pays the import), killed after `timeout_s`: the search does sample
-    schedules that LLVM takes minutes to compile, and a build in this process could not be stopped."""
+class WorkerPoolBuilder(ms.builder.PyBuilder):
+    """Build each candidate in one of `workers` long-lived worker processes, with a time limit.
 
-    def __init__(self, timeout_s: float = BUILD_TIMEOUT_S) -> None:
+    A worker that times out or dies is replaced (the next candidate restarts it, its warm-up not
+    counted against that candidate's limit) and its candidate is a failed build; the search goes on.
+    `build_fn(mod, target) -> tar path` runs in the worker (tests pass one that hangs or crashes).
+    Call `close()` when done: the workers live until then.
+    """
+
+    def __init__(self, workers: int | None = None, timeout_s: float = BUILD_TIMEOUT_S,
+                 build_fn: Callable[[tvm.IRModule, tvm.target.Target], str] = build_worker.build) -> None:
         super().__init__()
+        count = workers or len(os.sched_getaffinity(0))
         self.timeout_s = timeout_s
+        self.build_fn = build_fn
+        self._idle: queue.SimpleQueue[_BuildWorker] = queue.SimpleQueue()
+        self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=count)
+        started = [_BuildWorker() for _ in range(count)]
+        # Warm up in parallel: each worker starts, imports TVM and answers before any candidate is sent.
+        list(self._threads.map(_warm_up, started))
+        for worker in started:
+            self._idle.put(worker)
 
     def build(self, build_inputs: list[ms.builder.BuilderInput]) -> list[ms.builder.BuilderResult]:
-        return [self._build_one(build_input) for build_input in build_inputs]
+        return list(self._threads.map(self._build_one, build_inputs))
 
     def _build_one(self, build_input: ms.builder.BuilderInput) -> ms.builder.BuilderResult:
-        context = multiprocessing.get_context("fork")
-        receiver, sender = context.Pipe(duplex=False)
-        child = context.Process(target=_build_and_export, args=(build_input, sender), daemon=True)
-        child.start()
-        sender.close()
+        worker = self._idle.get()
+        hung = threading.Event()
         try:
-            if receiver.poll(self.timeout_s):
-                path, error = receiver.recv()
-            else:
-                path, error = None, f"ForkedBuilder: build timed out after {self.timeout_s:g} s"
-        except EOFError:  # the child died without a word (a crash in the compiler)
-            path, error = None, "ForkedBuilder: the build process died"
+            if not worker.is_alive():  # after a timeout or a death: a new process, warmed up untimed
+                worker.kill()
+                _warm_up(worker)
+            worker.send(self.build_fn, (build_input.mod, build_input.target), timeout=self.timeout_s)
+
+            def kill_hung() -> None:
+                hung.set()
+                worker.kill_process()
+
+            watchdog = threading.Timer(self.timeout_s + KILL_GRACE_S, kill_hung)
+            watchdog.start()
+            try:
+                return ms.builder.BuilderResult(worker.recv(), None)
+            finally:
+                watchdog.cancel()
+        except TimeoutError:
+            return ms.builder.BuilderResult(None, f"WorkerPoolBuilder: build timed out after {self.timeout_s:g} s")
+        except ChildProcessError:
+            what = f"hung past its {self.timeout_s:g} s limit and was killed" if hung.is_set() else "died"
+            return ms.builder.BuilderResult(None, f"WorkerPoolBuilder: the build worker {what} (replaced)")
+        except Exception as err:  # noqa: BLE001 (a candidate that fails to build is a measured failure)
+            return ms.builder.BuilderResult(None, f"WorkerPoolBuilder: {_first_line(err)}")
         finally:
-            child.kill()
-            child.join()
-            receiver.close()
-        return ms.builder.BuilderResult(path, error)
+            self._idle.put(worker)
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        self._threads.shutdown(wait=True)
+        while not self._idle.empty():
+            self._idle.get().kill()
 
 
 @derived_object

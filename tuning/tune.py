@@ -30,7 +30,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from ..compiler import lowering_passes
 from ..errors import EdgeBertError
-from .measure import ForkedBuilder, Tracker, make_runner
+from .measure import Tracker, WorkerPoolBuilder, make_runner
 from .records import (FAILED_SECONDS, DefaultTiming, append_default, mean_ms, open_for_tuning, read_defaults,
                       schedule_point, workload_key)
 from .tasks import Task
@@ -45,6 +45,7 @@ class TuneOptions:
     tracker: Tracker | None = None
     trials_per_round: int = 32
     population: int = 512  # evolutionary search population per round (MetaSchedule's default)
+    build_workers: int | None = None  # candidate build processes (default: one per CPU this process may use)
     seed: int = 0
 
 
@@ -230,10 +231,19 @@ def tune(tasks: list[Task], target: tvm.target.Target, options: TuneOptions) -> 
     # MetaSchedule's logging config lists this logger's current handlers by name; one left by an earlier
     # run in this process (or by a host application) has no entry in the new config and breaks it.
     global_logger.handlers.clear()
+    database = open_for_tuning(options.work_dir)
+    builder = WorkerPoolBuilder(workers=options.build_workers)
+    try:
+        return _tune(tasks, target, options, database, builder, make_runner(options.tracker))
+    finally:
+        builder.close()
+
+
+def _tune(tasks: list[Task], target: tvm.target.Target, options: TuneOptions, database, builder,
+          runner) -> list[TaskResult]:
+    """The run itself, with the build workers up: defaults timed, rounds until trials or budget, re-timing."""
     start = time.monotonic()
     deadline = start + options.time_budget_min * 60 if options.time_budget_min else None
-    database = open_for_tuning(options.work_dir)
-    builder, runner = ForkedBuilder(), make_runner(options.tracker)
     defaults = read_defaults(options.work_dir)
     states = [TaskState(task, database, defaults) for task in tasks]
     for state, logger in zip(states, ms.logging.get_loggers_from_work_dir(str(options.work_dir), [t.name for t in tasks])):
