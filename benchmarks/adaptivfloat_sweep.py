@@ -28,7 +28,7 @@ from edgebert_tvm.adaptivfloat import baselines
 from edgebert_tvm.adaptivfloat.fake_quant import quantize_weights_
 from edgebert_tvm.adaptivfloat.qat import QATConfig, finetune
 from edgebert_tvm.data import builtin_split, read_tsv, task_for
-from edgebert_tvm.evaluate import torch_all_exits
+from edgebert_tvm.models.inference import torch_all_exits
 from edgebert_tvm.models.checkpoint import load
 
 WIDTHS = (8, 7, 6, 5, 4)

@@ -22,12 +22,12 @@ from tvm import relax
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from flops import matmul_flops
 from harness import INPUT_ORDER, median, set_threads, time_interleaved
 
 from edgebert_tvm.compiler import CompileOptions, compile_model, graph_module
 from edgebert_tvm.data import builtin_split, read_tsv, task_for
-from edgebert_tvm.flops import matmul_flops
-from edgebert_tvm.importer import BLOCK_ATTR
+from edgebert_tvm.contract import BLOCK_ATTR
 from edgebert_tvm.inputs import encode, load_tokenizer
 from edgebert_tvm.models.checkpoint import load
 

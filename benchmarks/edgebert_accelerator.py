@@ -27,7 +27,8 @@ import numpy as np
 from edgebert_tvm.artifact import Artifact, write_artifact
 from edgebert_tvm.compiler import CompileOptions, compile_model
 from edgebert_tvm.data import builtin_split, read_tsv, task_for
-from edgebert_tvm.evaluate import artifact_all_exits, entropy, evaluate_exits, exit_layers, torch_all_exits
+from edgebert_tvm.evaluate import artifact_all_exits, entropy, evaluate_exits, exit_layers
+from edgebert_tvm.models.inference import torch_all_exits
 from edgebert_tvm.inputs import encode, load_tokenizer
 from edgebert_tvm.exit_predictor import ExitPredictor
 from edgebert_tvm.models.checkpoint import load

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import median, time_interleaved  # noqa: E402
 
-from edgebert_tvm.compiler import lowering_pipeline  # noqa: E402
+from edgebert_tvm.target import lowering_pipeline  # noqa: E402
 from edgebert_tvm.target import make_target  # noqa: E402
 
 # (M, K, N): ALBERT-base's / BERT-base's dense layers, then MiniLM-L6's, at sequence 128.

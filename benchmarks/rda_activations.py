@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from edgebert_tvm import rda
-from edgebert_tvm.cli import write_json_atomic
+from edgebert_tvm.fileio import write_json_atomic
 from edgebert_tvm.compiler import CompileOptions, compile_model
 from edgebert_tvm.data import builtin_split, read_tsv, task_for
-from edgebert_tvm.evaluate import torch_all_exits
+from edgebert_tvm.models.inference import torch_all_exits
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.target.edgebert.activation_storage import FRACTION_BITS, measure
 from edgebert_tvm.target.edgebert.config import load_config

@@ -21,8 +21,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from edgebert_tvm import axbench, rda  # noqa: E402
-from edgebert_tvm.cli import write_json_atomic  # noqa: E402
+from edgebert_tvm import rda  # noqa: E402
+
+import axbench  # noqa: E402 (benchmarks/axbench.py: the workloads)
+from edgebert_tvm.fileio import write_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 IMAGE_SWEEP = (0, 7, 15, 31, 63, 127)

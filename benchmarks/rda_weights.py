@@ -25,9 +25,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from edgebert_tvm import rda
-from edgebert_tvm.cli import write_json_atomic  # noqa: E402
+from edgebert_tvm.fileio import write_json_atomic  # noqa: E402
 from edgebert_tvm.data import builtin_split, read_tsv, task_for  # noqa: E402
-from edgebert_tvm.evaluate import torch_all_exits  # noqa: E402
+from edgebert_tvm.models.inference import torch_all_exits  # noqa: E402
 from edgebert_tvm.models.checkpoint import load  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -30,9 +30,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import INPUT_ORDER, make_inputs, median, set_threads, time_interleaved, torch_runner  # noqa: E402
 
-from edgebert_tvm.cli import write_json_atomic  # noqa: E402
+from edgebert_tvm.fileio import write_json_atomic  # noqa: E402
 from edgebert_tvm.compiler import CompileOptions, compile_model, constant_bytes  # noqa: E402
-from edgebert_tvm.importer import BLOCK_ATTR, InputSpec, import_model  # noqa: E402
+from edgebert_tvm.contract import BLOCK_ATTR  # noqa: E402
+from edgebert_tvm.importer import InputSpec, import_model  # noqa: E402
 from edgebert_tvm.models.builtins import BUILTIN_CONFIGS  # noqa: E402
 from edgebert_tvm.models.checkpoint import load  # noqa: E402
 from edgebert_tvm.passes.fold_sparsity import FoldSparsity  # noqa: E402

@@ -23,7 +23,7 @@ from tvm import relax
 from . import __version__, weight_store
 from .errors import EdgeBertError
 from .fileio import atomic_directory
-from .inputs import INPUT_NAMES
+from .contract import ALL_EXITS, INPUT_NAMES, MAIN
 from .target import run_device
 
 if TYPE_CHECKING:  # running an artifact must not import torch
@@ -184,10 +184,10 @@ class Artifact:
 
     def run(self, inputs: dict[str, np.ndarray], repeat: int = 1) -> RunResult:
         """The deployed model (`main`) on inputs already checked by `inputs.check_inputs`."""
-        (logits, exit_layer), times = self._call("main", inputs, repeat)
+        (logits, exit_layer), times = self._call(MAIN, inputs, repeat)
         return RunResult(logits, exit_layer, times)
 
     def all_exits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Logits of every exit, (rows, layers, labels), for checks against the PyTorch model."""
-        (logits,), _ = self._call("all_exits", inputs, 1)
+        (logits,), _ = self._call(ALL_EXITS, inputs, 1)
         return logits

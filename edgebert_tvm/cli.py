@@ -1,6 +1,7 @@
 """`edgebert-tvmc`: compile, run and inspect EdgeBERT models, in the manner of TVM's former tvmc.
 
-Bad input ends with one line on stderr and exit status 2; outputs are written atomically.
+Bad input ends with one line on stderr and exit status 2; a bug of ours with one line and exit
+status 3 (the traceback with EDGEBERT_TVM_DEBUG=1); outputs are written atomically.
 """
 
 from __future__ import annotations
@@ -11,19 +12,39 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .errors import EdgeBertError
-
-if TYPE_CHECKING:
-    from .compiler import CompileOptions
+from . import __version__
+from .artifact import Artifact, write_artifact
+from .compiler import CompileOptions, compile_model
+from .data import builtin_split, read_tsv, task_for
+from .demo import run_demo
+from .errors import EdgeBertError, InternalError
+from .evaluate import artifact_all_exits, entropy, evaluate_exits, format_table, plot_accuracy_vs_depth
+from .exit_predictor import ExitPredictor
+from .fileio import check_output_directory, write_json_atomic
+from .inputs import check_inputs, encode, load_npz, load_tokenizer
+from .models.builtins import BUILTIN_NAMES
+from .models.checkpoint import load
+from .models.inference import torch_all_exits
+from .target import TARGET_NAMES
+from .target.edgebert.config import load_config, parse_config
+from .target.edgebert.report import accelerator_report, format_report, plot_report
+from .target.edgebert.sentence import ChipWorkload
+from .training.recipe import RecipeConfig, Trainer, build_default_checkpoint
+from .tuning import report as tuning_report
+from .tuning.measure import Tracker
+from .tuning.records import open_for_tuning, read_database
+from .tuning.tasks import model_tasks
+from .tuning.tune import TuneOptions, tune
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL_ERROR = 3
+DEBUG_ENV = "EDGEBERT_TVM_DEBUG"  # set to 1 for the traceback of an internal error
 
 
 def _positive_int(text: str) -> int:
@@ -37,11 +58,7 @@ def _positive_int(text: str) -> int:
 
 
 def _compile_options(args: argparse.Namespace) -> CompileOptions:
-    from .compiler import CompileOptions
-
     if args.accelerator_config:
-        from .target.edgebert.config import load_config
-
         load_config(args.accelerator_config)  # fail before the long work
     return CompileOptions(target=args.target, batch=args.batch, seq_len=args.seq_len, num_cores=args.num_cores,
                           exit_thresholds=args.exit_threshold,
@@ -51,22 +68,15 @@ def _compile_options(args: argparse.Namespace) -> CompileOptions:
                           rda_threshold=args.rda_threshold, rda_granularity=args.rda_granularity,
                           rda_storage=args.rda_storage, rda_activations=args.rda_activations,
                           accelerator_config=args.accelerator_config,
-                          sparse=args.sparse)
+                          sparse=args.sparse, fuse_qkv=args.fuse_qkv)
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    from .artifact import write_artifact
-    from .compiler import compile_model
-    from .fileio import check_output_directory
-    from .models.checkpoint import load
-
     check_output_directory(Path(args.output))
     if args.accelerator_config and args.target != "edgebert":
         raise EdgeBertError("--accelerator-config is for --target edgebert")
     options = _compile_options(args)
     if args.tuning_records:
-        from .tuning.records import read_database
-
         read_database(Path(args.tuning_records))  # a bad directory fails before the long work
         options.tuning_records = Path(args.tuning_records).resolve()
     checkpoint = load(args.model)
@@ -94,13 +104,6 @@ def _read_spans(path: Path) -> Any:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from .models.checkpoint import load
-    from .tuning.measure import Tracker
-    from .tuning.records import open_for_tuning
-    from .tuning.report import format_table, report_json
-    from .tuning.tasks import model_tasks
-    from .tuning.tune import TuneOptions, tune
-
     if args.rpc_key and not args.rpc_tracker:
         raise EdgeBertError("--rpc-key needs --rpc-tracker HOST:PORT")
     if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
@@ -118,14 +121,12 @@ def cmd_tune(args: argparse.Namespace) -> None:
     options = TuneOptions(trials=args.trials, work_dir=work_dir, time_budget_min=args.time_budget, tracker=tracker,
                           population=args.population)
     results = tune(tasks, target, options)
-    print(format_table(results))
-    write_json_atomic(work_dir / "tuning_report.json", report_json(checkpoint.source, args.target, options, results))
+    print(tuning_report.format_table(results))
+    write_json_atomic(work_dir / "tuning_report.json", tuning_report.report_json(checkpoint.source, args.target, options, results))
     print(f"records: {work_dir} (apply with `edgebert-tvmc compile {args.model} --tuning-records {work_dir} ...`)")
 
 
 def _read_inputs(args: argparse.Namespace, artifact: Any) -> tuple[dict[str, np.ndarray], list[str] | None]:
-    from .inputs import check_inputs, encode, load_npz, load_tokenizer
-
     model = artifact.metadata["model"]
     if args.text:
         if artifact.tokenizer_path is None:
@@ -142,32 +143,9 @@ def time_summary(times_ms: Sequence[float]) -> dict[str, float]:
             "min": float(t.min()), "std": float(t.std())}
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file in the same directory, then rename."""
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    except OSError as err:
-        raise EdgeBertError(f"{path}: cannot write there ({err.strerror})") from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _accelerator_report(args: argparse.Namespace, artifact: Any, inputs: dict[str, np.ndarray],
                         exit_layer: np.ndarray) -> dict[str, Any]:
     """The edgebert cost report for these inputs' exit layers (and DVFS if the artifact has a predictor)."""
-    from .evaluate import entropy
-    from .exit_predictor import ExitPredictor
-    from .target.edgebert.config import load_config, parse_config
-    from .target.edgebert.report import accelerator_report, format_report, plot_report
-    from .target.edgebert.sentence import ChipWorkload
-
     accelerator = artifact.metadata.get("accelerator")
     if accelerator is None:
         raise EdgeBertError(f"{artifact.directory}: --report needs an artifact compiled with --target edgebert")
@@ -192,16 +170,12 @@ def _accelerator_report(args: argparse.Namespace, artifact: Any, inputs: dict[st
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from .artifact import Artifact
-
     for path in (args.json, args.report_json):
         if path and Path(path).is_dir():
             raise EdgeBertError(f"{path}: is a directory")
     if (args.report_json or args.report_plot or args.accelerator_config or args.latency_target_us) and not args.report:
         raise EdgeBertError("--report-json, --report-plot, --accelerator-config and --latency-target-us need --report")
     if args.report and args.accelerator_config:
-        from .target.edgebert.config import load_config
-
         load_config(args.accelerator_config)  # fail before running anything
     artifact = Artifact.load(Path(args.artifact))
     inputs, texts = _read_inputs(args, artifact)
@@ -233,9 +207,6 @@ def _number(text: str) -> float:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .fileio import check_output_directory
-    from .training.recipe import RecipeConfig, Trainer
-
     check_output_directory(Path(args.output))
     config = RecipeConfig(
         backbone=args.backbone, task=args.task, train_file=args.train_file, teacher=args.teacher,
@@ -251,9 +222,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .data import builtin_split, read_tsv, task_for
-    from .evaluate import artifact_all_exits, evaluate_exits, format_table, plot_accuracy_vs_depth, torch_all_exits
-
     for threshold in args.thresholds:
         if not math.isfinite(threshold) or threshold < 0:
             raise EdgeBertError(f"exit threshold {threshold} must be a finite number >= 0")
@@ -261,12 +229,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     path = Path(args.file) if args.file else builtin_split(task, "dev")
     examples = read_tsv(path, task, limit=args.limit)
     if (Path(args.model) / "metadata.json").is_file():
-        from .artifact import Artifact
-
         logits = artifact_all_exits(Artifact.load(Path(args.model)), examples)
     else:
-        from .models.checkpoint import load
-
         checkpoint = load(args.model)
         if checkpoint.tokenizer_dir is None:
             raise EdgeBertError(f"{args.model}: has no tokenizer; it cannot read a task's text")
@@ -284,15 +248,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
-
     run_demo(Path(args.workdir), sentences=args.sentences)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .models.builtins import BUILTIN_NAMES
-    from .target import TARGET_NAMES
+def cmd_build_default(args: argparse.Namespace) -> None:
+    print(f"edgebert-sst2: {build_default_checkpoint()}")
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgebert-tvmc", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -316,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sparse", action="store_true",
                        help="FoldSparsity: sparse kernels for pruned weights where this CPU's measured cost model "
                             "says they beat dense, compressed pruned embeddings")
+        p.add_argument("--fuse-qkv", action="store_true",
+                       help="FuseQKV: one matmul for the query, key and value projections of each layer (llvm, cuda)")
         p.add_argument("--weights", metavar="FORMAT",
                        help="store weights as adaptivfloatN (N = 4..16 bits, e.g. adaptivfloat8), decoded inside "
                             "the matmul and embedding kernels (default: float32)")
@@ -422,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="edgebert-demo", help="where artifacts and the plot go (default edgebert-demo)")
     p.add_argument("--sentences", type=_positive_int, default=None, help="only the first N dev sentences")
     p.set_defaults(func=cmd_demo)
+
+    p = commands.add_parser("build-default", help="train the built-in edgebert-sst2 checkpoint into the cache (once)",
+                            description="Train the default EdgeBERT SST-2 checkpoint (about 12 minutes on 2 cores) "
+                                        "into $EDGEBERT_TVM_CACHE or ~/.cache/edgebert-tvm; resumes if interrupted, "
+                                        "does nothing if it is already built.")
+    p.set_defaults(func=cmd_build_default)
     return parser
 
 
@@ -436,6 +407,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgebert-tvmc: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # the environment: a full disk, a file that vanished, no permission
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"edgebert-tvmc: error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as err:  # noqa: BLE001 (the one place a bug becomes a one-line report)
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
+        kind = "internal error" if isinstance(err, InternalError) else f"internal error ({type(err).__name__})"
+        message = " ".join(str(err).split()) or "no message"
+        print(f"edgebert-tvmc: {kind}: {message[:500]} -- a bug in edgebert-tvm {__version__}; rerun with "
+              f"{DEBUG_ENV}=1 for the traceback", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
     return 0
 
 

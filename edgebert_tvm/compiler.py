@@ -3,36 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tvm
 from tvm import relax
 
 from . import rda, weight_store
 from .adaptivfloat.quantizer import check_format
+from .contract import pass_reports
 from .data import builtin_split, read_tsv, task_for
 from .errors import EdgeBertError
 from .importer import InputSpec, import_model
 from .models.checkpoint import Checkpoint
 from .models.config import EdgeBertConfig
 from .passes.approximate_redundant_data import ApproximateRedundantData
-from .passes.canonicalize import Canonicalize
 from .passes.fold_attention_span import LEVELS as SPAN_LEVELS
-from .passes.fold_attention_span import FoldAttentionSpan, check_spans, span_plan
+from .passes.fold_attention_span import FoldAttentionSpan, check_spans
 from .passes.fold_entropy_exit import FoldEntropyExit, check_thresholds
-from .passes.fold_sparsity import SPARSITY_ATTR, FoldSparsity
-from .passes.lower_adaptivfloat import LowerAdaptivFloat, register_pipeline
+from .passes.fold_sparsity import FoldSparsity
+from .passes.fuse_qkv import FuseQKV
+from .passes.lower_adaptivfloat import register_pipeline
 from .passes.quantize_weights_adaptivfloat import QuantizeWeightsAdaptivFloat
-from .target import make_target, run_device
-from .target.cpu import cpu_passes, unscheduled_functions
-from .target.gpu import cuda_passes
+from .target import lowering_pipeline, make_target, run_device
+from .target.cpu import unscheduled_functions
+from .target.edgebert.activation_storage import CALIBRATION_SENTENCES, ActivationStorage, measure
+from .target.edgebert.config import parse_config, read_config_file
+from .target.edgebert.partition import chip_workload, partition_for_edgebert
+from .tuning.records import tuned_functions
 
-if TYPE_CHECKING:
-    from .target.edgebert.activation_storage import ActivationStorage
 
 
 RDA_STORAGE = ("compile", "load")
@@ -58,6 +59,7 @@ class CompileOptions:
     accelerator_config: str | None = None  # edgebert target: configuration file (default: the cited defaults)
     tuning_records: Path | None = None  # an `edgebert-tvmc tune` work directory
     sparse: bool = False
+    fuse_qkv: bool = False  # one GEMM for Q, K and V (llvm, cuda); measured 1.00x on 2 threads, so opt-in
 
     @property
     def weight_bits(self) -> int | None:
@@ -80,6 +82,9 @@ class CompileOptions:
         if self.span_folding not in (None, "auto", *SPAN_LEVELS):
             raise EdgeBertError(f"--span-folding must be one of {', '.join(SPAN_LEVELS)} or off, "
                                 f"got {self.span_folding!r}")
+        if self.fuse_qkv and self.target == "edgebert":
+            raise EdgeBertError("--fuse-qkv is for llvm and cuda: the edgebert chip's patterns take one matmul per "
+                                "projection")
         if self.target == "edgebert" and self.span_folding not in (None, "auto"):
             raise EdgeBertError("--span-folding is for llvm and cuda: the edgebert chip applies spans in its "
                                 "softmax unit")
@@ -130,12 +135,14 @@ def folded_spans(options: CompileOptions, edgebert: EdgeBertConfig) -> list[list
 
 def edgebert_passes(options: CompileOptions, edgebert: EdgeBertConfig) -> list[tvm.transform.Pass]:
     """The EdgeBERT graph-level passes selected by `options` for a model with `edgebert` settings,
-    in pipeline order (DESIGN.md section 2)."""
+    in pipeline order (docs/ARCHITECTURE.md, "Pipeline order")."""
     passes: list[tvm.transform.Pass] = []
     spans = folded_spans(options, edgebert)
     if spans is not None:
         passes.append(FoldAttentionSpan(spans, edgebert.span_max, edgebert.span_ramp, edgebert.seq_len,
                                         options.span_level))
+    if options.fuse_qkv:
+        passes.append(FuseQKV())
     if options.sparse:
         passes.append(FoldSparsity())
     if options.weight_bits is not None:
@@ -146,27 +153,6 @@ def edgebert_passes(options: CompileOptions, edgebert: EdgeBertConfig) -> list[t
     if options.exit_thresholds is not None:
         passes.append(FoldEntropyExit(options.exit_thresholds))
     return passes
-
-
-def lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
-    """Custom datatypes lowered, graph clean-ups, then TVM lowering with default schedules (ours on CPUs,
-    dlight's on GPUs).
-
-    LowerAdaptivFloat comes first: FoldConstant builds and runs PrimFuncs on constant inputs (the
-    position embeddings' lookup, the packing of constant weights), and llvm cannot build custom types.
-    """
-    lowering = cpu_passes(target) if target.kind.name == "llvm" else cuda_passes(target)
-    return [LowerAdaptivFloat(), Canonicalize(), *lowering]
-
-
-def lowering_pipeline(target: tvm.target.Target, tuning_records: Path | None = None) -> tvm.transform.Pass:
-    """`lowering_passes`; with tuning records, their schedules replace the defaults of the kernels they cover."""
-    passes = lowering_passes(target)
-    if tuning_records is not None:
-        from .tuning.records import apply_records
-
-        passes = apply_records(passes, tuning_records)
-    return tvm.transform.Sequential(passes)
 
 
 def constant_bytes(mod: tvm.IRModule) -> int:
@@ -195,16 +181,9 @@ def graph_module(
     if options.exit_thresholds is not None:
         options.exit_thresholds = check_thresholds(options.exit_thresholds, checkpoint.model.num_layers)
     model = checkpoint.model
-    reports: dict[str, Any] = {}
     spans = folded_spans(options, model.edgebert)
-    if spans is not None:
-        z = check_spans(spans, model.arch.num_distinct_layers(model.config), model.config.num_attention_heads)
-        edgebert = model.edgebert
-        reports["attention_spans"] = {
-            "level": options.span_level, "spans": z.tolist(),
-            "layer_groups": span_plan(z, options.seq_len, edgebert.span_max, edgebert.span_ramp, edgebert.seq_len,
-                                      options.span_level),
-        }
+    if spans is not None:  # fail before the import, not in the middle of the passes
+        check_spans(spans, model.arch.num_distinct_layers(model.config), model.config.num_attention_heads)
     target = make_target(options.target, options.num_cores)
     seconds = {}
     start = time.perf_counter()
@@ -215,13 +194,8 @@ def graph_module(
     with target:
         mod = tvm.transform.Sequential(passes)(mod)
     seconds["passes"] = time.perf_counter() - start
-    if mod.attrs and SPARSITY_ATTR in mod.attrs:
-        reports["sparsity"] = json.loads(str(mod.attrs[SPARSITY_ATTR]))
-    if (rda_report := _rda_metadata(passes, options)) is not None:
-        reports["rda"] = rda_report
-    stored = next((weight_store.Store(p.stored, sorted(p.views)) for p in passes
-                   if isinstance(p, ApproximateRedundantData) and p.at_load), None)
-    return mod, target, [p.info.name for p in passes], seconds, reports, stored
+    mod, stored = weight_store.detach(mod)
+    return mod, target, [p.info.name for p in passes], seconds, pass_reports(mod), stored
 
 
 def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledModel:
@@ -242,8 +216,6 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     seconds["build"] = time.perf_counter() - start
     tuned = []
     if options.tuning_records is not None:
-        from .tuning.records import tuned_functions
-
         tuned = tuned_functions(mod)
     device = run_device(target.kind.name)
     if stored is not None and device.exist:  # so this process can run the executable as the artifact will after loading
@@ -252,20 +224,8 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
                          reports, accelerator, tuned, stored)
 
 
-def _rda_metadata(passes: list[tvm.transform.Pass], options: CompileOptions) -> dict | None:
-    """What RDA storage did to each constant tensor, for metadata.json."""
-    reports = [p.report for p in passes if p.info.name == "edgebert.ApproximateRedundantData"]
-    if not reports:
-        return None
-    return {"threshold": options.rda_threshold, "granularity": options.rda_granularity,
-            "summary": rda.summarize(reports[0]), "tensors": [dataclasses.asdict(r) for r in reports[0]]}
-
-
 def _offload_to_edgebert(mod: tvm.IRModule, checkpoint: Checkpoint, options: CompileOptions) -> tuple[tvm.IRModule, dict]:
     """Partition for the accelerator and record its workload and configuration for `run --report`."""
-    from .target.edgebert.config import parse_config, read_config_file
-    from .target.edgebert.partition import chip_workload, partition_for_edgebert
-
     raw_config = read_config_file(options.accelerator_config)
     parse_config(raw_config, options.accelerator_config or "default accelerator configuration")
     model = checkpoint.model
@@ -280,8 +240,6 @@ def _offload_to_edgebert(mod: tvm.IRModule, checkpoint: Checkpoint, options: Com
 
 def _measure_activation_storage(checkpoint: Checkpoint, options: CompileOptions) -> ActivationStorage:
     """Bytes per activation value with RDA buffers, on the first sentences of the model's task's training set."""
-    from .target.edgebert.activation_storage import CALIBRATION_SENTENCES, measure
-
     edgebert = checkpoint.model.edgebert
     if edgebert.task is None or checkpoint.tokenizer_dir is None:
         raise EdgeBertError(f"{checkpoint.source}: --rda-activations measures on the model's task's sentences; "

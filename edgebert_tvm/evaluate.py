@@ -1,7 +1,7 @@
 """Accuracy against depth: entropy-based early exit evaluated over a task's examples.
 
-Every exit's logits are computed once (by the PyTorch model or by a compiled artifact's
-`all_exits`), then each threshold applies EdgeBERT's rule: leave at the first layer whose exit
+Every exit's logits are computed once (by the PyTorch model, models/inference.py, or by a compiled
+artifact's `all_exits`), then each threshold applies EdgeBERT's rule: leave at the first layer whose exit
 entropy is below the threshold, else at the last layer.
 """
 
@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from .data import Example
+from .errors import EdgeBertError
+from .inputs import encode, load_tokenizer
 
 FULL_DEPTH = "full depth"
 
@@ -69,7 +72,7 @@ def format_table(results: list[ExitResult]) -> str:
 
 def plot_accuracy_vs_depth(results: list[ExitResult], path: Path, title: str) -> None:
     """Accuracy against average exit layer, one point per threshold (PNG)."""
-    import matplotlib
+    import matplotlib  # optional at run time: only a plot needs it, and it costs a second to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -95,30 +98,8 @@ def plot_accuracy_vs_depth(results: list[ExitResult], path: Path, title: str) ->
     tmp.replace(path)
 
 
-def torch_all_exits(model, tokenizer_path: Path, examples: list[Example], seq_len: int, batch_size: int = 64) -> np.ndarray:
-    """Every exit's logits from the PyTorch model, (examples, layers, labels)."""
-    import torch
-    from tqdm import tqdm
-
-    from .inputs import encode, load_tokenizer
-
-    tokenizer = load_tokenizer(tokenizer_path, seq_len)
-    outputs = []
-    for start in tqdm(range(0, len(examples), batch_size), desc="PyTorch", unit="batch"):
-        chunk = examples[start:start + batch_size]
-        arrays = encode(tokenizer, [e.text for e in chunk], [e.text_pair for e in chunk])
-        with torch.no_grad():
-            outputs.append(model(*[torch.from_numpy(arrays[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]).numpy())
-    return np.concatenate(outputs)
-
-
 def artifact_all_exits(artifact, examples: list[Example], batch_rows: int = 64) -> np.ndarray:
     """Every exit's logits from a compiled artifact's `all_exits`, (examples, layers, labels)."""
-    from tqdm import tqdm
-
-    from .errors import EdgeBertError
-    from .inputs import encode, load_tokenizer
-
     if artifact.tokenizer_path is None:
         raise EdgeBertError(f"{artifact.directory}: artifact has no tokenizer; it cannot read a task's text")
     tokenizer = load_tokenizer(artifact.tokenizer_path, artifact.seq_len)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from .errors import EdgeBertError
 
@@ -49,3 +50,25 @@ def atomic_directory(target: Path) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file in the same directory, then rename."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as err:
+        raise EdgeBertError(f"{path}: cannot write there ({err.strerror})") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cache_dir() -> Path:
+    """Where built checkpoints are kept: $EDGEBERT_TVM_CACHE, else ~/.cache/edgebert-tvm."""
+    return Path(os.environ.get("EDGEBERT_TVM_CACHE", Path.home() / ".cache" / "edgebert-tvm"))

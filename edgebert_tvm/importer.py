@@ -21,11 +21,9 @@ from torch import nn
 from tvm import relax
 from tvm.relax.frontend.torch import from_exported_program
 
+from .contract import (ALL_EXITS, BLOCK_ATTR, EMBEDDINGS, EXIT, GROUP_ATTR, INPUT_NAMES, LAYER, LAYER_ATTR, MAIN,
+                       exit_name, layer_name)
 from .models.modeling import EdgeBertForSequenceClassification
-
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-BLOCK_ATTR = "edgebert.block"
-LAYER_ATTR = "edgebert.layer"
 
 
 class _Block(nn.Module):
@@ -65,9 +63,9 @@ def import_model(model: EdgeBertForSequenceClassification, spec: InputSpec) -> t
 
     bb = relax.BlockBuilder()
     embeddings = bb.add_func(
-        _export_block(_Block(model, lambda i, t, m: model.embed(i, t, m)), (ids, types, mask), "embeddings",
-                      {"block": "embeddings"}),
-        "embeddings",
+        _export_block(_Block(model, lambda i, t, m: model.embed(i, t, m)), (ids, types, mask), EMBEDDINGS,
+                      {"block": EMBEDDINGS}),
+        EMBEDDINGS,
     )
     groups = [model.arch.layer_group(model.config, i) for i in range(model.num_layers)]
     layer_funcs = {}
@@ -75,15 +73,15 @@ def import_model(model: EdgeBertForSequenceClassification, spec: InputSpec) -> t
         first = groups.index(group)
         func = _export_block(
             _Block(model, lambda h, b, first=first: model.layer(first, h, b)), (hidden, attn_bias),
-            f"layer_{group}", {"block": "layer", "edgebert.layer_group": group},
+            layer_name(group), {"block": LAYER, GROUP_ATTR: group},
         )
-        layer_funcs[group] = bb.add_func(func, f"layer_{group}")
+        layer_funcs[group] = bb.add_func(func, layer_name(group))
     exit_funcs = []
     for index in range(model.num_layers):
-        name = f"exit_{index + 1}"
+        name = exit_name(index + 1)
         func = _export_block(
             _Block(model, lambda h, index=index: model.exit_logits(index, h)), (hidden,),
-            name, {"block": "exit", LAYER_ATTR: index + 1},
+            name, {"block": EXIT, LAYER_ATTR: index + 1},
         )
         exit_funcs.append(bb.add_func(func, name))
 
@@ -102,6 +100,6 @@ def import_model(model: EdgeBertForSequenceClassification, spec: InputSpec) -> t
             bb.emit_func_output(out)
 
     last_layer = relax.const([model.num_layers] * spec.batch, "int64")
-    entry("main", lambda exits: relax.Tuple([exits[-1], last_layer]))
-    entry("all_exits", lambda exits: relax.op.stack(exits, axis=1))
+    entry(MAIN, lambda exits: relax.Tuple([exits[-1], last_layer]))
+    entry(ALL_EXITS, lambda exits: relax.op.stack(exits, axis=1))
     return bb.finalize()

@@ -9,9 +9,9 @@ from typing import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
+from .contract import INPUT_NAMES
 from .errors import EdgeBertError
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def load_tokenizer(path: Path, seq_len: int) -> Tokenizer:

@@ -1,7 +1,8 @@
 """Redundant data approximation (RDA): approximate storage of error-tolerant data in fewer bits.
 
 The codec behind `edgebert.ApproximateRedundantData`, the AxBench benchmarks and the accelerator's
-buffer model (after "approximate computing based on data redundancy", DESIGN.md section 5).
+buffer model (after "approximate computing based on data redundancy"; docs/ARCHITECTURE.md,
+"Redundant data approximation (RDA)").
 
 Groups. A tensor is viewed as rows along its last axis (for a weight (out, in): one neuron's
 inputs; for an image: one image row). Each row is cut into groups of `granularity` values (the

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import tvm
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 from tvm import relax
 
 from . import rda
@@ -50,6 +52,27 @@ class Store:
     views: list[str]
 
 
+STORE_ATTR = "edgebert.weight_store"  # module attr: the compressed tensors, until the compiler takes them
+
+
+def attach(mod: tvm.IRModule, store: Store) -> tvm.IRModule:
+    """`mod` carrying `store` (each tensor as its bytes, with shape, dtype and grouping) for the compiler."""
+    tensors = {key: tvm.runtime.tensor(np.frombuffer(e.to_bytes(), np.uint8)) for key, e in store.tensors.items()}
+    layout = {key: [list(e.shape), e.dtype.str, e.granularity] for key, e in store.tensors.items()}
+    return mod.with_attr(STORE_ATTR, {"tensors": tensors, "layout": json.dumps(layout), "views": json.dumps(store.views)})
+
+
+def detach(mod: tvm.IRModule) -> tuple[tvm.IRModule, Store | None]:
+    """The store a pass attached to `mod` (None if none), and `mod` without it."""
+    if not mod.attrs or STORE_ATTR not in mod.attrs:
+        return mod, None
+    attached = mod.attrs[STORE_ATTR]
+    layout = json.loads(str(attached["layout"]))
+    tensors = {key: rda.Encoded.from_bytes(attached["tensors"][key].numpy().tobytes(), tuple(shape), np.dtype(dtype),
+                                           granularity) for key, (shape, dtype, granularity) in layout.items()}
+    return mod.without_attr(STORE_ATTR), Store(tensors, json.loads(str(attached["views"])))
+
+
 def fill_cache(store: Store, device: tvm.runtime.Device) -> None:
     """Decode the stored tensors and put every view the module reads (a tensor, or a transpose of
     one: `view_key`) onto `device` under its key."""
@@ -64,8 +87,6 @@ def fill_cache(store: Store, device: tvm.runtime.Device) -> None:
 
 
 def write(store: Store, path: Path) -> None:
-    from safetensors.numpy import save_file
-
     tensors = {key: np.frombuffer(encoded.to_bytes(), np.uint8) for key, encoded in store.tensors.items()}
     layout = {key: {"shape": list(e.shape), "dtype": e.dtype.str, "granularity": e.granularity}
               for key, e in store.tensors.items()}
@@ -75,8 +96,6 @@ def write(store: Store, path: Path) -> None:
 
 def read(path: Path) -> Store:
     """The compressed tensors of `path`; anything unreadable or inconsistent is a one-line error."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}

@@ -6,13 +6,13 @@ of `granularity` values along the last axis, matched against zero / repeated / t
 within `threshold` units of the tensor's 16-bit grid, stored exactly otherwise. A tensor is grouped
 on its own and every block function is one layer, so no group straddles a tensor or a layer.
 
-The kernels compute with exactly what the compressed store holds, and `report` lists each tensor's
-compression rate and error. Where the store lives:
+The kernels compute with exactly what the compressed store holds; the module's "rda" report (contract
+`with_report`) lists each tensor's compression rate and error. Where the store lives:
 - `at_load=False`: each constant becomes the values its RDA storage decodes to (decoded at compile
   time; the library embeds them, so the artifact does not shrink).
 - `at_load=True`: each constant becomes a lookup in TVM's runtime tensor cache
-  (`vm.builtin.tensor_cache.get`) under a content-addressed key, and `stored` keeps its
-  `rda.Encoded`; the artifact writes those in their compressed format (`rda.Encoded.to_bytes`) and
+  (`vm.builtin.tensor_cache.get`) under a content-addressed key, and the module carries the
+  `rda.Encoded` tensors (`weight_store.attach`); the artifact writes those in their compressed format (`rda.Encoded.to_bytes`) and
   decodes them into the cache when it loads (weight_store.py). The library holds no copy. A
   constant that is only transposed (a linear layer's weight) is looked up as that transpose
   (`views`), made once at load.
@@ -21,13 +21,15 @@ With threshold 0 only the lossless patterns match and every constant is unchange
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .. import rda, weight_store
-from ..importer import BLOCK_ATTR
+from ..contract import block_functions, with_report
 
 
 def _approximable(value: tvm.runtime.Tensor) -> bool:
@@ -46,9 +48,10 @@ class _ReplaceConstants(PyExprMutator):
     is looked up already transposed: the view is made once at load, not on every call."""
 
     def __init__(self, pass_: "ApproximateRedundantData", prefix: str,
-                 done: dict[tvm.runtime.Tensor, tuple[relax.Expr | str, rda.TensorReport]]) -> None:
+                 done: dict[tvm.runtime.Tensor, tuple[relax.Expr | str, rda.TensorReport]],
+                 store: weight_store.Store) -> None:
         super().__init__()
-        self.pass_, self.prefix, self.done = pass_, prefix, done
+        self.pass_, self.prefix, self.done, self.store = pass_, prefix, done, store
         self.count = 0
 
     def _store(self, value: tvm.runtime.Tensor) -> relax.Expr | str:
@@ -61,18 +64,22 @@ class _ReplaceConstants(PyExprMutator):
             decoded = rda.decode(encoded)
             if self.pass_.at_load:
                 stored: relax.Expr | str = weight_store.cache_key(encoded)
-                self.pass_.stored[stored] = encoded
+                self.store.tensors[stored] = encoded
             else:
                 stored = relax.const(np.ascontiguousarray(decoded), value.dtype)
             self.done[value] = (stored, rda.report(name, x, encoded, decoded))
         return self.done[value][0]
+
+    def _read(self, view: str) -> None:
+        if view not in self.store.views:
+            self.store.views.append(view)
 
     def visit_generic_const_(self, op: tvm.ir.GenericConst) -> relax.Expr:
         if not _approximable(op.value):
             return op
         stored = self._store(op.value)
         if isinstance(stored, str):
-            self.pass_.views.add(stored)
+            self._read(stored)
             return weight_store.lookup(stored, tuple(op.value.shape), str(op.value.dtype))
         return stored
 
@@ -84,7 +91,7 @@ class _ReplaceConstants(PyExprMutator):
         shape = tuple(arg.value.shape)
         axes = [int(a) for a in call.attrs.axes] if call.attrs.axes is not None else list(range(len(shape)))[::-1]
         view = weight_store.view_key(self._store(arg.value), axes)
-        self.pass_.views.add(view)
+        self._read(view)
         return weight_store.lookup(view, tuple(shape[a] for a in axes), str(arg.value.dtype))
 
 
@@ -98,16 +105,19 @@ class ApproximateRedundantData:
         self.threshold = rda.check_threshold(threshold)
         self.granularity = rda.check_granularity(granularity)
         self.at_load = at_load
-        self.report: list[rda.TensorReport] = []
-        self.stored: dict[str, rda.Encoded] = {}  # with at_load: cache key -> compressed tensor
-        self.views: set[str] = set()  # with at_load: the cache keys the module reads (tensors or their transposes)
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         done: dict[tvm.runtime.Tensor, tuple[relax.Expr, rda.TensorReport]] = {}
+        store = weight_store.Store({}, [])  # with at_load: cache key -> compressed tensor, and the views read
         updated = {}
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function) and func.attrs is not None and BLOCK_ATTR in func.attrs:
-                replacer = _ReplaceConstants(self, gv.name_hint, done)
-                updated[gv] = replacer.visit_expr(func)
-        self.report = [entry for _, entry in done.values()]
-        return tvm.IRModule({gv: updated.get(gv, func) for gv, func in mod.functions_items()}, attrs=mod.attrs)
+        for gv, func in block_functions(mod).items():
+            updated[gv] = _ReplaceConstants(self, gv.name_hint, done, store).visit_expr(func)
+        tensors = [entry for _, entry in done.values()]
+        result = tvm.IRModule({gv: updated.get(gv, func) for gv, func in mod.functions_items()}, attrs=mod.attrs)
+        result = with_report(result, "rda", {
+            "threshold": self.threshold, "granularity": self.granularity, "storage": "load" if self.at_load else "compile",
+            "summary": rda.summarize(tensors), "tensors": [dataclasses.asdict(t) for t in tensors]})
+        if self.at_load:
+            store.views.sort()
+            result = weight_store.attach(result, store)
+        return result

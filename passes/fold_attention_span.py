@@ -2,7 +2,7 @@
 
 The imported layer builds each head's span mask at run time (arange, clamp), multiplies the
 softmax output by it and renormalises the rows, and computes every head over every key. With the
-spans known at compile time (DESIGN.md section 4: m_j = clamp(((j - (T - 1)) + z S) / R + 1, 0, 1)
+spans known at compile time (docs/ARCHITECTURE.md, "Attention spans": m_j = clamp(((j - (T - 1)) + z S) / R + 1, 0, 1)
 by key index j) this pass re-emits the layer's attention in three steps, each a `level`:
 
 - "mask": the mask is a constant multiplied into the softmax output; nothing is built at run time.
@@ -26,16 +26,14 @@ import dataclasses
 import itertools
 
 import numpy as np
-import torch
 import tvm
 from tvm import relax
 
 from ..errors import EdgeBertError
-from ..importer import BLOCK_ATTR
-from ..models.modeling import SPAN_RENORM_EPS, span_mask
+from ..contract import GROUP_ATTR, LAYER, block_functions, with_report
+from ..models.span import SPAN_RENORM_EPS, key_offsets, span_mask
 
 LEVELS = ("mask", "heads", "keys")
-GROUP_ATTR = "edgebert.layer_group"
 VIEW_OPS = frozenset({"relax.reshape", "relax.permute_dims", "relax.broadcast_to", "relax.expand_dims",
                       "relax.squeeze"})
 # Ops between the softmax and the value matmul in the imported graph: the run-time span mask.
@@ -58,7 +56,7 @@ def check_spans(spans: object, num_groups: int, num_heads: int) -> np.ndarray:
 
 def span_masks(z: np.ndarray, seq_len: int, span_max: int, span_ramp: int, padded_len: int | None) -> np.ndarray:
     """(heads, seq_len) masks of one layer group, the same function the PyTorch model applies."""
-    return span_mask(torch.tensor(z, dtype=torch.float32), seq_len, span_max, span_ramp, padded_len).numpy()
+    return span_mask(np.asarray(z, dtype=np.float32), key_offsets(seq_len, padded_len), span_max, span_ramp)
 
 
 @dataclasses.dataclass
@@ -334,16 +332,16 @@ class FoldAttentionSpan:
             spans, span_max, span_ramp, padded_len, level)
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        layers = {gv: f for gv, f in mod.functions_items()
-                  if isinstance(f, relax.Function) and f.attrs is not None and f.attrs.get(BLOCK_ATTR) == "layer"}
+        layers = block_functions(mod, LAYER)
         if not layers:
             raise EdgeBertError("FoldAttentionSpan needs a module from the structured importer (layer blocks)")
         found = {gv: find_attention(f) for gv, f in layers.items()}
         z = check_spans(self.spans, len(layers), next(iter(found.values())).num_heads)
+        seq_len = int(next(iter(found.values())).hidden.ty.shape[1])
         for gv, func in layers.items():
-            group = int(func.attrs[GROUP_ATTR])
-            seq_len = int(found[gv].hidden.ty.shape[1])
-            masks = span_masks(z[group], seq_len, self.span_max, self.span_ramp, self.padded_len)
+            masks = span_masks(z[int(func.attrs[GROUP_ATTR])], seq_len, self.span_max, self.span_ramp, self.padded_len)
             rewritten = _LayerRewriter(mod, found[gv], masks, self.level).visit_expr(func)
             mod[gv] = relax.analysis.remove_all_unused(rewritten)
-        return mod
+        return with_report(mod, "attention_spans", {
+            "level": self.level, "spans": z.tolist(),
+            "layer_groups": span_plan(z, seq_len, self.span_max, self.span_ramp, self.padded_len, self.level)})

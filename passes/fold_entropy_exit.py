@@ -21,7 +21,7 @@ import tvm
 from tvm import relax, te
 
 from ..errors import EdgeBertError
-from ..importer import BLOCK_ATTR, LAYER_ATTR
+from ..contract import EMBEDDINGS, EXIT, EXIT_THRESHOLDS_ATTR, LAYER, LAYER_ATTR, MAIN, block_functions, block_kind
 
 ENTROPY_KERNEL = "exit_max_entropy"
 
@@ -93,9 +93,8 @@ def _block_calls(func: relax.Function, mod: tvm.IRModule) -> list[tuple[str, rel
 
     def visit(expr: relax.Expr) -> None:
         if isinstance(expr, relax.Call) and isinstance(expr.op, relax.GlobalVar):
-            callee = mod[expr.op]
-            if callee.attrs is not None and BLOCK_ATTR in callee.attrs:
-                calls.append((str(callee.attrs[BLOCK_ATTR]), expr.op))
+            if (kind := block_kind(mod[expr.op])) is not None:
+                calls.append((kind, expr.op))
 
     relax.analysis.post_order_visit(func.body, visit)
     return calls
@@ -109,22 +108,21 @@ class FoldEntropyExit:
         self.thresholds = thresholds
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        main = mod["main"]
+        main = mod[MAIN]
         calls = _block_calls(main, mod)
-        layers = [gv for kind, gv in calls if kind == "layer"]
-        exits = {int(f.attrs[LAYER_ATTR]): gv for gv, f in mod.functions_items()
-                 if f.attrs is not None and f.attrs.get(BLOCK_ATTR) == "exit"}
+        layers = [gv for kind, gv in calls if kind == LAYER]
+        exits = {int(f.attrs[LAYER_ATTR]): gv for gv, f in block_functions(mod, EXIT).items()}
         if not layers or sorted(exits) != list(range(1, len(layers) + 1)):
             raise EdgeBertError("FoldEntropyExit needs a module from the structured importer (layers and exits)")
         thresholds = check_thresholds(self.thresholds, len(layers))
-        embeddings = next(gv for kind, gv in calls if kind == "embeddings")
+        embeddings = next(gv for kind, gv in calls if kind == EMBEDDINGS)
         batch = int(main.params[0].ty.shape[0])
 
-        others = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint != "main"}, attrs=mod.attrs)
+        others = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint != MAIN}, attrs=mod.attrs)
         bb = relax.BlockBuilder(others)
         params = [relax.Var(p.name, p.ty) for p in main.params]
         input_ids, attention_mask, token_type_ids = params
-        with bb.function("main", params, attrs={"global_symbol": "main", "edgebert.exit_thresholds": thresholds},
+        with bb.function(MAIN, params, attrs={"global_symbol": MAIN, EXIT_THRESHOLDS_ATTR: thresholds},
                          pure=True):
             emb = bb.emit(relax.Call(embeddings, [input_ids, token_type_ids, attention_mask]))
             hidden, bias = bb.emit(relax.TupleGetItem(emb, 0)), bb.emit(relax.TupleGetItem(emb, 1))

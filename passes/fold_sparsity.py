@@ -10,12 +10,10 @@ and residual epilogues stay separate Relax ops, so they remain correct whatever 
 Pruned embedding tables (the word embeddings, 60% zeros in EdgeBERT) are stored as values plus a
 bitmask and gathered by a decoding kernel, when that is smaller than the dense table.
 
-The per-matrix choices are recorded in the module attribute `edgebert.sparsity` (JSON).
+The per-matrix choices are the module's "sparsity" report (contract `with_report`).
 """
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import tvm
@@ -23,11 +21,10 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..errors import EdgeBertError
-from ..importer import BLOCK_ATTR
+from ..contract import EMBEDDINGS, LAYER, block_functions, with_report
 from ..target.cpu.sparse import bsr_matmul, csr_matmul, masked_gather, to_bsr, to_csr, to_masked_table
 from ..target.cpu.sparse_cost import BSR_BLOCKS, CostModel, kind_name, load_cost_model
 
-SPARSITY_ATTR = "edgebert.sparsity"
 DENSE_ENOUGH = 0.9  # a kernel that skips less than this much work is not sparse: keep dense
 
 
@@ -166,12 +163,9 @@ class FoldSparsity:
                 raise EdgeBertError("FoldSparsity needs a CPU (llvm) target in scope or an explicit cost model")
             cost = load_cost_model(target)
         rewriter = _Rewriter(mod, self, cost)
-        for gv, func in mod.functions_items():
-            block = func.attrs.get(BLOCK_ATTR) if isinstance(func, relax.Function) and func.attrs else None
-            if block not in ("layer", "embeddings"):
-                continue
+        for gv, func in {**block_functions(mod, LAYER), **block_functions(mod, EMBEDDINGS)}.items():
             rewriter.function = gv.name_hint
             rewritten = rewriter.visit_expr(func)
             rewriter.builder_.update_func(gv, relax.analysis.remove_all_unused(rewritten))
         result = rewriter.builder_.get()
-        return result.with_attr(SPARSITY_ATTR, json.dumps(rewriter.choices))
+        return with_report(result, "sparsity", rewriter.choices)

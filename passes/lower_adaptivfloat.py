@@ -1,6 +1,6 @@
 """edgebert.LowerAdaptivFloat: give `custom[adaptivfloat]N` buffers integer storage and integer decode.
 
-TVM has no lowering for custom datatypes any more (DESIGN.md section 6): llvm codegen crashes on them.
+TVM no longer lowers custom datatypes (docs/ARCHITECTURE.md, "TVM 0.27 facts"): llvm codegen crashes on them.
 This pass rewrites each PrimFunc that holds AdaptivFloat buffers: the buffers become uint8 (uint16 above
 8 bits) storage of the codes, and every `Cast(float, load)` of such a buffer becomes an integer decode
 that assembles the IEEE float32 bit pattern and reinterprets it (shifts, masks and a select: it

@@ -12,10 +12,12 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from edgebert_tvm.models.builtins import BUILTIN_DIRS
+from edgebert_tvm import cli
+from edgebert_tvm.models.builtins import BUILTIN_DIRS, default_checkpoint_built
 from edgebert_tvm.models.checkpoint import Checkpoint, save
 from edgebert_tvm.models.config import EdgeBertConfig
 from edgebert_tvm.models.modeling import EdgeBertForSequenceClassification
+from edgebert_tvm.training.recipe import build_default_checkpoint
 
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -40,6 +42,24 @@ def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
     directory = tmp_path_factory.mktemp("ckpt") / "tiny-bert"
     save(Checkpoint(model, "tiny-bert", minilm_dir), directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory) -> Path:
+    """albert-tiny compiled at seq 8 through the CLI."""
+    out = tmp_path_factory.mktemp("art") / "A"
+    assert cli.main(["compile", "albert-tiny", "-o", str(out), "--seq-len", "8"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def default_checkpoint_dir(request) -> Path:
+    """The built-in `edgebert-sst2`: reused from the user's cache, else built once here, visibly (its
+    announcement and progress bars go to the terminal, not into pytest's capture)."""
+    if not default_checkpoint_built():
+        with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+            build_default_checkpoint()
+    return BUILTIN_DIRS["edgebert-sst2"]()
 
 
 def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:

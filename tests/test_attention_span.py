@@ -14,8 +14,8 @@ from edgebert_tvm.target import make_target
 from edgebert_tvm.target.cpu import unscheduled_functions
 from tvm import relax
 
-from edgebert_tvm.compiler import lowering_pipeline
-from edgebert_tvm.flops import matmul_flops
+from edgebert_tvm.target import lowering_pipeline
+from benchmarks.flops import matmul_flops
 from edgebert_tvm.importer import InputSpec, import_model
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.models.modeling import EdgeBertForSequenceClassification, early_exit

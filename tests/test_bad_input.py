@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tvm
 
-from edgebert_tvm import cli
+from edgebert_tvm import __version__, cli
+from edgebert_tvm.errors import InternalError
 
 from .conftest import run_cli
 
@@ -31,13 +34,6 @@ def checkpoint_copy(tiny_bert_dir, tmp_path) -> Path:
     copy = tmp_path / "ckpt"
     shutil.copytree(tiny_bert_dir, copy)
     return copy
-
-
-@pytest.fixture(scope="module")
-def tiny_artifact(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("art") / "A"
-    assert cli.main(["compile", "albert-tiny", "-o", str(out), "--seq-len", "8"]) == 0
-    return out
 
 
 def test_missing_directory(capsys, tmp_path):
@@ -89,17 +85,35 @@ def test_unwritable_output_fails_before_compiling(capsys, tmp_path):
     _fails_cleanly(capsys, "compile", "albert-tiny", "-o", str(blocker), match="not a directory")
 
 
-def test_failed_write_leaves_nothing(monkeypatch, tmp_path):
-    import tvm
-
+def test_failed_write_leaves_nothing(monkeypatch, capsys, tmp_path):
+    """A full disk is the environment's fault: one line, exit 2, and no partial artifact."""
     def broken_export(self, path, *args, **kwargs):
         Path(path).write_bytes(b"half")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(tvm.runtime.Executable, "export_library", broken_export)
-    with pytest.raises(OSError):
-        cli.main(["compile", "albert-tiny", "-o", str(tmp_path / "A"), "--seq-len", "8"])
+    _fails_cleanly(capsys, "compile", "albert-tiny", "-o", str(tmp_path / "A"), "--seq-len", "8",
+                   match="No space left on device")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_internal_error_is_one_line_and_status_3(monkeypatch, capsys, tmp_path):
+    """A broken invariant of ours is not the user's fault: it says it is a bug, with the version."""
+    def broken_compile(checkpoint, options):
+        raise InternalError("FoldEntropyExit ran before FoldSparsity")
+
+    monkeypatch.setattr(cli, "compile_model", broken_compile)
+    args = ["compile", "albert-tiny", "-o", str(tmp_path / "A"), "--seq-len", "8"]
+    assert cli.main(args) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "internal error: FoldEntropyExit ran before FoldSparsity" in err and f"edgebert-tvm {__version__}" in err
+    monkeypatch.setattr(cli, "compile_model", lambda checkpoint, options: {}["missing"])  # any other bug
+    assert cli.main(args) == 3 and "internal error (KeyError)" in capsys.readouterr().err
+    monkeypatch.setenv("EDGEBERT_TVM_DEBUG", "1")  # the traceback, for whoever debugs it
+    with pytest.raises(KeyError):
+        cli.main(args)
+    assert not (tmp_path / "A").exists()
 
 
 def test_invalid_seq_len(capsys, tmp_path):

@@ -20,7 +20,7 @@ INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @pytest.fixture(scope="module")
-def default():
+def default(default_checkpoint_dir):
     return load("edgebert-sst2")
 
 

@@ -11,7 +11,7 @@ import tvm
 from tvm import relax
 
 from edgebert_tvm import cli
-from edgebert_tvm.compiler import lowering_pipeline
+from edgebert_tvm.target import lowering_pipeline
 from edgebert_tvm.evaluate import entropy
 from edgebert_tvm.importer import InputSpec, import_model
 from edgebert_tvm.models.checkpoint import load

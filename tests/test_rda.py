@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import tvm
+from tvm import relax
 
-from edgebert_tvm import axbench, rda, weight_store
+from benchmarks import axbench
+from edgebert_tvm import rda, weight_store
+from edgebert_tvm.contract import pass_reports
 from edgebert_tvm.errors import EdgeBertError
+from edgebert_tvm.importer import InputSpec, import_model
+from edgebert_tvm.passes.approximate_redundant_data import ApproximateRedundantData
+from edgebert_tvm.target import lowering_pipeline, make_target
 
 from .conftest import random_inputs, read_json, run_cli, tiny_bert_config, torch_exits
 
@@ -129,23 +136,16 @@ def _tiny_model():
 @pytest.mark.parametrize("threshold, granularity, at_load", [(0, 8, False), (3000, 8, False), (3000, 8, True),
                                                              (16000, "layer", True)])
 def test_compiled_model_matches_pytorch_with_the_same_approximated_weights(threshold, granularity, at_load):
-    import tvm
-    from tvm import relax
-
-    from edgebert_tvm.compiler import lowering_pipeline
-    from edgebert_tvm.importer import InputSpec, import_model
-    from edgebert_tvm.passes.approximate_redundant_data import ApproximateRedundantData
-    from edgebert_tvm.target import make_target
-
     model = _tiny_model()
     rda_pass = ApproximateRedundantData(threshold, granularity, at_load=at_load)
-    mod = rda_pass(import_model(model, InputSpec(2, 16)))
-    assert (0 < len(rda_pass.stored) <= len(rda_pass.report)) if at_load else not rda_pass.stored  # equal ones shared
+    mod, store = weight_store.detach(rda_pass(import_model(model, InputSpec(2, 16))))
+    report = pass_reports(mod)["rda"]["tensors"]
+    assert (0 < len(store.tensors) <= len(report)) if at_load else store is None  # equal ones shared
     if at_load:  # linear weights are looked up transposed (made once at load), embeddings as they are
-        assert any("|1,0" in view for view in rda_pass.views) and any("|" not in view for view in rda_pass.views)
+        assert any("|1,0" in view for view in store.views) and any("|" not in view for view in store.views)
     state = model.state_dict()
     floating = {k: v for k, v in state.items() if v.is_floating_point() and v.ndim >= 1}
-    assert len(rda_pass.report) == len(floating)  # every weight tensor, each once
+    assert len(report) == len(floating)  # every weight tensor, each once
     changed = 0
     with torch.no_grad():
         for tensor in floating.values():
@@ -153,13 +153,14 @@ def test_compiled_model_matches_pytorch_with_the_same_approximated_weights(thres
             changed += int(not np.array_equal(decoded, tensor.numpy()))
             tensor.copy_(torch.from_numpy(decoded))
     assert (changed > 0) == (threshold > 0)
-    expected_rate = rda.summarize(rda_pass.report)["compression_rate"]
+    expected_rate = pass_reports(mod)["rda"]["summary"]["compression_rate"]
     assert -0.01 < expected_rate < 1
     target = make_target("llvm")
     with target:
         mod = lowering_pipeline(target)(mod)
     vm = relax.VirtualMachine(tvm.compile(mod, target, relax_pipeline=None), tvm.cpu())
-    weight_store.fill_cache(weight_store.Store(rda_pass.stored, sorted(rda_pass.views)), tvm.cpu())
+    if at_load:
+        weight_store.fill_cache(store, tvm.cpu())
     inputs = random_inputs(2, 16, model.config.vocab_size)
     got = vm["all_exits"](*[tvm.runtime.tensor(inputs[k]) for k in INPUT_ORDER]).numpy()
     np.testing.assert_allclose(got, torch_exits(model, inputs), atol=2e-5, rtol=1e-4)

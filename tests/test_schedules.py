@@ -7,7 +7,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from edgebert_tvm.compiler import lowering_pipeline
+from edgebert_tvm.target import lowering_pipeline
 from edgebert_tvm.importer import InputSpec, import_model
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.passes.canonicalize import Canonicalize

@@ -10,18 +10,20 @@ import torch
 import tvm
 from tvm import relax
 
-from edgebert_tvm.compiler import lowering_pipeline
+from edgebert_tvm.target import lowering_pipeline
 from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.importer import InputSpec, import_model
 from edgebert_tvm.models.config import EdgeBertConfig
 from edgebert_tvm.models.modeling import EdgeBertForSequenceClassification
-from edgebert_tvm.passes.fold_sparsity import SPARSITY_ATTR, FoldSparsity
+from edgebert_tvm.contract import pass_reports
+from edgebert_tvm.passes.fold_sparsity import FoldSparsity
 from edgebert_tvm.target import make_target
 from edgebert_tvm.target.cpu import unscheduled_functions
 from edgebert_tvm.target.cpu.sparse import (bsr_matmul, csr_matmul, masked_gather, to_bsr, to_csr,
                                             to_masked_table)
 from edgebert_tvm.target.cpu.sparse_cost import BSR_BLOCKS, CostModel, block_pruned, kind_name, load_cost_model
-from edgebert_tvm.training.pruning import PruningMask, parse_block
+from edgebert_tvm.training.config import parse_block
+from edgebert_tvm.training.pruning import PruningMask
 
 from .conftest import random_inputs, tiny_bert_config, torch_exits
 
@@ -112,7 +114,7 @@ def test_fold_sparsity_tiny_bert_matches_pytorch(kind, block):
     target = make_target("llvm")
     with target:
         folded = FoldSparsity(cost_model=_forced(kind))(mod)
-    choices = json.loads(str(folded.attrs[SPARSITY_ATTR]))
+    choices = pass_reports(folded)["sparsity"]
     matmuls = [c for c in choices if c["choice"] != "masked_gather"]
     assert len(matmuls) == 12 and {c["choice"] for c in matmuls} == {kind}
     assert [c["choice"] for c in choices].count("masked_gather") == 1
@@ -147,7 +149,7 @@ def test_cost_model_keeps_dense_for_dense_weights():
     model = EdgeBertForSequenceClassification(tiny_bert_config(num_hidden_layers=1), EdgeBertConfig(num_labels=2))
     with make_target("llvm"):
         folded = FoldSparsity(cost_model=_forced("csr"))(import_model(model.eval(), InputSpec(1, 16)))
-    choices = json.loads(str(folded.attrs[SPARSITY_ATTR]))
+    choices = pass_reports(folded)["sparsity"]
     assert choices and all(c["choice"] == "dense" and c["density"] == 1.0 for c in choices)
 
 

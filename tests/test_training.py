@@ -11,11 +11,13 @@ import pytest
 
 from edgebert_tvm import cli
 from edgebert_tvm.data import builtin_split, read_tsv, task_for
-from edgebert_tvm.evaluate import evaluate_exits, torch_all_exits
+from edgebert_tvm.evaluate import evaluate_exits
+from edgebert_tvm.models.inference import torch_all_exits
 from edgebert_tvm.models.checkpoint import load
-from edgebert_tvm.training import recipe as recipe_module
+from edgebert_tvm.errors import EdgeBertError
+from edgebert_tvm.training.config import DEFAULT_RECIPE, recipe_id
 from edgebert_tvm.training.pruning import cubic_sparsity, encoder_sparsity
-from edgebert_tvm.training.recipe import RecipeConfig, Trainer
+from edgebert_tvm.training.recipe import STATE_DIR, RecipeConfig, Trainer
 
 TINY = dict(max_examples=200, batch_size=20, epochs=20, lr=3e-3, max_seq_len=32, sparsity=0.5, embedding_keep=0.5,
             offramp_epochs=2, offramp_lr=3e-3, save_every=25)
@@ -75,7 +77,7 @@ def test_interrupted_training_resumes_to_the_same_result(tiny_bert_dir, tmp_path
     monkeypatch.setattr(Trainer, loss_name, interrupted)
     with pytest.raises(Interrupt):
         _train(tiny_bert_dir, tmp_path / "resumed", **settings)
-    state = tmp_path / f".resumed{recipe_module.STATE_DIR}"
+    state = tmp_path / f".resumed{STATE_DIR}"
     assert (state / "state.json").is_file() and not (tmp_path / "resumed").exists()
     monkeypatch.setattr(Trainer, loss_name, original)
     _train(tiny_bert_dir, tmp_path / "resumed", **settings)
@@ -126,7 +128,14 @@ def test_bad_training_data(capsys, tiny_bert_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_default_recipe_is_recorded():
-    assert dataclasses.asdict(recipe_module.DEFAULT_RECIPE)["pruning"] == "magnitude"
-    assert recipe_module.recipe_id(recipe_module.DEFAULT_RECIPE) == recipe_module.recipe_id(
-        dataclasses.replace(recipe_module.DEFAULT_RECIPE))
+def test_default_checkpoint_is_never_built_silently(tmp_path, monkeypatch, capsys):
+    """Naming the built-in default in an empty cache is an error that says how to build it; nothing trains."""
+    monkeypatch.setenv("EDGEBERT_TVM_CACHE", str(tmp_path))
+    with pytest.raises(EdgeBertError, match="edgebert-tvmc build-default"):
+        load("edgebert-sst2")
+    assert cli.main(["compile", "edgebert-sst2", "-o", str(tmp_path / "A")]) == 2
+    assert "build-default" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    # The cache directory is named by the recipe: any changed setting names a new checkpoint.
+    assert recipe_id(DEFAULT_RECIPE) == recipe_id(dataclasses.replace(DEFAULT_RECIPE))
+    assert recipe_id(DEFAULT_RECIPE) != recipe_id(dataclasses.replace(DEFAULT_RECIPE, lr=DEFAULT_RECIPE.lr * 2))

@@ -24,6 +24,7 @@ from pathlib import Path
 import tvm
 import tvm_ffi
 from tvm import relax
+from tvm.s_tir import dlight
 from tvm.s_tir import meta_schedule as ms
 
 from ..errors import EdgeBertError
@@ -223,13 +224,11 @@ def tuned_functions(mod: tvm.IRModule) -> list[str]:
                   if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and func.attrs.get(TUNED_ATTR, False))
 
 
-DEFAULT_SCHEDULE_PASS = "ApplyDefaultSchedule"
-
-
 def schedule_point(passes: list[tvm.transform.Pass]) -> int:
-    """Index of the pass that gives kernels their default schedules (where tuned ones must go in)."""
+    """Index of the pass that gives kernels their default schedules (where tuned ones must go in): the
+    target's `dlight.ApplyDefaultSchedule`, found by type (its rules are the defaults tuning times)."""
     for index, p in enumerate(passes):
-        if p.info.name == DEFAULT_SCHEDULE_PASS:
+        if isinstance(p, dlight.ApplyDefaultSchedule):
             return index
     raise EdgeBertError("this target's pipeline has no default-schedule pass; it cannot use tuning records")
 

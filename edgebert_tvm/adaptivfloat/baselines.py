@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import tvm
+from tvm import te
 
 from .quantizer import quantize, quantize_with_bias
 
@@ -42,9 +44,6 @@ def int_symmetric(bits: int):
 
 @functools.cache
 def _float8_roundtrip():
-    import tvm
-    from tvm import te
-
     n = te.var("n")
     x = te.placeholder((n,), "float32", name="x")
     f8 = te.compute((n,), lambda i: x[i].astype("float8_e4m3fn"), name="to_f8")
@@ -55,8 +54,6 @@ def _float8_roundtrip():
 
 def tvm_float8_e4m3(x: np.ndarray) -> np.ndarray:
     """x rounded through TVM's float8_e4m3fn cast on llvm."""
-    import tvm
-
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     out = tvm.runtime.tensor(np.empty_like(flat))
     _float8_roundtrip()(tvm.runtime.tensor(flat), tvm.runtime.empty(flat.shape, "float8_e4m3fn"), out)

@@ -1,4 +1,4 @@
-"""AdaptivFloat reference quantizer (Tambe et al., DAC 2020; DESIGN.md section 4), numpy only.
+"""AdaptivFloat reference quantizer (Tambe et al., DAC 2020; docs/ARCHITECTURE.md, "AdaptivFloat"), numpy only.
 
 An n-bit AdaptivFloat number is sign | e exponent bits | m = n-1-e mantissa bits. The exponent bias is fitted
 to each tensor so that the largest exponent covers max|x|; the all-zero code is zero (no denormals). Every

@@ -1,8 +1,8 @@
 """`custom[adaptivfloat]N` as a TVM datatype.
 
 TVM 0.25 removed bring-your-own-datatypes, but its dtype parser still asks two FFI hooks,
-`dtype.get_custom_type_code` and `dtype.get_custom_type_name`, about `custom[...]` names (DESIGN.md
-section 6). Registering them lets TE and TIR buffers carry AdaptivFloat; nothing in TVM lowers such a
+`dtype.get_custom_type_code` and `dtype.get_custom_type_name`, about `custom[...]` names (docs/ARCHITECTURE.md,
+"TVM 0.27 facts"). Registering them lets TE and TIR buffers carry AdaptivFloat; nothing in TVM lowers such a
 type, so `edgebert.LowerAdaptivFloat` does. A dtype holds only a type code and a width, so the exponent
 bits and the per-tensor bias travel beside it: a PrimFunc attribute mapping buffer names to formats.
 """

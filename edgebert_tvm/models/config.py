@@ -19,7 +19,7 @@ class EdgeBertConfig:
 
     `attention_spans` holds the learned span fraction z in [0, 1] per head, one row per distinct
     encoder layer (one row for ALBERT's shared layer); None means no span mask. `span_max` (S) and
-    `span_ramp` (R) are the adaptive-span hyper-parameters of the mask (DESIGN.md section 4).
+    `span_ramp` (R) are the adaptive-span hyper-parameters of the mask (docs/ARCHITECTURE.md, "Attention spans").
     `seq_len` is the sequence length the model was trained at: span masks are measured from the
     end of the padded sequence, so a model with spans should be compiled at that length.
     """

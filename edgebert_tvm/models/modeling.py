@@ -9,7 +9,6 @@ that the structured importer can export on its own.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,26 +17,14 @@ from transformers import PretrainedConfig
 from ..errors import EdgeBertError
 from .architectures import Architecture, LayerParts, architecture_for
 from .config import EdgeBertConfig
-
-
-# Guard of the span renormalisation: small enough that rows are renormalised exactly (a head whose
-# unmasked keys hold 1e-8 of the probability still attends to them), large enough that a row with
-# no unmasked key stays zero instead of 0/0.
-SPAN_RENORM_EPS = 1e-30
+from .span import SPAN_RENORM_EPS, key_offsets
+from .span import span_mask as span_formula
 
 
 def span_mask(span_z: torch.Tensor, seq_len: int, span_max: int, span_ramp: int, padded_len: int | None = None) -> torch.Tensor:
-    """Adaptive attention span mask (heads, seq_len) by key index j.
-
-    m_j = clamp(((j - (T - 1)) + z * S) / R + 1, 0, 1) for padded length T, maximum span S and
-    ramp R: the reference AdaptiveMask's template over S keys, cut to the last T of them. T is the
-    length the model is padded to (`padded_len`, default `seq_len`); a shorter batch takes the first
-    `seq_len` keys of it. Keys past a batch's length are padding with zero attention either way, so
-    a dynamically padded batch computes exactly what the fully padded one does.
-    """
-    padded = max(padded_len or seq_len, seq_len)
-    offset = torch.arange(seq_len, dtype=span_z.dtype, device=span_z.device) - (padded - 1)
-    return ((offset[None, :] + span_z[:, None] * span_max) / span_ramp + 1).clamp(0.0, 1.0)
+    """Adaptive attention span mask (heads, seq_len) by key index (models/span.py), differentiable in z."""
+    offsets = torch.from_numpy(key_offsets(seq_len, padded_len)).to(device=span_z.device, dtype=span_z.dtype)
+    return span_formula(span_z, offsets, span_max, span_ramp)
 
 
 def encoder_layer(

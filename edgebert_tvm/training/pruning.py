@@ -14,8 +14,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .config import METHODS, Block
+
 ENCODER_LINEARS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
-METHODS = ("movement", "magnitude")
 
 
 class _TopK(torch.autograd.Function):
@@ -30,19 +31,6 @@ class _TopK(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         return grad, None
-
-
-Block = tuple[int, int]
-
-
-def parse_block(text: str | None) -> Block:
-    """'32x32' -> (32, 32); None -> (1, 1), unstructured."""
-    if text is None:
-        return (1, 1)
-    rows, sep, cols = text.lower().partition("x")
-    if not sep or not rows.isdigit() or not cols.isdigit() or int(rows) < 1 or int(cols) < 1:
-        raise ValueError(f"pruning block must look like 32x32 or 16x1, got {text!r}")
-    return (int(rows), int(cols))
 
 
 def _pool(values: torch.Tensor, block: Block) -> torch.Tensor:

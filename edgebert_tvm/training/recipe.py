@@ -1,4 +1,4 @@
-"""The EdgeBERT training recipe (DESIGN.md section 4), as two resumable stages.
+"""The EdgeBERT training recipe (docs/ARCHITECTURE.md, "Training recipe"), as two resumable stages.
 
 The word embeddings are magnitude-pruned in one shot first: they stay frozen, so stage 1 adapts
 the encoder to them. Stage 1 fine-tunes the backbone and the final classifier: distillation from a
@@ -14,8 +14,6 @@ the last save.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import random
 import shutil
@@ -31,82 +29,21 @@ from tqdm import tqdm
 from tokenizers import Tokenizer
 
 from ..data import Example, Task, builtin_split, read_tsv, task_for
-from ..evaluate import evaluate_exits, torch_all_exits
+from ..evaluate import evaluate_exits
+from ..models.inference import torch_all_exits
 from ..exit_predictor import ExitPredictor, build_predictor
 from ..errors import EdgeBertError
+from ..models.builtins import default_checkpoint_built, default_checkpoint_dir
 from ..models.checkpoint import Checkpoint, load, save
 from ..models.config import EdgeBertConfig
 from .batches import batches, batches_by_length, encode_examples, num_batches
-from .pruning import METHODS, EncoderPruner, cubic_sparsity, encoder_sparsity, parse_block, prune_embeddings
+from .config import DEFAULT_RECIPE, RecipeConfig, parse_block
+from .pruning import EncoderPruner, cubic_sparsity, encoder_sparsity, prune_embeddings
 from .state import load_state, read_progress, save_state
 
 STATE_DIR = ".train-state"
 
 
-@dataclasses.dataclass
-class RecipeConfig:
-    """Every setting of a training run; stored in the checkpoint's edgebert.json."""
-
-    backbone: str = "minilm-l6"
-    task: str = "sst2"
-    train_file: str | None = None
-    teacher: str | None = None
-    max_examples: int | None = None
-    max_seq_len: int = 64
-    batch_size: int = 32
-    epochs: float = 1.0
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup: float = 0.06
-    sparsity: float = 0.5
-    pruning: str = "movement"
-    pruning_block: str | None = None
-    score_lr: float = 1e-2
-    embedding_keep: float = 0.4
-    spans: bool = True
-    span_max: int = 512
-    span_ramp: int = 256
-    span_lr: float = 5e-3
-    span_coeff: float = 5e-6
-    distill_alpha: float = 0.9
-    distill_temperature: float = 2.0
-    offramp_epochs: float = 1.0
-    offramp_lr: float = 5e-4
-    seed: int = 0
-    save_every: int = 200
-
-    def validate(self) -> None:
-        checks = [
-            (0.0 <= self.sparsity < 1.0, f"--sparsity must be in [0, 1), got {self.sparsity}"),
-            (0.0 < self.embedding_keep <= 1.0, f"--embedding-keep must be in (0, 1], got {self.embedding_keep}"),
-            (self.pruning in (*METHODS, "none"), f"--pruning must be one of {', '.join((*METHODS, 'none'))}"),
-            (self.batch_size >= 1 and self.max_seq_len >= 8, "--batch-size must be >= 1 and --max-seq-len >= 8"),
-            (self.epochs > 0 and self.offramp_epochs >= 0, "--epochs must be > 0 and --offramp-epochs >= 0"),
-            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise EdgeBertError(message)
-        try:
-            parse_block(self.pruning_block)
-        except ValueError as err:
-            raise EdgeBertError(f"--pruning-block: {err}") from None
-
-
-# The recipe of the built-in `edgebert-sst2` checkpoint: sized to train in about 15 minutes on two
-# cores (a seeded 48k-sentence subset of SST-2 train, one epoch of stage 1, three of stage 2).
-# Magnitude pruning: movement pruning needs far longer training than this budget allows.
-DEFAULT_RECIPE = RecipeConfig(max_examples=48000, lr=8e-5, pruning="magnitude", offramp_epochs=3.0, offramp_lr=3e-3)
-
-
-def recipe_id(config: RecipeConfig) -> str:
-    """A short stable hash of a recipe, so a changed recipe builds a new cached checkpoint.
-    Fields added later hash only when set, so older recipes keep their ids."""
-    fields = {k: v for k, v in dataclasses.asdict(config).items() if not (k in _LATER_FIELDS and v is None)}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
-
-
-_LATER_FIELDS = ("pruning_block",)
 
 
 def _seed_everything(seed: int) -> None:
@@ -357,3 +294,18 @@ class Trainer:
         if self.pruner is not None and self.pruner.linears and hasattr(self.pruner.linears[0], "parametrizations"):
             self.pruner.set_sparsity(self.config.sparsity)
             self.pruner.finalize()
+
+
+DEFAULT_BUILD_MINUTES = 12  # measured on 2 cores (AMD EPYC, idle machine); the announcement quotes it
+
+
+def build_default_checkpoint() -> Path:
+    """Train the built-in `edgebert-sst2` into the cache, saying so first (it takes minutes); resumable,
+    and a no-op when it is already built."""
+    directory = default_checkpoint_dir()
+    if not default_checkpoint_built():
+        print(f"building the default checkpoint edgebert-sst2 once (about {DEFAULT_BUILD_MINUTES} minutes on 2 cores; "
+              f"an interrupted build resumes) -> {directory}", flush=True)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        Trainer(DEFAULT_RECIPE, directory).run()
+    return directory

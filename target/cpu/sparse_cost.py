@@ -22,7 +22,8 @@ from tqdm import tqdm
 from tvm import relax
 
 from ...errors import EdgeBertError
-from ...models.builtins import cache_dir
+from ...fileio import cache_dir, write_json_atomic
+from ..targets import lowering_pipeline
 from .sparse import bsr_matmul, csr_matmul, to_bsr, to_csr
 
 BSR_BLOCKS = ((32, 32), (16, 16), (16, 1))
@@ -61,8 +62,6 @@ def load_cost_model(target: tvm.target.Target, path: Path | None = None) -> Cost
     """The target's cost model from `path` (default: the cache), calibrating and saving it if absent."""
     path = path or cost_model_path(target)
     if not path.exists():
-        from ...cli import write_json_atomic
-
         model = calibrate(target)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"version": FORMAT_VERSION, "target": model.target, "coefficients": model.coefficients})
@@ -101,8 +100,6 @@ def kernel_runner(func: tvm.tirx.PrimFunc, arrays: list[np.ndarray], target: tvm
 
 def dense_runner(x: np.ndarray, weight: np.ndarray, target: tvm.target.Target) -> Callable[[], np.ndarray]:
     """Our dense path for X @ W^T (W constant): the graph form the importer emits, our CPU pipeline."""
-    from ...compiler import lowering_pipeline
-
     bb = relax.BlockBuilder()
     xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
     with bb.function("main", [xv]):

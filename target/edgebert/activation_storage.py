@@ -1,7 +1,7 @@
 """RDA storage of the chip's activation buffers, measured on real sentences.
 
-The chip keeps activations in SRAM as 16-bit fixed point with 10 fraction bits (DESIGN.md section
-4). With RDA on its buffers every layer output is stored the RDA way (threshold in units of the
+The chip keeps activations in SRAM as 16-bit fixed point with 10 fraction bits (docs/ARCHITECTURE.md,
+"The accelerator model"). With RDA on its buffers every layer output is stored the RDA way (threshold in units of the
 fixed-point LSB, 1/1024) and read back approximated. What that buys depends on the data, so it is
 measured: the model runs calibration sentences with each layer output going through an RDA buffer,
 and the bytes per stored value replace the cost model's 2 bytes in every activation read, write
@@ -22,7 +22,7 @@ import torch
 
 from ... import rda
 from ...data import Example
-from ...evaluate import torch_all_exits
+from ...models.inference import torch_all_exits
 
 FRACTION_BITS = 10
 RAW_BITS = 16

@@ -5,7 +5,7 @@ composite function named after its pattern. The region is translated into the ma
 definition of `functional.py` and built for the host CPU as a destination-passing PrimFunc under
 the region's global symbol. The returned modules are ordinary TVM-built libraries: they are linked
 into the exported artifact and load in a fresh process with nothing registered by hand (Python
-packed functions would not survive export, DESIGN.md section 6).
+packed functions would not survive export: docs/ARCHITECTURE.md, "TVM 0.27 facts").
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from tvm.ir.expr import Constant
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from ...adaptivfloat.quantizer import hw8_decode, hw8_encode
-from ...importer import BLOCK_ATTR
+from ...contract import block_functions, exit_name, layer_name
 from ...passes.canonicalize import Canonicalize
 from . import codegen  # noqa: F401 (registers relax.ext.edgebert)
 from .cost import ActMatmul, Add, Dense, Embedding, LayerNorm, Op, Softmax
@@ -85,9 +85,7 @@ def _region_op(pattern: str, args: list[relax.Expr]) -> Op:
 def block_workloads(mod: IRModule) -> dict[str, list[dict[str, Any]]]:
     """Block function name -> the accelerator regions it calls, in order (after FuseOpsByPattern)."""
     blocks: dict[str, list[dict[str, Any]]] = {}
-    for gv, func in mod.functions_items():
-        if not isinstance(func, relax.Function) or func.attrs is None or BLOCK_ATTR not in func.attrs:
-            continue
+    for gv, func in block_functions(mod).items():
         regions: list[dict[str, Any]] = []
 
         def visit(expr: relax.Expr) -> None:
@@ -115,5 +113,5 @@ def partition_for_edgebert(mod: IRModule) -> tuple[IRModule, dict[str, list[dict
 def chip_workload(workload: dict[str, list[dict[str, Any]]], layer_groups: list[int], num_labels: int,
                   early_exit: bool) -> ChipWorkload:
     """The per-sentence view: which block each layer and exit runs."""
-    return ChipWorkload(workload, [f"layer_{g}" for g in layer_groups],
-                        [f"exit_{i + 1}" for i in range(len(layer_groups))], num_labels, early_exit)
+    return ChipWorkload(workload, [layer_name(g) for g in layer_groups],
+                        [exit_name(i + 1) for i in range(len(layer_groups))], num_labels, early_exit)

@@ -122,7 +122,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 def plot_report(report: dict[str, Any], path: Path, title: str) -> None:
     """Energy per sentence by configuration (bars) and energy by component per block (stacked)."""
-    import matplotlib
+    import matplotlib  # optional at run time: only a plot needs it, and it costs a second to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -31,8 +31,8 @@ import tvm
 from tvm import s_tir, te
 from tvm.s_tir import dlight
 
-from .target import make_target
-from .target.cpu import schedule_rules, unscheduled_functions
+from edgebert_tvm.target import make_target
+from edgebert_tvm.target.cpu import schedule_rules, unscheduled_functions
 
 GREY_IMAGES = ("camera", "coins", "moon")
 RGB_IMAGES = ("astronaut", "coffee", "chelsea")
