@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..errors import EdgeBertError
+from ..errors import EdgeBertError, InternalError
 from ..contract import GROUP_ATTR, LAYER, block_functions, with_report
 from ..models.span import SPAN_RENORM_EPS, key_offsets, span_mask
 
@@ -334,7 +334,7 @@ class FoldAttentionSpan:
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         layers = block_functions(mod, LAYER)
         if not layers:
-            raise EdgeBertError("FoldAttentionSpan needs a module from the structured importer (layer blocks)")
+            raise InternalError("FoldAttentionSpan needs a module from the structured importer (layer blocks)")
         found = {gv: find_attention(f) for gv, f in layers.items()}
         z = check_spans(self.spans, len(layers), next(iter(found.values())).num_heads)
         seq_len = int(next(iter(found.values())).hidden.ty.shape[1])

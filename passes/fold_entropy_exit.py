@@ -20,7 +20,7 @@ import numpy as np
 import tvm
 from tvm import relax, te
 
-from ..errors import EdgeBertError
+from ..errors import EdgeBertError, InternalError
 from ..contract import EMBEDDINGS, EXIT, EXIT_THRESHOLDS_ATTR, LAYER, LAYER_ATTR, MAIN, block_functions, block_kind
 
 ENTROPY_KERNEL = "exit_max_entropy"
@@ -113,7 +113,7 @@ class FoldEntropyExit:
         layers = [gv for kind, gv in calls if kind == LAYER]
         exits = {int(f.attrs[LAYER_ATTR]): gv for gv, f in block_functions(mod, EXIT).items()}
         if not layers or sorted(exits) != list(range(1, len(layers) + 1)):
-            raise EdgeBertError("FoldEntropyExit needs a module from the structured importer (layers and exits)")
+            raise InternalError("FoldEntropyExit needs a module from the structured importer (layers and exits)")
         thresholds = check_thresholds(self.thresholds, len(layers))
         embeddings = next(gv for kind, gv in calls if kind == EMBEDDINGS)
         batch = int(main.params[0].ty.shape[0])

@@ -116,6 +116,12 @@ def test_internal_error_is_one_line_and_status_3(monkeypatch, capsys, tmp_path):
     assert not (tmp_path / "A").exists()
 
 
+def test_sparse_with_adaptivfloat_weights_is_refused_not_half_applied(capsys, tmp_path):
+    _fails_cleanly(capsys, "compile", "albert-tiny", "-o", str(tmp_path / "A"), "--seq-len", "8", "--sparse",
+                   "--weights", "adaptivfloat8", match="--sparse with --weights")
+    assert not (tmp_path / "A").exists()
+
+
 def test_invalid_seq_len(capsys, tmp_path):
     _fails_cleanly(capsys, "compile", "albert-tiny", "-o", str(tmp_path / "A"), "--seq-len", "4096", match="--seq-len")
 

@@ -16,7 +16,7 @@ from edgebert_tvm.importer import InputSpec, import_model
 from edgebert_tvm.models.config import EdgeBertConfig
 from edgebert_tvm.models.modeling import EdgeBertForSequenceClassification
 from edgebert_tvm.contract import pass_reports
-from edgebert_tvm.passes.fold_sparsity import FoldSparsity
+from edgebert_tvm.target.cpu.fold_sparsity import FoldSparsity
 from edgebert_tvm.target import make_target
 from edgebert_tvm.target.cpu import unscheduled_functions
 from edgebert_tvm.target.cpu.sparse import (bsr_matmul, csr_matmul, masked_gather, to_bsr, to_csr,
@@ -132,7 +132,7 @@ def test_fold_sparsity_tiny_bert_matches_pytorch(kind, block):
 def test_cli_compile_sparse_records_choices(tmp_path, minilm_dir, monkeypatch):
     from edgebert_tvm import cli
     from edgebert_tvm.models.checkpoint import Checkpoint, save
-    from edgebert_tvm.passes import fold_sparsity
+    from edgebert_tvm.target.cpu import fold_sparsity
 
     monkeypatch.setattr(fold_sparsity, "load_cost_model", lambda target: _forced("bsr16x1"))
     model = _pruned_tiny_bert((16, 1), 0.75)

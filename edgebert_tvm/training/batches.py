@@ -11,8 +11,6 @@ from tokenizers import Tokenizer
 
 from ..data import Example
 
-INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
-
 
 @dataclasses.dataclass
 class Encoded:

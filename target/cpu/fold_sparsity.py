@@ -20,10 +20,10 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..errors import EdgeBertError
-from ..contract import EMBEDDINGS, LAYER, block_functions, with_report
-from ..target.cpu.sparse import bsr_matmul, csr_matmul, masked_gather, to_bsr, to_csr, to_masked_table
-from ..target.cpu.sparse_cost import BSR_BLOCKS, CostModel, kind_name, load_cost_model
+from ...contract import EMBEDDINGS, LAYER, block_functions, with_report
+from ...errors import EdgeBertError
+from .sparse import bsr_matmul, csr_matmul, masked_gather, to_bsr, to_csr, to_masked_table
+from .sparse_cost import BSR_BLOCKS, CostModel, kind_name, load_cost_model
 
 DENSE_ENOUGH = 0.9  # a kernel that skips less than this much work is not sparse: keep dense
 
