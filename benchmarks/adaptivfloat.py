@@ -54,7 +54,7 @@ def main() -> None:
         for name, weights in VARIANTS.items():
             options = CompileOptions(seq_len=seq_len, num_cores=args.threads, weight_format=weights)
             compiled = compile_model(checkpoint, options)
-            write_artifact(checkpoint, compiled, options, Path(tmp) / name)
+            write_artifact(checkpoint, compiled, Path(tmp) / name)
             artifact = Artifact.load(Path(tmp) / name)
             logits = artifact_all_exits(artifact, dev)
             results[name] = {"constant_bytes": artifact.metadata["constant_bytes"],

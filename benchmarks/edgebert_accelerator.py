@@ -46,7 +46,7 @@ def compile_to(name: str, options: CompileOptions, directory: Path) -> Artifact:
     start = time.perf_counter()
     compiled = compile_model(checkpoint, options)
     print(f"compiled {name} for edgebert in {time.perf_counter() - start:.0f} s")
-    write_artifact(checkpoint, compiled, options, directory)
+    write_artifact(checkpoint, compiled, directory)
     return Artifact.load(directory)
 
 

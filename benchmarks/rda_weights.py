@@ -68,7 +68,7 @@ def compiled_comparison(threshold: float, granularity: rda.Granularity, examples
         for name, rda_threshold in (("plain", None), ("rda", threshold)):
             options = CompileOptions(seq_len=SEQ_LEN, rda_threshold=rda_threshold, rda_granularity=granularity,
                                      rda_storage="load")
-            write_artifact(checkpoint, compile_model(checkpoint, options), options, Path(tmp) / name)
+            write_artifact(checkpoint, compile_model(checkpoint, options), Path(tmp) / name)
             artifacts[name] = Artifact.load(Path(tmp) / name)
         sizes = {name: artifact_bytes(Path(tmp) / name) for name in artifacts}
         logits = artifact_all_exits(artifacts["rda"], examples)

@@ -27,7 +27,7 @@ from .contract import ALL_EXITS, INPUT_NAMES, MAIN
 from .target import run_device
 
 if TYPE_CHECKING:  # running an artifact must not import torch
-    from .compiler import CompiledModel, CompileOptions
+    from .compiler import CompiledModel
     from .models.checkpoint import Checkpoint
 
 LIBRARY_NAME = "model.so"
@@ -53,8 +53,9 @@ def _predictor_for(predictor: dict[str, Any] | None, thresholds: list[float] | N
     return predictor if abs(predictor["threshold"] - thresholds[0]) < 1e-9 else None
 
 
-def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", options: "CompileOptions", out_dir: Path) -> None:
+def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", out_dir: Path) -> None:
     """Export the library and write the artifact directory; nothing appears unless all of it is written."""
+    options = compiled.options
     model = checkpoint.model
     config = model.config
     meta: dict[str, Any] = {

@@ -78,10 +78,10 @@ def cmd_compile(args: argparse.Namespace) -> None:
     options = _compile_options(args)
     if args.tuning_records:
         read_database(Path(args.tuning_records))  # a bad directory fails before the long work
-        options.tuning_records = Path(args.tuning_records).resolve()
+        options = dataclasses.replace(options, tuning_records=Path(args.tuning_records).resolve())
     checkpoint = load(args.model)
     compiled = compile_model(checkpoint, options)
-    write_artifact(checkpoint, compiled, options, Path(args.output))
+    write_artifact(checkpoint, compiled, Path(args.output))
     total = sum(compiled.compile_seconds.values())
     tuned = f", {len(compiled.tuned)} kernels from tuning records" if args.tuning_records else ""
     print(f"compiled {checkpoint.source} for {options.target} (batch {options.batch}, seq {options.seq_len}{tuned}) "

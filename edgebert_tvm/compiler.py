@@ -15,10 +15,11 @@ from . import rda, weight_store
 from .adaptivfloat.quantizer import check_format
 from .contract import pass_reports
 from .data import builtin_split, read_tsv, task_for
-from .errors import EdgeBertError
+from .errors import EdgeBertError, InternalError
 from .importer import InputSpec, import_model
 from .models.checkpoint import Checkpoint
 from .models.config import EdgeBertConfig
+from .models.modeling import EdgeBertForSequenceClassification
 from .passes.approximate_redundant_data import ApproximateRedundantData
 from .passes.fold_attention_span import LEVELS as SPAN_LEVELS
 from .passes.fold_attention_span import FoldAttentionSpan, check_spans
@@ -39,9 +40,10 @@ from .tuning.records import tuned_functions
 RDA_STORAGE = ("compile", "load")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class CompileOptions:
-    """What the user asked for on `edgebert-tvmc compile`."""
+    """What the user asked for on `edgebert-tvmc compile`; `resolved(model)` checks it against the model
+    once and returns the normalised copy every stage reads (never changed after that)."""
 
     target: str = "llvm"
     batch: int = 1
@@ -72,7 +74,10 @@ class CompileOptions:
             raise EdgeBertError(f"--weights must be adaptivfloatN (N = 4..16 bits), got {self.weight_format!r}")
         return int(digits)
 
-    def validate(self, max_positions: int) -> None:
+    def resolved(self, model: EdgeBertForSequenceClassification) -> CompileOptions:
+        """These options checked against `model` (one-line errors naming the option), with thresholds
+        expanded to one per exit and RDA settings normalised. Pure and idempotent."""
+        max_positions = model.config.max_position_embeddings
         if self.batch < 1:
             raise EdgeBertError(f"--batch must be >= 1, got {self.batch}")
         if not 1 <= self.seq_len <= max_positions:
@@ -93,17 +98,22 @@ class CompileOptions:
             if self.sparse:  # never half-applied: the sparse kernels read float32 values
                 raise EdgeBertError("--sparse with --weights is not supported yet: the sparse kernels read float32 "
                                     "values, so sparse matmuls would stay unquantized; choose one")
-        if self.rda_threshold is not None:
-            self.rda_threshold = rda.check_threshold(self.rda_threshold)
         if self.rda_storage not in RDA_STORAGE:
             raise EdgeBertError(f"--rda-storage must be one of {', '.join(RDA_STORAGE)}, got {self.rda_storage!r}")
         if self.rda_storage == "load" and self.target == "edgebert":
             raise EdgeBertError("--rda-storage load is for llvm and cuda: the edgebert chip's regions take constant weights")
-        if self.rda_activations is not None:
-            if self.target != "edgebert":
-                raise EdgeBertError("--rda-activations is for --target edgebert (it changes the chip's SRAM traffic)")
-            self.rda_activations = rda.check_threshold(self.rda_activations)
-        self.rda_granularity = rda.check_granularity(self.rda_granularity)
+        if self.rda_activations is not None and self.target != "edgebert":
+            raise EdgeBertError("--rda-activations is for --target edgebert (it changes the chip's SRAM traffic)")
+        spans = folded_spans(self, model.edgebert)
+        if spans is not None:  # fail before the import, not in the middle of the passes
+            check_spans(spans, model.arch.num_distinct_layers(model.config), model.config.num_attention_heads)
+        return dataclasses.replace(
+            self,
+            exit_thresholds=None if self.exit_thresholds is None else check_thresholds(self.exit_thresholds,
+                                                                                       model.num_layers),
+            rda_threshold=None if self.rda_threshold is None else rda.check_threshold(self.rda_threshold),
+            rda_activations=None if self.rda_activations is None else rda.check_threshold(self.rda_activations),
+            rda_granularity=rda.check_granularity(self.rda_granularity))
 
     @property
     def span_level(self) -> str | None:
@@ -120,6 +130,7 @@ class CompiledModel:
 
     executable: tvm.runtime.Executable
     target: tvm.target.Target
+    options: CompileOptions  # resolved against the model
     passes: list[str]
     constant_bytes: int
     compile_seconds: dict[str, float]
@@ -134,6 +145,24 @@ def folded_spans(options: CompileOptions, edgebert: EdgeBertConfig) -> list[list
     """The spans FoldAttentionSpan folds: the override, else the checkpoint's; None if not folding."""
     spans = options.attention_spans if options.attention_spans is not None else edgebert.attention_spans
     return spans if options.span_level is not None else None
+
+
+# The graph passes in the only order they may run; each pass's docstring says why it sits where it
+# does (docs/ARCHITECTURE.md, "Pipeline order"): span folding reads the importer's per-projection
+# attention, FuseQKV fuses those projections, sparsity needs float32 weights, RDA leaves AdaptivFloat
+# codes alone, and FoldEntropyExit rebuilds `main`, so it comes last.
+PIPELINE_ORDER = ("edgebert.FoldAttentionSpan", "edgebert.FuseQKV", "edgebert.FoldSparsity",
+                  "edgebert.QuantizeWeightsAdaptivFloat", "edgebert.ApproximateRedundantData", "edgebert.FoldEntropyExit")
+
+
+def check_pipeline(passes: list[tvm.transform.Pass]) -> None:
+    """A pipeline out of PIPELINE_ORDER, or with a pass it does not know, is a bug of ours."""
+    names = [p.info.name for p in passes]
+    if unknown := [n for n in names if n not in PIPELINE_ORDER]:
+        raise InternalError(f"graph pipeline: {', '.join(unknown)} has no place in PIPELINE_ORDER")
+    for first, second in zip(names, names[1:]):
+        if PIPELINE_ORDER.index(first) >= PIPELINE_ORDER.index(second):
+            raise InternalError(f"graph pipeline: {second} must run before {first}, not after it")
 
 
 def edgebert_passes(options: CompileOptions, edgebert: EdgeBertConfig) -> list[tvm.transform.Pass]:
@@ -155,6 +184,7 @@ def edgebert_passes(options: CompileOptions, edgebert: EdgeBertConfig) -> list[t
                                                at_load=options.rda_storage == "load"))
     if options.exit_thresholds is not None:
         passes.append(FoldEntropyExit(options.exit_thresholds))
+    check_pipeline(passes)
     return passes
 
 
@@ -176,17 +206,11 @@ def constant_bytes(mod: tvm.IRModule) -> int:
 def graph_module(
     checkpoint: Checkpoint, options: CompileOptions
 ) -> tuple[tvm.IRModule, tvm.target.Target, list[str], dict[str, float], dict[str, Any], weight_store.Store | None]:
-    """Check the options, import, and run the EdgeBERT passes: the module every target lowers (and
-    tuning extracts its tasks from), its target, the passes run, the seconds taken, the passes'
-    reports for the artifact's metadata, and the weights the module reads from the tensor cache
-    (compressed; `weight_store`)."""
-    options.validate(checkpoint.model.config.max_position_embeddings)
-    if options.exit_thresholds is not None:
-        options.exit_thresholds = check_thresholds(options.exit_thresholds, checkpoint.model.num_layers)
+    """Import and run the EdgeBERT passes: the module every target lowers (and tuning extracts its tasks
+    from), its target, the passes run, the seconds taken, the passes' reports for the artifact's
+    metadata, and the weights the module reads from the tensor cache (compressed; `weight_store`)."""
+    options = options.resolved(checkpoint.model)
     model = checkpoint.model
-    spans = folded_spans(options, model.edgebert)
-    if spans is not None:  # fail before the import, not in the middle of the passes
-        check_spans(spans, model.arch.num_distinct_layers(model.config), model.config.num_attention_heads)
     target = make_target(options.target, options.num_cores)
     seconds = {}
     start = time.perf_counter()
@@ -204,6 +228,7 @@ def graph_module(
 def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledModel:
     """Import, run the EdgeBERT passes and the target's lowering (applying tuning records if given;
     for the edgebert target, partitioning and codegen first), and build."""
+    options = options.resolved(checkpoint.model)
     mod, target, passes, seconds, reports, stored = graph_module(checkpoint, options)
     accelerator = None
     start = time.perf_counter()
@@ -223,7 +248,7 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     device = run_device(target.kind.name)
     if stored is not None and device.exist:  # so this process can run the executable as the artifact will after loading
         weight_store.fill_cache(stored, device)
-    return CompiledModel(executable, target, passes, constant_bytes(mod), seconds, unscheduled_functions(mod),
+    return CompiledModel(executable, target, options, passes, constant_bytes(mod), seconds, unscheduled_functions(mod),
                          reports, accelerator, tuned, stored)
 
 

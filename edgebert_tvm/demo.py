@@ -37,7 +37,7 @@ SWEEP = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 def _compile(checkpoint: Checkpoint, directory: Path, seq_len: int, thresholds: list[float] | None) -> Artifact:
     options = CompileOptions(seq_len=seq_len, exit_thresholds=thresholds)
     compiled = compile_model(checkpoint, options)
-    write_artifact(checkpoint, compiled, options, directory)
+    write_artifact(checkpoint, compiled, directory)
     print(f"  {directory}: compiled in {sum(compiled.compile_seconds.values()):.1f} s")
     return Artifact.load(directory)
 

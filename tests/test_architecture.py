@@ -9,7 +9,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import edgebert_tvm
+from edgebert_tvm.compiler import check_pipeline
+from edgebert_tvm.errors import InternalError
+from edgebert_tvm.passes import FoldAttentionSpan, FoldEntropyExit, FuseQKV
+from edgebert_tvm.target.cpu.fast_math import FastMath
+from edgebert_tvm.target.cpu.fold_sparsity import FoldSparsity
 
 ROOT = Path(edgebert_tvm.__file__).resolve().parent.parent
 # Folder -> the package it installs as (pyproject.toml's package-dir).
@@ -134,3 +141,11 @@ def test_compiled_artifact_loads_and_runs_without_torch(tiny_artifact):
         print("ok")
     """)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_pipeline_out_of_order_is_an_internal_error_naming_the_passes():
+    check_pipeline([FoldAttentionSpan([[0.5]], 8, 2), FuseQKV(), FoldEntropyExit(0.3)])  # in order: fine
+    with pytest.raises(InternalError, match="edgebert.FoldSparsity must run before edgebert.FoldEntropyExit"):
+        check_pipeline([FoldEntropyExit(0.3), FoldSparsity()])
+    with pytest.raises(InternalError, match="edgebert.FastMath has no place"):
+        check_pipeline([FastMath()])

@@ -73,7 +73,7 @@ def test_albert_base_shape_matches_and_shares_weights(tmp_path):
     assert compiled.constant_bytes <= 1.1 * parameter_bytes, (compiled.constant_bytes, parameter_bytes)
     from edgebert_tvm.artifact import Artifact, write_artifact
 
-    write_artifact(checkpoint, compiled, options, tmp_path / "A")
+    write_artifact(checkpoint, compiled, tmp_path / "A")
     inputs = random_inputs(1, 16, 30000)
     exits = Artifact.load(tmp_path / "A").all_exits(inputs)
     np.testing.assert_allclose(exits, torch_exits(checkpoint.model, inputs), atol=TOLERANCE)

@@ -32,7 +32,7 @@ def dev():
 
 def test_default_checkpoint_accuracy_and_exits(default, dev, tmp_path):
     options = CompileOptions(seq_len=default.model.edgebert.seq_len)
-    write_artifact(default, compile_model(default, options), options, tmp_path / "A")
+    write_artifact(default, compile_model(default, options), tmp_path / "A")
     logits = artifact_all_exits(Artifact.load(tmp_path / "A"), dev)
     full, calibrated = evaluate_exits(logits, np.array([e.label for e in dev]), default.model.edgebert.exit_thresholds)
     assert full.accuracy >= 0.87  # measured 88.07%
@@ -46,7 +46,7 @@ def test_default_checkpoint_accuracy_and_exits(default, dev, tmp_path):
 def test_compiled_early_exit_equals_pytorch_on_sst2_dev(default, dev, tmp_path, threshold):
     model, seq_len = default.model, default.model.edgebert.seq_len
     options = CompileOptions(seq_len=seq_len, exit_thresholds=[threshold])
-    write_artifact(default, compile_model(default, options), options, tmp_path / "A")
+    write_artifact(default, compile_model(default, options), tmp_path / "A")
     artifact = Artifact.load(tmp_path / "A")
     inputs = encode(load_tokenizer(artifact.tokenizer_path, seq_len), [e.text for e in dev])
     result = artifact.run(inputs)
