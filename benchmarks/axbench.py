@@ -31,7 +31,7 @@ import tvm
 from tvm import s_tir, te
 from tvm.s_tir import dlight
 
-from edgebert_tvm.target import make_target
+from edgebert_tvm.target.registry import make_target
 from edgebert_tvm.target.cpu import schedule_rules, unscheduled_functions
 
 GREY_IMAGES = ("camera", "coins", "moon")

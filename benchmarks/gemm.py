@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import median, time_interleaved  # noqa: E402
 
-from edgebert_tvm.target import lowering_pipeline  # noqa: E402
-from edgebert_tvm.target import make_target  # noqa: E402
+from edgebert_tvm.target.targets import lowering_pipeline  # noqa: E402
+from edgebert_tvm.target.registry import make_target  # noqa: E402
 
 # (M, K, N): ALBERT-base's / BERT-base's dense layers, then MiniLM-L6's, at sequence 128.
 SHAPES = [(128, 768, 768), (128, 768, 3072), (128, 3072, 768), (128, 384, 384), (128, 384, 1536), (128, 1536, 384)]

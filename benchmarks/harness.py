@@ -23,7 +23,7 @@ from tvm import relax
 from edgebert_tvm.compiler import CompileOptions, compile_model
 from edgebert_tvm.importer import InputSpec, import_model
 from edgebert_tvm.models.checkpoint import Checkpoint
-from edgebert_tvm.target import make_target
+from edgebert_tvm.target.registry import make_target
 
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 Runner = Callable[[], np.ndarray]

@@ -37,7 +37,7 @@ from edgebert_tvm.importer import InputSpec, import_model  # noqa: E402
 from edgebert_tvm.models.builtins import BUILTIN_CONFIGS  # noqa: E402
 from edgebert_tvm.models.checkpoint import load  # noqa: E402
 from edgebert_tvm.target.cpu.fold_sparsity import FoldSparsity  # noqa: E402
-from edgebert_tvm.target import make_target  # noqa: E402
+from edgebert_tvm.target.registry import make_target  # noqa: E402
 from edgebert_tvm.target.cpu.sparse_cost import (block_pruned, dense_runner, kind_name, load_cost_model,  # noqa: E402
                                                  sparse_runner)
 

@@ -24,7 +24,7 @@ from . import __version__, weight_store
 from .errors import EdgeBertError
 from .fileio import atomic_directory
 from .contract import ALL_EXITS, INPUT_NAMES, MAIN
-from .target import run_device
+from .target.targets import run_device
 
 if TYPE_CHECKING:  # running an artifact must not import torch
     from .compiler import CompiledModel

@@ -31,7 +31,7 @@ from .inputs import check_inputs, encode, load_npz, load_tokenizer
 from .models.builtins import BUILTIN_NAMES
 from .models.checkpoint import load
 from .models.inference import torch_all_exits
-from .target import TARGET_NAMES
+from .target.registry import TARGET_NAMES
 from .target.edgebert.config import load_config, parse_config
 from .target.edgebert.report import accelerator_report, format_report, plot_report
 from .target.edgebert.sentence import ChipWorkload
@@ -73,8 +73,6 @@ def _compile_options(args: argparse.Namespace) -> CompileOptions:
 
 def cmd_compile(args: argparse.Namespace) -> None:
     check_output_directory(Path(args.output))
-    if args.accelerator_config and args.target != "edgebert":
-        raise EdgeBertError("--accelerator-config is for --target edgebert")
     options = _compile_options(args)
     if args.tuning_records:
         read_database(Path(args.tuning_records))  # a bad directory fails before the long work

@@ -14,7 +14,6 @@ from tvm import relax
 from . import rda, weight_store
 from .adaptivfloat.quantizer import check_format
 from .contract import pass_reports
-from .data import builtin_split, read_tsv, task_for
 from .errors import EdgeBertError, InternalError
 from .importer import InputSpec, import_model
 from .models.checkpoint import Checkpoint
@@ -27,12 +26,10 @@ from .passes.fold_entropy_exit import FoldEntropyExit, check_thresholds
 from .passes.fuse_qkv import FuseQKV
 from .passes.lower_adaptivfloat import register_pipeline
 from .passes.quantize_weights_adaptivfloat import QuantizeWeightsAdaptivFloat
-from .target import lowering_pipeline, make_target, run_device
+from .target.registry import compile_target
+from .target.targets import run_device
 from .target.cpu import unscheduled_functions
 from .target.cpu.fold_sparsity import FoldSparsity
-from .target.edgebert.activation_storage import CALIBRATION_SENTENCES, ActivationStorage, measure
-from .target.edgebert.config import parse_config, read_config_file
-from .target.edgebert.partition import chip_workload, partition_for_edgebert
 from .tuning.records import tuned_functions
 
 
@@ -87,12 +84,6 @@ class CompileOptions:
         if self.span_folding not in (None, "auto", *SPAN_LEVELS):
             raise EdgeBertError(f"--span-folding must be one of {', '.join(SPAN_LEVELS)} or off, "
                                 f"got {self.span_folding!r}")
-        if self.fuse_qkv and self.target == "edgebert":
-            raise EdgeBertError("--fuse-qkv is for llvm and cuda: the edgebert chip's patterns take one matmul per "
-                                "projection")
-        if self.target == "edgebert" and self.span_folding not in (None, "auto"):
-            raise EdgeBertError("--span-folding is for llvm and cuda: the edgebert chip applies spans in its "
-                                "softmax unit")
         if self.weight_bits is not None:
             check_format(self.weight_bits, self.exp_bits)
             if self.sparse:  # never half-applied: the sparse kernels read float32 values
@@ -100,10 +91,7 @@ class CompileOptions:
                                     "values, so sparse matmuls would stay unquantized; choose one")
         if self.rda_storage not in RDA_STORAGE:
             raise EdgeBertError(f"--rda-storage must be one of {', '.join(RDA_STORAGE)}, got {self.rda_storage!r}")
-        if self.rda_storage == "load" and self.target == "edgebert":
-            raise EdgeBertError("--rda-storage load is for llvm and cuda: the edgebert chip's regions take constant weights")
-        if self.rda_activations is not None and self.target != "edgebert":
-            raise EdgeBertError("--rda-activations is for --target edgebert (it changes the chip's SRAM traffic)")
+        compile_target(self.target).check(self)
         spans = folded_spans(self, model.edgebert)
         if spans is not None:  # fail before the import, not in the middle of the passes
             check_spans(spans, model.arch.num_distinct_layers(model.config), model.config.num_attention_heads)
@@ -211,7 +199,7 @@ def graph_module(
     metadata, and the weights the module reads from the tensor cache (compressed; `weight_store`)."""
     options = options.resolved(checkpoint.model)
     model = checkpoint.model
-    target = make_target(options.target, options.num_cores)
+    target = compile_target(options.target).tvm_target(options.num_cores)
     seconds = {}
     start = time.perf_counter()
     mod = import_model(model, InputSpec(options.batch, options.seq_len))
@@ -230,14 +218,14 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     for the edgebert target, partitioning and codegen first), and build."""
     options = options.resolved(checkpoint.model)
     mod, target, passes, seconds, reports, stored = graph_module(checkpoint, options)
-    accelerator = None
     start = time.perf_counter()
+    chosen = compile_target(options.target)
     with target:
-        if options.target == "edgebert":
-            mod, accelerator = _offload_to_edgebert(mod, checkpoint, options)
+        mod, accelerator = chosen.before_lowering(mod, checkpoint, options)
+        if accelerator is not None:
             seconds["partition_codegen"] = time.perf_counter() - start
             start = time.perf_counter()
-        mod = lowering_pipeline(target, options.tuning_records)(mod)
+        mod = chosen.lowering(target, options.tuning_records)(mod)
     seconds["lower"] = time.perf_counter() - start
     start = time.perf_counter()
     executable = tvm.compile(mod, target, relax_pipeline=None, tir_pipeline=register_pipeline())
@@ -250,30 +238,3 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
         weight_store.fill_cache(stored, device)
     return CompiledModel(executable, target, options, passes, constant_bytes(mod), seconds, unscheduled_functions(mod),
                          reports, accelerator, tuned, stored)
-
-
-def _offload_to_edgebert(mod: tvm.IRModule, checkpoint: Checkpoint, options: CompileOptions) -> tuple[tvm.IRModule, dict]:
-    """Partition for the accelerator and record its workload and configuration for `run --report`."""
-    raw_config = read_config_file(options.accelerator_config)
-    parse_config(raw_config, options.accelerator_config or "default accelerator configuration")
-    model = checkpoint.model
-    mod, regions = partition_for_edgebert(mod)
-    groups = [model.arch.layer_group(model.config, i) for i in range(model.num_layers)]
-    workload = chip_workload(regions, groups, model.edgebert.num_labels, options.exit_thresholds is not None)
-    accelerator = {"workload": workload.to_dict(), "config": raw_config}
-    if options.rda_activations is not None:
-        accelerator["activation_storage"] = _measure_activation_storage(checkpoint, options).to_dict()
-    return mod, accelerator
-
-
-def _measure_activation_storage(checkpoint: Checkpoint, options: CompileOptions) -> ActivationStorage:
-    """Bytes per activation value with RDA buffers, on the first sentences of the model's task's training set."""
-    edgebert = checkpoint.model.edgebert
-    if edgebert.task is None or checkpoint.tokenizer_dir is None:
-        raise EdgeBertError(f"{checkpoint.source}: --rda-activations measures on the model's task's sentences; "
-                            "this checkpoint names no task or has no tokenizer")
-    task = task_for(edgebert.task)
-    examples = read_tsv(builtin_split(task, "train"), task, limit=CALIBRATION_SENTENCES)
-    storage, _ = measure(checkpoint.model.eval(), checkpoint.tokenizer_dir / "tokenizer.json", examples,
-                         options.seq_len, options.rda_activations, options.rda_granularity)
-    return storage

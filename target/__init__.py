@@ -1,5 +1,7 @@
-"""Compilation targets: the host CPU (llvm), NVIDIA GPUs (cuda), and (later) the edgebert accelerator."""
+"""Compilation targets: the host CPU (llvm), NVIDIA GPUs (cuda) and the EdgeBERT accelerator (edgebert).
 
-from .targets import TARGET_NAMES, lowering_passes, lowering_pipeline, make_target, run_device
-
-__all__ = ["TARGET_NAMES", "lowering_passes", "lowering_pipeline", "make_target", "run_device"]
+`registry.TARGETS` holds one object per target (`targets.CompileTarget`: the options it accepts, what
+runs before lowering, its lowering); `targets.py` also builds TVM targets, the lowering per kind and
+an artifact's run device; `cpu/`, `gpu.py` and `edgebert/` hold what is particular to each. Nothing is
+imported here, so that loading an artifact pulls in no accelerator model (which needs PyTorch).
+"""

@@ -1,4 +1,6 @@
-"""Resolve a target name from the command line into a TVM `Target`, and each target's lowering.
+"""The compilation targets as objects: a TVM `Target` for each name, the options each accepts, what it
+runs between the EdgeBERT graph passes and lowering, its lowering, and the device its artifacts run on
+(docs/ARCHITECTURE.md, "Adding a target"), the way TVM lays out `relax/backend/<target>/pipeline.py`.
 
 TVM 0.27 rejects string targets with `-mcpu`, so targets are built from dicts. The host CPU is
 detected through LLVM (its real name, e.g. znver5, so the artifact's metadata says what it was
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tvm
 from tvm.target import codegen
@@ -20,7 +23,10 @@ from ..tuning.records import apply_records
 from .cpu import cpu_passes
 from .gpu import cuda_passes
 
-TARGET_NAMES = ("llvm", "cuda", "edgebert")
+if TYPE_CHECKING:  # types only: the compiler imports the targets, not the other way round
+    from ..compiler import CompileOptions
+    from ..models.checkpoint import Checkpoint
+
 DEFAULT_CUDA_ARCH = "sm_80"
 
 
@@ -30,29 +36,24 @@ def host_target(num_cores: int | None = None) -> tvm.target.Target:
     return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores})
 
 
+def cuda_target(num_cores: int | None = None, cuda_arch: str = DEFAULT_CUDA_ARCH) -> tvm.target.Target:
+    """An NVIDIA GPU of `cuda_arch`, with the host CPU as host."""
+    if not cuda_arch.startswith("sm_") or not cuda_arch[3:].isdigit():
+        raise EdgeBertError(f"invalid CUDA architecture {cuda_arch!r} (expected e.g. sm_80)")
+    # The limits MetaSchedule's GPU rules read (the same for every arch since sm_50 here).
+    limits = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152, "thread_warp_size": 32,
+              "max_num_threads": 1024, "registers_per_block": 65536}
+    return tvm.target.Target({"kind": "cuda", "arch": cuda_arch, **limits}, host=host_target(num_cores))
+
+
 def run_device(target_name: str) -> tvm.runtime.Device:
     """The device a model compiled for `target_name` runs on (edgebert: its host CPU)."""
     return tvm.cuda() if target_name == "cuda" else tvm.cpu()
 
 
-def make_target(name: str, num_cores: int | None = None, cuda_arch: str = DEFAULT_CUDA_ARCH) -> tvm.target.Target:
-    """`llvm` for the host CPU (also the host of the `edgebert` accelerator); `cuda` for an NVIDIA GPU of
-    `cuda_arch` with the host CPU as host."""
-    if name in ("llvm", "edgebert"):  # edgebert: the accelerator's regions are offloaded, the host runs the rest
-        return host_target(num_cores)
-    if name == "cuda":
-        if not cuda_arch.startswith("sm_") or not cuda_arch[3:].isdigit():
-            raise EdgeBertError(f"invalid CUDA architecture {cuda_arch!r} (expected e.g. sm_80)")
-        # The limits MetaSchedule's GPU rules read (the same for every arch since sm_50 here).
-        limits = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152, "thread_warp_size": 32,
-                  "max_num_threads": 1024, "registers_per_block": 65536}
-        return tvm.target.Target({"kind": "cuda", "arch": cuda_arch, **limits}, host=host_target(num_cores))
-    raise EdgeBertError(f"unknown target {name!r} (choose from: {', '.join(TARGET_NAMES)})")
-
-
 def lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """Custom datatypes lowered, graph clean-ups, then TVM lowering with default schedules (ours on CPUs,
-    dlight's on GPUs).
+    dlight's on GPUs), by the kind of TVM target (the edgebert chip's host is llvm).
 
     LowerAdaptivFloat comes first: FoldConstant builds and runs PrimFuncs on constant inputs (the
     position embeddings' lookup, the packing of constant weights), and llvm cannot build custom types.
@@ -67,3 +68,51 @@ def lowering_pipeline(target: tvm.target.Target, tuning_records: Path | None = N
     if tuning_records is not None:
         passes = apply_records(passes, tuning_records)
     return tvm.transform.Sequential(passes)
+
+
+class CompileTarget:
+    """One target of `edgebert-tvmc compile --target NAME`."""
+
+    name: str
+
+    def tvm_target(self, num_cores: int | None = None) -> tvm.target.Target:
+        raise NotImplementedError
+
+    def check(self, options: CompileOptions) -> None:
+        """Refuse options this target cannot honour (one-line errors, before any long work)."""
+        if options.rda_activations is not None:
+            raise EdgeBertError("--rda-activations is for --target edgebert (it changes the chip's SRAM traffic)")
+        if options.accelerator_config is not None:
+            raise EdgeBertError("--accelerator-config is for --target edgebert")
+
+    def before_lowering(self, mod: tvm.IRModule, checkpoint: Checkpoint,
+                        options: CompileOptions) -> tuple[tvm.IRModule, dict | None]:
+        """What runs between the graph passes and lowering; returns the module and what it records for
+        metadata.json (`accelerator`), if anything."""
+        return mod, None
+
+    def lowering(self, target: tvm.target.Target, tuning_records: Path | None = None) -> tvm.transform.Pass:
+        return lowering_pipeline(target, tuning_records)
+
+
+class LlvmTarget(CompileTarget):
+    """The CPU this process runs on."""
+
+    name = "llvm"
+
+    def tvm_target(self, num_cores: int | None = None) -> tvm.target.Target:
+        return host_target(num_cores)
+
+
+class CudaTarget(CompileTarget):
+    """An NVIDIA GPU (sm_80 by default), host code for this CPU."""
+
+    name = "cuda"
+
+    def tvm_target(self, num_cores: int | None = None) -> tvm.target.Target:
+        return cuda_target(num_cores)
+
+    def check(self, options: CompileOptions) -> None:
+        super().check(options)
+        if options.sparse:
+            raise EdgeBertError("--sparse is for llvm: the sparse kernels and their cost model are CPU ones")

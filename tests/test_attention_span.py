@@ -10,11 +10,11 @@ import torch
 import tvm
 from edgebert_tvm.passes.fold_attention_span import LEVELS, FoldAttentionSpan, head_groups, span_masks
 from edgebert_tvm.passes.fold_entropy_exit import FoldEntropyExit
-from edgebert_tvm.target import make_target
+from edgebert_tvm.target.registry import make_target
 from edgebert_tvm.target.cpu import unscheduled_functions
 from tvm import relax
 
-from edgebert_tvm.target import lowering_pipeline
+from edgebert_tvm.target.targets import lowering_pipeline
 from benchmarks.flops import matmul_flops
 from edgebert_tvm.importer import InputSpec, import_model
 from edgebert_tvm.models.checkpoint import load

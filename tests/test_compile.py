@@ -13,7 +13,7 @@ from edgebert_tvm.compiler import CompileOptions, compile_model
 from edgebert_tvm.importer import BLOCK_ATTR, InputSpec, import_model
 from edgebert_tvm.inputs import encode, load_tokenizer
 from edgebert_tvm.models.checkpoint import load
-from edgebert_tvm.target import make_target
+from edgebert_tvm.target.registry import make_target
 
 from .conftest import random_inputs, read_json, run_cli, torch_exits
 

@@ -11,13 +11,13 @@ import tvm
 from tvm import relax
 
 from edgebert_tvm import cli
-from edgebert_tvm.target import lowering_pipeline
+from edgebert_tvm.target.targets import lowering_pipeline
 from edgebert_tvm.evaluate import entropy
 from edgebert_tvm.importer import InputSpec, import_model
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.models.modeling import early_exit
 from edgebert_tvm.passes.fold_entropy_exit import FoldEntropyExit
-from edgebert_tvm.target import make_target
+from edgebert_tvm.target.registry import make_target
 from edgebert_tvm.target.cpu import unscheduled_functions
 
 from .conftest import INPUT_ORDER, random_inputs, torch_exits

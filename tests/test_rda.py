@@ -14,7 +14,8 @@ from edgebert_tvm.contract import pass_reports
 from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.importer import InputSpec, import_model
 from edgebert_tvm.passes.approximate_redundant_data import ApproximateRedundantData
-from edgebert_tvm.target import lowering_pipeline, make_target
+from edgebert_tvm.target.targets import lowering_pipeline
+from edgebert_tvm.target.registry import make_target
 
 from .conftest import random_inputs, read_json, run_cli, tiny_bert_config, torch_exits
 

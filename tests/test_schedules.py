@@ -7,11 +7,11 @@ import pytest
 import tvm
 from tvm import relax
 
-from edgebert_tvm.target import lowering_pipeline
+from edgebert_tvm.target.targets import lowering_pipeline
 from edgebert_tvm.importer import InputSpec, import_model
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.passes.canonicalize import Canonicalize
-from edgebert_tvm.target import make_target
+from edgebert_tvm.target.registry import make_target
 from edgebert_tvm.target.cpu import unscheduled_functions
 
 

@@ -10,14 +10,14 @@ import torch
 import tvm
 from tvm import relax
 
-from edgebert_tvm.target import lowering_pipeline
+from edgebert_tvm.target.targets import lowering_pipeline
 from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.importer import InputSpec, import_model
 from edgebert_tvm.models.config import EdgeBertConfig
 from edgebert_tvm.models.modeling import EdgeBertForSequenceClassification
 from edgebert_tvm.contract import pass_reports
 from edgebert_tvm.target.cpu.fold_sparsity import FoldSparsity
-from edgebert_tvm.target import make_target
+from edgebert_tvm.target.registry import make_target
 from edgebert_tvm.target.cpu import unscheduled_functions
 from edgebert_tvm.target.cpu.sparse import (bsr_matmul, csr_matmul, masked_gather, to_bsr, to_csr,
                                             to_masked_table)

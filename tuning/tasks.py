@@ -14,7 +14,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.analysis import estimate_tir_flops
 
 from ..compiler import CompileOptions, graph_module
-from ..target import lowering_passes
+from ..target.targets import lowering_passes
 from ..errors import EdgeBertError
 from ..models.checkpoint import Checkpoint
 from .records import schedule_point

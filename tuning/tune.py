@@ -28,7 +28,7 @@ from tqdm import tqdm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
-from ..target import lowering_passes
+from ..target.targets import lowering_passes
 from ..errors import EdgeBertError
 from .measure import Tracker, WorkerPoolBuilder, make_runner
 from .records import (FAILED_SECONDS, DefaultTiming, append_default, mean_ms, open_for_tuning, read_defaults,
