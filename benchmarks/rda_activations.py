@@ -24,7 +24,7 @@ from edgebert_tvm.compiler import CompileOptions, compile_model
 from edgebert_tvm.data import builtin_split, read_tsv, task_for
 from edgebert_tvm.models.inference import torch_all_exits
 from edgebert_tvm.models.checkpoint import load
-from edgebert_tvm.target.edgebert.activation_storage import FRACTION_BITS, measure
+from edgebert_tvm.rda.activations import FRACTION_BITS, measure
 from edgebert_tvm.target.edgebert.config import load_config
 from edgebert_tvm.target.edgebert.sentence import ChipWorkload
 

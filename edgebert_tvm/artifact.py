@@ -1,7 +1,7 @@
 """Artifact directories: exported library + metadata.json + tokenizer (+ compressed weights), written atomically.
 
 An artifact loads in a fresh process with nothing registered by hand: `Artifact.load(dir)` loads
-the library onto the Relax VM (and decodes weights kept compressed beside it, weight_store.py)
+the library onto the Relax VM (and decodes weights kept compressed beside it, rda/weight_store.py)
 and `run` feeds it inputs in chunks of the compiled batch size.
 """
 
@@ -20,7 +20,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from . import __version__, weight_store
+from . import __version__
+from .rda import weight_store
 from .errors import EdgeBertError
 from .fileio import atomic_directory
 from .contract import ALL_EXITS, INPUT_NAMES, MAIN

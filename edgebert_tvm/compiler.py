@@ -11,7 +11,8 @@ from typing import Any
 import tvm
 from tvm import relax
 
-from . import rda, weight_store
+from . import rda
+from .rda import weight_store
 from .adaptivfloat.quantizer import check_format
 from .contract import pass_reports
 from .errors import EdgeBertError, InternalError

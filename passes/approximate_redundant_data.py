@@ -13,7 +13,7 @@ The kernels compute with exactly what the compressed store holds; the module's "
 - `at_load=True`: each constant becomes a lookup in TVM's runtime tensor cache
   (`vm.builtin.tensor_cache.get`) under a content-addressed key, and the module carries the
   `rda.Encoded` tensors (`weight_store.attach`); the artifact writes those in their compressed format (`rda.Encoded.to_bytes`) and
-  decodes them into the cache when it loads (weight_store.py). The library holds no copy. A
+  decodes them into the cache when it loads (rda/weight_store.py). The library holds no copy. A
   constant that is only transposed (a linear layer's weight) is looked up as that transpose
   (`views`), made once at load.
 With threshold 0 only the lossless patterns match and every constant is unchanged.
@@ -28,7 +28,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .. import rda, weight_store
+from .. import rda
+from ..rda import weight_store
 from ..contract import block_functions, with_report
 
 

@@ -9,7 +9,8 @@ import tvm
 from tvm import relax
 
 from benchmarks import axbench
-from edgebert_tvm import rda, weight_store
+from edgebert_tvm import rda
+from edgebert_tvm.rda import weight_store
 from edgebert_tvm.contract import pass_reports
 from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.importer import InputSpec, import_model

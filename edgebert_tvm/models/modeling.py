@@ -89,6 +89,9 @@ class EdgeBertForSequenceClassification(nn.Module):
         self.span_z: nn.Parameter | None = None
         if edgebert.attention_spans is not None:
             self.span_z = nn.Parameter(self._span_tensor(edgebert.attention_spans))
+        # Every layer's output passes through this no-op module, so a forward hook on it sees (and may
+        # replace) each layer output: how the accelerator's activation buffers are modelled (rda/activations.py).
+        self.layer_output = nn.Identity()
 
     def _span_tensor(self, spans: list[list[float]]) -> torch.Tensor:
         expected = (self.arch.num_distinct_layers(self.config), self.config.num_attention_heads)
@@ -129,7 +132,8 @@ class EdgeBertForSequenceClassification(nn.Module):
         group = self.arch.layer_group(self.config, index)
         dropout = self.config.hidden_dropout_prob if self.training else 0.0
         span = self.span(group, hidden.shape[1])
-        return encoder_layer(self.layer_parts(group), hidden, attn_bias, self.config.num_attention_heads, span, dropout)
+        return self.layer_output(
+            encoder_layer(self.layer_parts(group), hidden, attn_bias, self.config.num_attention_heads, span, dropout))
 
     def exit_logits(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of the exit after layer `index`; the last layer uses pooler + final classifier."""

@@ -83,7 +83,7 @@ class AcceleratorConfig:
     gelu_energy: float
     entropy_energy: float
     dvfs_points: tuple[DvfsPoint, ...]
-    activation_bytes: float = RAW_ACTIVATION_BYTES  # per stored activation; fewer with RDA (activation_storage.py)
+    activation_bytes: float = RAW_ACTIVATION_BYTES  # per stored activation; fewer with RDA (rda/activations.py)
     sources: dict[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     @property

@@ -17,7 +17,7 @@ What is modelled, and how:
   elements per cycle per pass over the data.
 - Embedding lookup: the pruned AdaptivFloat rows (nonzeros + mask) read from ReRAM eNVM or DRAM.
 - Activations: `config.activation_bytes` per value in every SRAM read, write and spill (2: 16-bit
-  fixed point; fewer with RDA storage of the buffers, activation_storage.py).
+  fixed point; fewer with RDA storage of the buffers, rda/activations.py).
 Energies in the configuration hold at the nominal voltage; `scale_energy` applies V^2 for DVFS.
 """
 

@@ -11,7 +11,7 @@ import tvm
 from ...data import builtin_split, read_tsv, task_for
 from ...errors import EdgeBertError
 from ..targets import LlvmTarget
-from .activation_storage import CALIBRATION_SENTENCES, ActivationStorage, measure
+from ...rda.activations import CALIBRATION_SENTENCES, ActivationStorage, measure
 from .config import parse_config, read_config_file
 from .partition import chip_workload, partition_for_edgebert
 

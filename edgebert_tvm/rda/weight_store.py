@@ -22,8 +22,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tvm import relax
 
-from . import rda
-from .errors import EdgeBertError
+from . import codec as rda
+from ..errors import EdgeBertError
 
 FILE_NAME = "weights.rda.safetensors"
 _CACHE_GET = "vm.builtin.tensor_cache.get"

@@ -44,7 +44,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import EdgeBertError
+from ..errors import EdgeBertError
 
 TAG_BITS = 2
 FLOAT_GRID = 32767  # floats are measured on a signed 16-bit grid: one unit = max|x| / 32767

@@ -20,9 +20,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ... import rda
-from ...data import Example
-from ...models.inference import torch_all_exits
+from . import codec as rda
+from ..data import Example
+from ..models.inference import torch_all_exits
 
 FRACTION_BITS = 10
 RAW_BITS = 16
@@ -63,20 +63,20 @@ def from_fixed_point(q: np.ndarray) -> torch.Tensor:
 def rda_layer_outputs(model: torch.nn.Module, threshold: float, granularity: rda.Granularity,
                       totals: dict[str, int]) -> Iterator[None]:
     """Within the block, every layer output of `model` is stored in a 16-bit fixed-point RDA buffer
-    and read back approximated; `totals` accumulates original and compressed bits."""
-    original = model.layer
+    and read back approximated (a forward hook on the model's `layer_output`); `totals` accumulates
+    original and compressed bits."""
 
-    def layer(index: int, hidden: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
-        encoded = rda.encode(to_fixed_point(original(index, hidden, attn_bias)), threshold, granularity)
+    def through_buffer(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        encoded = rda.encode(to_fixed_point(output), threshold, granularity)
         totals["original_bits"] += encoded.original_bits
         totals["compressed_bits"] += encoded.compressed_bits
         return from_fixed_point(rda.decode(encoded))
 
-    model.layer = layer
+    handle = model.layer_output.register_forward_hook(through_buffer)
     try:
         yield
     finally:
-        del model.layer  # the instance attribute shadowed the method
+        handle.remove()
 
 
 def measure(model: torch.nn.Module, tokenizer: Path, examples: list[Example], seq_len: int, threshold: float,
