@@ -13,21 +13,18 @@ it fails in TVM 0.27 ("Variable ... could not be found in any group"), so each m
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import tvm
 from tvm import IRModule, relax
-from tvm.ir.expr import Constant
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from ...adaptivfloat.quantizer import hw8_decode, hw8_encode
 from ...contract import block_functions, exit_name, layer_name
 from ...passes.canonicalize import Canonicalize
-from . import codegen  # noqa: F401 (registers relax.ext.edgebert)
-from .cost import ActMatmul, Add, Dense, Embedding, LayerNorm, Op, Softmax
-from .patterns import static_shape, edgebert_patterns
+from . import codegen  # registers relax.ext.edgebert
+from .patterns import edgebert_patterns, pattern
 from .sentence import ChipWorkload
 
 
@@ -60,28 +57,6 @@ class QuantizeForAccelerator:
         return rewrite_call(self.pattern, rewrite, func)
 
 
-def _region_op(pattern: str, args: list[relax.Expr]) -> Op:
-    """The cost model's view of one region call (arguments as at the call site)."""
-    kind = pattern.split(".", 1)[1]
-    shapes = [static_shape(a) for a in args]
-    if kind in ("dense", "dense_gelu"):
-        x, weight = shapes[0], next(a for a in args if isinstance(a, Constant) and len(static_shape(a)) == 2)
-        inner, cols = static_shape(weight)
-        return Dense(math.prod(x[:-1]), inner, cols, int(np.count_nonzero(weight.value.numpy())), kind == "dense_gelu")
-    if kind in ("attention_matmul", "attention_scores"):
-        (batch, rows, inner), (_, _, cols) = shapes[0], shapes[1]
-        return ActMatmul(batch, rows, inner, cols)
-    if kind in ("softmax", "softmax_span", "layernorm"):
-        cls = LayerNorm if kind == "layernorm" else Softmax
-        return cls(math.prod(shapes[0][:-1]), shapes[0][-1])
-    if kind == "residual_add":
-        return Add(math.prod(shapes[0]))
-    if kind == "embedding":
-        table = args[0].value.numpy()
-        return Embedding(shapes[1][0], table.shape[1], float(np.count_nonzero(table) / table.size))
-    raise ValueError(f"no cost model for pattern {pattern}")
-
-
 def block_workloads(mod: IRModule) -> dict[str, list[dict[str, Any]]]:
     """Block function name -> the accelerator regions it calls, in order (after FuseOpsByPattern)."""
     blocks: dict[str, list[dict[str, Any]]] = {}
@@ -92,9 +67,9 @@ def block_workloads(mod: IRModule) -> dict[str, list[dict[str, Any]]]:
             if isinstance(expr, relax.Call) and isinstance(expr.op, relax.GlobalVar):
                 callee = mod[expr.op]
                 if callee.attrs is not None and callee.attrs.get("Codegen") == codegen.CODEGEN:
-                    pattern, _, _ = codegen._composite(callee)
-                    regions.append({"region": expr.op.name_hint, "pattern": pattern,
-                                    "op": _region_op(pattern, list(expr.args))})
+                    name, _, _ = codegen.composite_call(callee)
+                    regions.append({"region": expr.op.name_hint, "pattern": name,
+                                    "op": pattern(name).cost(list(expr.args))})
 
         relax.analysis.post_order_visit(func.body, visit)
         blocks[gv.name_hint] = regions

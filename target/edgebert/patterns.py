@@ -1,8 +1,11 @@
 """Pattern table of the EdgeBERT accelerator: what its processing units and special units run.
 
-One small function per pattern, each returning (name, pattern, annotations, check) as in TVM's
-BYOC pattern modules (relax/backend/contrib/example_npu/patterns.py). Registered once, under the
-prefix `edgebert.`; later entries win when patterns overlap, so fused patterns come last.
+Each entry (`AcceleratorPattern`) is one thing the chip runs, defined once: how it is matched (a
+pattern and its annotations, as in TVM's BYOC pattern modules, relax/backend/contrib/example_npu),
+when it applies (the check), what the chip computes for it (its kernel, a TE definition of the
+chip's arithmetic in `functional.py`, used by the codegen) and what it costs (its operation for the
+cycle and energy model, used by the partitioner). Registered once, under the prefix `edgebert.`;
+later entries win when patterns overlap, so fused patterns come last.
 
 - dense, dense_gelu: matmul by a constant weight + constant bias (+ GELU) on the PU array
   (AdaptivFloat-8 weights, zero weights clock-gated by the bitmask).
@@ -17,13 +20,20 @@ Entropy and the exit decision run in the entropy unit; they are costed per exit 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Callable
 
-from tvm import relax
+import numpy as np
+import tvm
+from tvm import relax, te
 from tvm.ir.expr import Constant
 from tvm.relax.backend.pattern_registry import get_patterns_with_prefix, register_patterns
-from tvm.relax.dpl import is_const, is_op, wildcard
+from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 from tvm.relax.transform import PatternCheckContext
+
+from . import functional
+from .cost import ActMatmul, Add, Dense, Embedding, LayerNorm, Op, Softmax
 
 PREFIX = "edgebert"
 
@@ -163,17 +173,123 @@ def embedding_pattern():
     return (f"{PREFIX}.embedding", out, {"table": table, "ids": ids, "root": out}, check)
 
 
-register_patterns([
-    residual_add_pattern(),
-    layernorm_pattern(),
-    softmax_pattern(),
-    softmax_span_pattern(),
-    embedding_pattern(),
-    attention_matmul_pattern(),
-    attention_scores_pattern(),
-    dense_pattern(),
-    dense_gelu_pattern(),
-])
+# What the chip computes for each pattern (the codegen builds it), and what one call costs.
+
+
+class Region:
+    """A matched region's composite function, with a TE placeholder for each of its parameters."""
+
+    def __init__(self, composite: relax.Function) -> None:
+        self.composite = composite
+        self.tensors = {param: te.placeholder([int(d) for d in param.ty.shape], dtype=param.ty.dtype, name=param.name)
+                        for param in composite.params}
+        self.calls: dict[str, relax.Call] = {}  # op name -> its call (each op appears once in our patterns)
+
+        def visit(expr: relax.Expr) -> None:
+            if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+                self.calls[expr.op.name] = expr
+
+        relax.analysis.post_order_visit(composite.body, visit)
+
+    @property
+    def inputs(self) -> list[te.Tensor]:
+        return [self.tensors[p] for p in self.composite.params]
+
+    def arg(self, op: str, index: int) -> te.Tensor:
+        return self.tensors[self.calls[op].args[index]]
+
+
+def _dense_kernel(region: Region) -> te.Tensor:
+    bias = next(a for a in region.calls["relax.add"].args if a in region.tensors)
+    gelu = None
+    if "relax.nn.gelu_tanh" in region.calls:
+        gelu = "tanh"
+    elif "relax.nn.gelu" in region.calls:
+        gelu = "erf"
+    return functional.dense(region.arg("relax.matmul", 0), region.arg("relax.matmul", 1), region.tensors[bias], gelu)
+
+
+def _dense_cost(args: list[relax.Expr]) -> Op:
+    x = static_shape(args[0])
+    weight = next(a for a in args if isinstance(a, Constant) and len(static_shape(a)) == 2)
+    inner, cols = static_shape(weight)
+    return Dense(math.prod(x[:-1]), inner, cols, int(np.count_nonzero(weight.value.numpy())))
+
+
+def _dense_gelu_cost(args: list[relax.Expr]) -> Op:
+    return dataclasses.replace(_dense_cost(args), gelu=True)
+
+
+def _attention_kernel(region: Region) -> te.Tensor:
+    a, b = region.arg("relax.matmul", 0), region.arg("relax.matmul", 1)
+    if "relax.multiply" not in region.calls:
+        return functional.attention_matmul(a, b)
+    multiply = region.calls["relax.multiply"]
+    return functional.attention_matmul(a, b, region.arg("relax.multiply", 1), [int(d) for d in multiply.ty.shape])
+
+
+def _attention_cost(args: list[relax.Expr]) -> Op:
+    (batch, rows, inner), (_, _, cols) = static_shape(args[0]), static_shape(args[1])
+    return ActMatmul(batch, rows, inner, cols)
+
+
+def _softmax_kernel(region: Region) -> te.Tensor:
+    span = region.arg("relax.multiply", 1) if "relax.multiply" in region.calls else None
+    return functional.softmax(region.arg("relax.nn.softmax", 0), span)
+
+
+def _rows_cost(op: type[Softmax] | type[LayerNorm]) -> Callable[[list[relax.Expr]], Op]:
+    def cost(args: list[relax.Expr]) -> Op:
+        shape = static_shape(args[0])
+        return op(math.prod(shape[:-1]), shape[-1])
+
+    return cost
+
+
+def _layernorm_kernel(region: Region) -> te.Tensor:
+    epsilon = float(region.calls["relax.nn.layer_norm"].attrs.epsilon)
+    return functional.layernorm(*(region.arg("relax.nn.layer_norm", i) for i in range(3)), epsilon)
+
+
+def _embedding_cost(args: list[relax.Expr]) -> Op:
+    table = args[0].value.numpy()
+    return Embedding(static_shape(args[1])[0], table.shape[1], float(np.count_nonzero(table) / table.size))
+
+
+@dataclasses.dataclass(frozen=True)
+class AcceleratorPattern:
+    """One thing the chip runs, defined once: TVM's pattern-table entry (name, pattern, annotations,
+    check), its kernel (the chip's arithmetic, for the codegen) and its cost (for the partitioner)."""
+
+    entry: tuple[str, DFPattern, dict[str, DFPattern], Callable[[PatternCheckContext], bool]]
+    kernel: Callable[[Region], te.Tensor]
+    cost: Callable[[list[relax.Expr]], Op]
+
+    @property
+    def name(self) -> str:
+        return self.entry[0]
+
+
+PATTERNS = [  # priority: later entries win where matches overlap
+    AcceleratorPattern(residual_add_pattern(), lambda r: functional.residual_add(r.arg("relax.add", 0), r.arg("relax.add", 1)),
+                       lambda args: Add(math.prod(static_shape(args[0])))),
+    AcceleratorPattern(layernorm_pattern(), _layernorm_kernel, _rows_cost(LayerNorm)),
+    AcceleratorPattern(softmax_pattern(), _softmax_kernel, _rows_cost(Softmax)),
+    AcceleratorPattern(softmax_span_pattern(), _softmax_kernel, _rows_cost(Softmax)),
+    AcceleratorPattern(embedding_pattern(), lambda r: functional.embedding(r.arg("relax.take", 0), r.arg("relax.take", 1)),
+                       _embedding_cost),
+    AcceleratorPattern(attention_matmul_pattern(), _attention_kernel, _attention_cost),
+    AcceleratorPattern(attention_scores_pattern(), _attention_kernel, _attention_cost),
+    AcceleratorPattern(dense_pattern(), _dense_kernel, _dense_cost),
+    AcceleratorPattern(dense_gelu_pattern(), _dense_kernel, _dense_gelu_cost),
+]
+BY_NAME = {p.name: p for p in PATTERNS}
+register_patterns([p.entry for p in PATTERNS])
+
+
+def pattern(name: str) -> AcceleratorPattern:
+    """The table's entry for a composite's pattern name (one the partitioner matched)."""
+    return BY_NAME[name]
 
 
 def edgebert_patterns():
