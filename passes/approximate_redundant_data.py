@@ -17,6 +17,10 @@ The kernels compute with exactly what the compressed store holds; the module's "
   constant that is only transposed (a linear layer's weight) is looked up as that transpose
   (`views`), made once at load.
 With threshold 0 only the lossless patterns match and every constant is unchanged.
+
+Place in the pipeline: after every pass that rewrites weights (span folding, FuseQKV, sparsity,
+AdaptivFloat), so it stores what the model finally computes with, and before FoldEntropyExit.
+`at_load` needs a target whose artifact holds a tensor cache (llvm, cuda), not the edgebert chip.
 """
 
 from __future__ import annotations

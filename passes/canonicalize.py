@@ -5,6 +5,10 @@ The frontend lowers `nn.Linear` on a (batch, seq, K) tensor to reshape -> 2-D ma
 add), and FuseOps stops at them, so each of those becomes its own pass over memory. Relax's
 matmul broadcasts over leading axes, so the reshapes can go. GELU's `power(x, 3.0)` becomes
 `x * x * x`: LLVM lowers `powf` to a scalar library call that dominates the whole GELU kernel.
+
+Place in the pipeline: in the lowering (targets.lowering_passes), after LowerAdaptivFloat and
+before the target's fusion, and first in the edgebert partitioning; never before the graph passes,
+which match the frontend's own form of a linear layer.
 """
 
 from __future__ import annotations

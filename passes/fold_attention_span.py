@@ -18,6 +18,11 @@ The attention is found from the softmax: the scores are `matmul(q, k) * scale + 
 trace back through views to `bias + matmul(x, permute_dims(W))` with constant W, and the output
 projection is the constant-weight matmul that the context flows into. A layer without that shape
 is an error, not a silent skip.
+
+Place in the pipeline: first of the graph passes (compiler.PIPELINE_ORDER). It needs the importer's
+per-projection attention with float32 constant weights, so it runs before FuseQKV, FoldSparsity,
+QuantizeWeightsAdaptivFloat and ApproximateRedundantData change those weights or that form; llvm and
+cuda only (the edgebert chip applies spans in its softmax unit).
 """
 
 from __future__ import annotations

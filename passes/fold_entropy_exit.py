@@ -9,6 +9,10 @@ branch, so a confident sentence skips the remaining layers.
 Batch policy: a batch leaves together, at the first layer where every row is confident (the
 maximum entropy is below the threshold); all its rows report that exit layer. With batch 1 this is
 exactly EdgeBERT's per-sentence rule.
+
+Place in the pipeline: last of the graph passes (compiler.PIPELINE_ORDER). It rebuilds `main`, so
+every pass before it sees the plain chain of block calls; it reads only `main` and the exit blocks'
+attributes, so it is indifferent to what earlier passes did inside the blocks. Any target.
 """
 
 from __future__ import annotations

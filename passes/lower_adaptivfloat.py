@@ -9,6 +9,10 @@ Each buffer's format (exponent bits, bias) comes from the PrimFunc attribute `ed
 
 The pass also opens the `edgebert` TIR pipeline (TVM's default TIR pipeline after it), registered with
 `tvm.tirx.register_tir_pipeline`, so `tvm.compile(..., tir_pipeline="edgebert")` builds such functions.
+
+Place in the pipeline: first of the lowering passes (targets.lowering_passes), before anything
+builds a PrimFunc (FoldConstant does), since llvm cannot build a custom type; it is a no-op on
+modules without AdaptivFloat buffers.
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ fitted by the reference quantizer and travels in the PrimFunc's `edgebert.adapti
 The linear layers' reshapes are folded first (Canonicalize's FoldLinearReshape): once the matmul is a
 call_tir the canonicalization no longer sees it, and without the fold the bias and activation could
 not fuse into the matmul kernel.
+
+Place in the pipeline: after FoldAttentionSpan, FuseQKV and FoldSparsity (which need float32
+weights; with FoldSparsity the compiler refuses `--weights`, since sparse kernels read float32 values),
+before ApproximateRedundantData (which leaves integer codes alone) and FoldEntropyExit. llvm and cuda;
+`edgebert.LowerAdaptivFloat` must open the lowering.
 """
 
 from __future__ import annotations

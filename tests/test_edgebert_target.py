@@ -443,3 +443,12 @@ def test_bad_rda_activations_exit_2(spans_checkpoint, tmp_path, args, match):
 
 def test_default_config_file_is_the_packaged_one():
     assert DEFAULT_CONFIG.name == "edgebert.json" and DEFAULT_CONFIG.is_file()
+
+
+@pytest.mark.parametrize("flags, match", [(["--sparse"], "--sparse is for llvm"), (["--weights", "adaptivfloat8"], "--weights is for llvm"),
+                                          (["--fuse-qkv"], "--fuse-qkv is for llvm"), (["--rda-threshold", "1", "--rda-storage", "load"], "--rda-storage load")])
+def test_options_the_chip_cannot_honour_are_refused(tmp_path, flags, match):
+    """Never half-applied: a pass that would leave the chip's patterns unmatched is refused up front."""
+    proc = run_cli("compile", "albert-tiny", "--target", "edgebert", "--seq-len", "8", *flags, "-o", str(tmp_path / "A"))
+    assert proc.returncode == 2 and match in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "A").exists()

@@ -52,7 +52,13 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-HELD_OUT = 1000
+# Exit thresholds are calibrated on training sentences the run did not use, so dev numbers stay honest.
+# Those sentences are easier for the model than dev (92% against 88% at full depth), and 1,000 of them
+# sample an accuracy drop to about +-0.5 point: calibrating to the 1-point promise on 1,000 picked a
+# threshold that lost 1.26 points on SST-2 dev (Intel Xeon build). 4,000 sentences and a 0.75-point
+# budget leave that margin.
+HELD_OUT = 4000
+CALIBRATION_MAX_DROP = 0.0075
 FEATURE_BATCH = 128
 CALIBRATION_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 14))
 
@@ -71,14 +77,16 @@ def _split_examples(config: RecipeConfig, task: Task) -> tuple[list[Example], li
 
 
 def calibrate_exits(model: torch.nn.Module, tokenizer: Path, held_out: list[Example], seq_len: int,
-                    max_drop: float = 0.01) -> tuple[float | None, ExitPredictor | None]:
+                    max_drop: float = CALIBRATION_MAX_DROP) -> tuple[float | None, ExitPredictor | None]:
     """On held-out training sentences (so dev numbers stay honest): the largest entropy threshold
     whose accuracy is within `max_drop` of full depth, and the exit-layer predictor for it."""
     if not held_out:
         return None, None
     logits = torch_all_exits(model, tokenizer, held_out, seq_len)
     results = evaluate_exits(logits, np.array([e.label for e in held_out]), CALIBRATION_THRESHOLDS)
-    good = [r.threshold for r in results[1:] if r.accuracy >= results[0].accuracy - max_drop]
+    budget = round(max_drop * len(held_out))  # in sentences: no float rounding at the boundary
+    full = round(results[0].accuracy * len(held_out))
+    good = [r.threshold for r in results[1:] if full - round(r.accuracy * len(held_out)) <= budget]
     if not good:
         return None, None
     return max(good), build_predictor(logits, max(good))

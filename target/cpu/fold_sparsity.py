@@ -11,6 +11,10 @@ Pruned embedding tables (the word embeddings, 60% zeros in EdgeBERT) are stored 
 bitmask and gathered by a decoding kernel, when that is smaller than the dense table.
 
 The per-matrix choices are the module's "sparsity" report (contract `with_report`).
+
+Place in the pipeline: after FoldAttentionSpan and FuseQKV, before QuantizeWeightsAdaptivFloat
+(refused together: sparse kernels read float32 values), ApproximateRedundantData and FoldEntropyExit;
+llvm only (its kernels and measured cost model are CPU ones).
 """
 
 from __future__ import annotations

@@ -36,6 +36,9 @@ class EdgebertTarget(LlvmTarget):
             raise EdgeBertError("--rda-storage load is for llvm and cuda: the edgebert chip's regions take constant weights")
         if options.sparse:
             raise EdgeBertError("--sparse is for llvm: the edgebert chip gates zero weights in its own MAC array")
+        if options.weight_format is not None:
+            raise EdgeBertError("--weights is for llvm and cuda: the edgebert chip stores its weights as AdaptivFloat-8 "
+                                "itself (its matmul patterns would not match quantized kernels)")
 
     def before_lowering(self, mod: tvm.IRModule, checkpoint: Checkpoint,
                         options: CompileOptions) -> tuple[tvm.IRModule, dict]:
