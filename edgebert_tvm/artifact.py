@@ -25,6 +25,7 @@ from .rda import weight_store
 from .errors import EdgeBertError
 from .fileio import atomic_directory
 from .contract import ALL_EXITS, INPUT_NAMES, MAIN
+from .target.cpu.host import size_thread_pool
 from .target.targets import run_device
 
 if TYPE_CHECKING:  # running an artifact must not import torch
@@ -121,6 +122,7 @@ class Artifact:
 
     @classmethod
     def load(cls, directory: Path) -> "Artifact":
+        size_thread_pool()  # before the VM runs anything: TVM's own default is half the cores on x86
         directory = Path(directory)
         meta_path, lib_path = directory / METADATA_NAME, directory / LIBRARY_NAME
         if not directory.is_dir():

@@ -30,6 +30,7 @@ from .passes.quantize_weights_adaptivfloat import QuantizeWeightsAdaptivFloat
 from .target.registry import compile_target
 from .target.targets import run_device
 from .target.cpu import unscheduled_functions
+from .target.cpu.host import size_thread_pool
 from .target.cpu.fold_sparsity import FoldSparsity
 from .tuning.records import tuned_functions
 
@@ -218,6 +219,7 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     """Import, run the EdgeBERT passes and the target's lowering (applying tuning records if given;
     for the edgebert target, partitioning and codegen first), and build."""
     options = options.resolved(checkpoint.model)
+    size_thread_pool()  # the compiler runs kernels too (FoldConstant), and this process may run the result
     mod, target, passes, seconds, reports, stored = graph_module(checkpoint, options)
     start = time.perf_counter()
     chosen = compile_target(options.target)

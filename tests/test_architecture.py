@@ -4,6 +4,7 @@ for optional heavy dependencies, and passes and the artifact runtime free of PyT
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import textwrap
@@ -149,3 +150,19 @@ def test_pipeline_out_of_order_is_an_internal_error_naming_the_passes():
         check_pipeline([FoldEntropyExit(0.3), FoldSparsity()])
     with pytest.raises(InternalError, match="edgebert.FastMath has no place"):
         check_pipeline([FastMath()])
+
+
+def test_loaded_artifact_runs_on_every_physical_core(tiny_artifact):
+    """TVM's default pool is half of hardware_concurrency on x86 (one thread on a 2-vCPU VM); an
+    artifact loaded in a fresh process uses every physical core this process may use."""
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    code = textwrap.dedent(f"""
+        import tvm
+        from edgebert_tvm.artifact import Artifact
+        from edgebert_tvm.target.cpu.host import physical_cores
+        Artifact.load({str(tiny_artifact)!r})
+        print(tvm.runtime.num_threads(), physical_cores())
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    threads, cores = proc.stdout.split()
+    assert proc.returncode == 0 and threads == cores, proc.stderr[-2000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tvm.target import codegen
@@ -22,6 +23,28 @@ def _cpuinfo() -> dict[str, str]:
         if sep:
             fields[key.strip()] = value.strip()
     return fields
+
+
+def physical_cores() -> int:
+    """Cores (not hyper-threads) among the CPUs this process may run on."""
+    cpus = os.sched_getaffinity(0)
+    siblings = set()
+    for cpu in cpus:
+        try:
+            siblings.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            return len(cpus)
+    return max(1, len(siblings))
+
+
+def size_thread_pool() -> None:
+    """Unless the user set TVM_NUM_THREADS, size TVM's CPU thread pool to this process's physical cores.
+
+    TVM sizes the pool when it first runs parallel code, from TVM_NUM_THREADS, else from half of
+    `hardware_concurrency` on x86 (it assumes two hyper-threads a core): on a 2-vCPU VM without them
+    that is one thread, and every kernel runs at half speed. Call before TVM runs anything parallel.
+    """
+    os.environ.setdefault("TVM_NUM_THREADS", str(physical_cores()))
 
 
 def describe_host() -> str:
