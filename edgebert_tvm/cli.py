@@ -31,7 +31,6 @@ from .inputs import check_inputs, encode, load_npz, load_tokenizer
 from .models.builtins import BUILTIN_NAMES
 from .models.checkpoint import load
 from .models.inference import torch_all_exits
-from .target.cpu.host import size_thread_pool
 from .target.registry import TARGET_NAMES
 from .target.edgebert.config import load_config, parse_config
 from .target.edgebert.report import accelerator_report, format_report, plot_report
@@ -396,7 +395,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    size_thread_pool()
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], None] = args.func
     try:

@@ -199,7 +199,14 @@ def graph_module(
     """Import and run the EdgeBERT passes: the module every target lowers (and tuning extracts its tasks
     from), its target, the passes run, the seconds taken, the passes' reports for the artifact's
     metadata, and the weights the module reads from the tensor cache (compressed; `weight_store`)."""
-    options = options.resolved(checkpoint.model)
+    return _graph_module(checkpoint, options.resolved(checkpoint.model))
+
+
+def _graph_module(
+    checkpoint: Checkpoint, options: CompileOptions
+) -> tuple[tvm.IRModule, tvm.target.Target, list[str], dict[str, float], dict[str, Any], weight_store.Store | None]:
+    """`graph_module` with options already resolved against the checkpoint's model."""
+    size_thread_pool()  # before any kernel runs here (FoldConstant, the sparsity cost model, tuning's timing)
     model = checkpoint.model
     target = compile_target(options.target).tvm_target(options.num_cores)
     seconds = {}
@@ -219,8 +226,7 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     """Import, run the EdgeBERT passes and the target's lowering (applying tuning records if given;
     for the edgebert target, partitioning and codegen first), and build."""
     options = options.resolved(checkpoint.model)
-    size_thread_pool()  # the compiler runs kernels too (FoldConstant), and this process may run the result
-    mod, target, passes, seconds, reports, stored = graph_module(checkpoint, options)
+    mod, target, passes, seconds, reports, stored = _graph_module(checkpoint, options)
     start = time.perf_counter()
     chosen = compile_target(options.target)
     with target:
@@ -233,9 +239,7 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     start = time.perf_counter()
     executable = tvm.compile(mod, target, relax_pipeline=None, tir_pipeline=register_pipeline())
     seconds["build"] = time.perf_counter() - start
-    tuned = []
-    if options.tuning_records is not None:
-        tuned = tuned_functions(mod)
+    tuned = tuned_functions(mod) if options.tuning_records is not None else []
     device = run_device(target.kind.name)
     if stored is not None and device.exist:  # so this process can run the executable as the artifact will after loading
         weight_store.fill_cache(stored, device)
