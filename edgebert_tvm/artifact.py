@@ -36,6 +36,9 @@ LIBRARY_NAME = "model.so"
 METADATA_NAME = "metadata.json"
 TOKENIZER_NAME = "tokenizer.json"
 FORMAT_VERSION = 1
+# The metadata fields loading and running read: anything else is informational.
+REQUIRED_METADATA = {"model": ("source", "num_layers", "vocab_size", "type_vocab_size"), "input": ("batch", "seq_len"),
+                     "target": ("name",)}
 
 
 def _versions() -> dict[str, str]:
@@ -102,6 +105,19 @@ def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", out_dir:
         (tmp / METADATA_NAME).write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def _check_metadata(meta: Any, path: Path) -> None:
+    """Refuse metadata this version cannot run: another format, or a field it reads missing."""
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        found = meta.get("format_version") if isinstance(meta, dict) else None
+        raise EdgeBertError(f"{path}: unsupported artifact format {found!r} (this edgebert-tvm reads version "
+                            f"{FORMAT_VERSION}; recompile the model)")
+    for section, fields in REQUIRED_METADATA.items():
+        values = meta.get(section)
+        missing = [f for f in fields if not isinstance(values, dict) or f not in values]
+        if missing:
+            raise EdgeBertError(f"{path}: {section}.{missing[0]} is missing (a damaged artifact; recompile the model)")
+
+
 @dataclasses.dataclass
 class RunResult:
     """Outputs of `main` for every input row, and optionally per-call times in milliseconds."""
@@ -133,15 +149,14 @@ class Artifact:
             meta = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise EdgeBertError(f"{meta_path}: not valid JSON ({err})") from None
-        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-            raise EdgeBertError(f"{meta_path}: unsupported artifact format (expected version {FORMAT_VERSION})")
+        _check_metadata(meta, meta_path)
         device = run_device(meta["target"]["name"])
         if not device.exist:
             raise EdgeBertError(f"{directory}: compiled for {meta['target']['name']}, but no such device is present")
         try:
             library = tvm.runtime.load_module(str(lib_path))
-        except tvm.error.TVMError as err:
-            raise EdgeBertError(f"{lib_path}: cannot load library ({str(err).splitlines()[0]})") from None
+        except RuntimeError as err:  # TVM's errors derive from RuntimeError
+            raise EdgeBertError(f"{lib_path}: cannot load library ({str(err).splitlines()[-1]})") from None
         if "weight_store" in meta:
             store = directory / meta["weight_store"]["file"]
             if not store.is_file():

@@ -27,7 +27,7 @@ from .errors import EdgeBertError, InternalError
 from .evaluate import artifact_all_exits, entropy, evaluate_exits, format_table, plot_accuracy_vs_depth
 from .exit_predictor import ExitPredictor
 from .fileio import check_output_directory, write_json_atomic
-from .inputs import check_inputs, encode, load_npz, load_tokenizer
+from .inputs import check_inputs, check_texts, encode, load_npz, load_tokenizer
 from .models.builtins import BUILTIN_NAMES
 from .models.checkpoint import load
 from .models.inference import torch_all_exits
@@ -72,14 +72,22 @@ def _compile_options(args: argparse.Namespace) -> CompileOptions:
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    check_output_directory(Path(args.output))
+    """The output rule, checked before the long work: a new or empty directory is written; an existing
+    artifact is replaced only with --force; any other directory is never replaced (it is not ours)."""
+    out = Path(args.output)
+    check_output_directory(out)
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "metadata.json").is_file():
+            raise EdgeBertError(f"{out}: exists and is not an artifact (no metadata.json); not replacing it")
+        if not args.force:
+            raise EdgeBertError(f"{out}: an artifact is already there; pass --force to replace it")
     options = _compile_options(args)
     if args.tuning_records:
         read_database(Path(args.tuning_records))  # a bad directory fails before the long work
         options = dataclasses.replace(options, tuning_records=Path(args.tuning_records).resolve())
     checkpoint = load(args.model)
     compiled = compile_model(checkpoint, options)
-    write_artifact(checkpoint, compiled, Path(args.output))
+    write_artifact(checkpoint, compiled, out)
     total = sum(compiled.compile_seconds.values())
     tuned = f", {len(compiled.tuned)} kernels from tuning records" if args.tuning_records else ""
     print(f"compiled {checkpoint.source} for {options.target} (batch {options.batch}, seq {options.seq_len}{tuned}) "
@@ -129,7 +137,13 @@ def _read_inputs(args: argparse.Namespace, artifact: Any) -> tuple[dict[str, np.
     if args.text:
         if artifact.tokenizer_path is None:
             raise EdgeBertError(f"{artifact.directory}: artifact has no tokenizer; pass --inputs FILE.npz instead")
-        arrays = encode(load_tokenizer(artifact.tokenizer_path, artifact.seq_len), args.text)
+        check_texts(args.text)
+        tokenizer = load_tokenizer(artifact.tokenizer_path, artifact.seq_len)
+        for number, encoding in enumerate(tokenizer.encode_batch(args.text), start=1):
+            if encoding.overflowing:
+                print(f"edgebert-tvmc: note: text {number} is longer than the compiled {artifact.seq_len} tokens; "
+                      "its end is cut off", file=sys.stderr)
+        arrays = encode(tokenizer, args.text)
     else:
         arrays = load_npz(Path(args.inputs))
     return check_inputs(arrays, artifact.seq_len, model["vocab_size"], model["type_vocab_size"]), args.text
@@ -302,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Compile a checkpoint directory or built-in model into an artifact.")
     model_options(p)
     p.add_argument("-o", "--output", required=True, help="artifact directory to write")
+    p.add_argument("--force", action="store_true",
+                   help="replace the artifact already at -o (never a directory that is not an artifact)")
     p.add_argument("--tuning-records", metavar="DIR",
                    help="a `tune` work directory: its best schedules replace the defaults of the kernels they cover")
     p.set_defaults(func=cmd_compile)

@@ -13,12 +13,14 @@ weights once) called by every layer. Two entry points call the blocks in order:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable
 
 import torch
 import tvm
 from torch import nn
 from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.relax.frontend.torch import from_exported_program
 
 from .contract import (ALL_EXITS, BLOCK_ATTR, EMBEDDINGS, EXIT, GROUP_ATTR, INPUT_NAMES, LAYER, LAYER_ATTR, MAIN,
@@ -46,11 +48,34 @@ class InputSpec:
     seq_len: int
 
 
+@mutator
+class _ClipTakes(PyExprMutator):
+    """`take` in "clip" mode, not the frontend's default "fast": the same rows for in-range ids, a
+    clamped read instead of one past the table for an out-of-range id (the Python API does not check ids
+    as the CLI does), and no "Fast mode segfaults" line logged by TVM's legalization for every lookup."""
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802 (visitor naming)
+        call = super().visit_call_(call)
+        if call.op.same_as(tvm.ir.Op.get("relax.take")) and call.attrs.mode == "fast":
+            return relax.op.take(call.args[0], call.args[1], call.attrs.axis, mode="clip")
+        return call
+
+
+def _translate(program: torch.export.ExportedProgram) -> relax.Function:
+    """TVM's Relax torch frontend on one exported block, its lookups clamped (`_ClipTakes`)."""
+    with warnings.catch_warnings():
+        # torch's own run_decompositions (called by the frontend) deep-copies pytree LeafSpecs, which
+        # torch itself deprecates: nothing of ours to fix.
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning)
+        mod = from_exported_program(program, unwrap_unit_return_tuple=True)
+    return _ClipTakes(mod).visit_expr(mod["main"])
+
+
 def _export_block(block: _Block, args: tuple[torch.Tensor, ...], name: str, attrs: dict[str, Any]) -> relax.Function:
     with torch.no_grad():
         program = torch.export.export(block.eval(), args)
-    func = from_exported_program(program, unwrap_unit_return_tuple=True)["main"]
-    return func.with_attrs({"global_symbol": name, BLOCK_ATTR: attrs.pop("block"), **attrs})
+    return _translate(program).with_attrs({"global_symbol": name, BLOCK_ATTR: attrs.pop("block"), **attrs})
 
 
 def import_model(model: EdgeBertForSequenceClassification, spec: InputSpec) -> tvm.IRModule:

@@ -13,7 +13,6 @@ from .contract import INPUT_NAMES
 from .errors import EdgeBertError
 
 
-
 def load_tokenizer(path: Path, seq_len: int) -> Tokenizer:
     """A fast tokenizer that truncates and pads every input to the compiled sequence length."""
     try:
@@ -26,6 +25,17 @@ def load_tokenizer(path: Path, seq_len: int) -> Tokenizer:
     )
     tokenizer.enable_truncation(max_length=seq_len)
     return tokenizer
+
+
+def check_texts(texts: Sequence[str]) -> None:
+    """Refuse text no model can read: empty, or not UTF-8 (a shell passes undecodable bytes as surrogates)."""
+    for number, text in enumerate(texts, start=1):
+        if not text.strip():
+            raise EdgeBertError(f"text {number} of {len(texts)} is empty")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise EdgeBertError(f"text {number} of {len(texts)} is not valid UTF-8") from None
 
 
 def encode(tokenizer: Tokenizer, texts: Sequence[str], pairs: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:
@@ -79,4 +89,7 @@ def check_inputs(arrays: dict[str, np.ndarray], seq_len: int, vocab_size: int, t
         if array.min() < 0 or array.max() >= limits[name]:
             raise EdgeBertError(f"{name} holds values outside [0, {limits[name]})")
         checked[name] = array.astype(np.int64)
+    blank = np.flatnonzero(checked["attention_mask"].sum(axis=1) == 0)
+    if blank.size:
+        raise EdgeBertError(f"attention_mask row {blank[0]} masks every token (nothing to attend to)")
     return checked

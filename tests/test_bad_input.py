@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tvm
+from safetensors.torch import load_file, save_file
 
 from edgebert_tvm import __version__, cli
 from edgebert_tvm.errors import InternalError
@@ -171,3 +172,163 @@ def test_fresh_process_reports_one_line(tmp_path):
 def test_eval_rejects_bad_thresholds(capsys):
     _fails_cleanly(capsys, "eval", "albert-tiny", "--thresholds", "0.1", "-1", match="finite number >= 0")
     _fails_cleanly(capsys, "eval", "albert-tiny", "--thresholds", "nan", match="finite number >= 0")
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("file, changes, match", [
+    ("edgebert.json", {"exit_thresholds": 0.3}, "exit_thresholds must be a list of numbers or null, got 0.3"),
+    ("edgebert.json", {"attention_spans": "all"}, "attention_spans must be a list of rows"),
+    ("config.json", {"hidden_size": "big"}, "invalid bert config"),
+    ("config.json", {"num_hidden_layers": -1}, "num_hidden_layers must be a positive integer"),
+    ("config.json", {"hidden_size": 10**9, "num_attention_heads": 1}, "GiB of weights; this machine has"),
+    ("config.json", {"num_attention_heads": 5}, "describes no valid model"),
+])
+def test_checkpoint_json_with_wrong_values(capsys, checkpoint_copy, tmp_path, file, changes, match):
+    if not (checkpoint_copy / file).exists():
+        (checkpoint_copy / file).write_text("{}")
+    _edit_json(checkpoint_copy / file, **changes)
+    err = _fails_cleanly(capsys, "compile", str(checkpoint_copy), "-o", str(tmp_path / "A"), match=match)
+    assert str(checkpoint_copy / file) in err
+    assert not (tmp_path / "A").exists()
+
+
+@pytest.mark.parametrize("contents, match", [(None, "no config.json"), ("{oops", "not valid JSON")])
+def test_config_json_missing_or_not_json(capsys, checkpoint_copy, tmp_path, contents, match):
+    config = checkpoint_copy / "config.json"
+    config.unlink() if contents is None else config.write_text(contents)
+    _fails_cleanly(capsys, "compile", str(checkpoint_copy), "-o", str(tmp_path / "A"), match=match)
+
+
+def test_safetensors_header_that_lies_about_sizes(capsys, checkpoint_copy, tmp_path):
+    path = checkpoint_copy / "model.safetensors"
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["data_offsets"][1] += 10**9  # claims a gigabyte the file does not hold
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + raw[8 + size:])
+    _fails_cleanly(capsys, "compile", str(checkpoint_copy), "-o", str(tmp_path / "A"), match="unreadable safetensors")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights(capsys, checkpoint_copy, tmp_path, value):
+    weights = load_file(checkpoint_copy / "model.safetensors")
+    name = next(k for k in weights if k.endswith("query.weight"))
+    weights[name][0, 0] = value
+    save_file(weights, checkpoint_copy / "model.safetensors")
+    _fails_cleanly(capsys, "compile", str(checkpoint_copy), "-o", str(tmp_path / "A"),
+                   match=f"weight {name} holds NaN or Inf")
+
+
+def test_corrupt_tokenizer_fails_at_load_not_at_first_sentence(capsys, checkpoint_copy, tmp_path):
+    (checkpoint_copy / "tokenizer.json").write_text("{garbage")
+    _fails_cleanly(capsys, "compile", str(checkpoint_copy), "-o", str(tmp_path / "A"), match="unreadable tokenizer")
+    assert not (tmp_path / "A").exists()
+
+
+def test_unknown_name_lists_the_built_ins(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fails_cleanly(capsys, "compile", "bert-huge", "-o", "A", match="not a built-in model (albert-base")
+
+
+@pytest.fixture
+def artifact_copy(tiny_artifact, tmp_path) -> Path:
+    copy = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact, copy)
+    return copy
+
+
+def _damage_metadata(directory: Path, **changes) -> None:
+    meta = json.loads((directory / "metadata.json").read_text())
+    for key, value in changes.items():
+        meta.pop(key) if value is None else meta.update({key: value})
+    (directory / "metadata.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda d: (d / "metadata.json").write_text("{bad"), "metadata.json: not valid JSON"),
+    (lambda d: _damage_metadata(d, format_version=99), "unsupported artifact format 99"),
+    (lambda d: _damage_metadata(d, input=None), "input.batch is missing"),
+    (lambda d: _damage_metadata(d, model={"source": "x"}), "model.num_layers is missing"),
+    (lambda d: (d / "model.so").write_bytes(b"\x7fELF truncated"), "model.so: cannot load library"),
+    (lambda d: (d / "model.so").unlink(), "not an artifact"),
+])
+def test_damaged_artifact(capsys, artifact_copy, damage, match):
+    damage(artifact_copy)
+    _fails_cleanly(capsys, "run", str(artifact_copy), "--inputs", "unused.npz", match=match)
+
+
+def test_corrupt_tokenizer_in_artifact(capsys, tiny_bert_dir, tmp_path):
+    artifact = tmp_path / "A"
+    assert cli.main(["compile", str(tiny_bert_dir), "-o", str(artifact), "--seq-len", "8"]) == 0
+    capsys.readouterr()
+    (artifact / "tokenizer.json").write_text("{bad")
+    _fails_cleanly(capsys, "run", str(artifact), "--text", "hello", match="tokenizer.json: unreadable tokenizer")
+
+
+@pytest.mark.parametrize("text, match", [("", "text 1 of 1 is empty"), ("   ", "text 1 of 1 is empty"),
+                                         ("caf\udce9", "text 1 of 1 is not valid UTF-8")])
+def test_unreadable_text(capsys, tiny_bert_artifact, text, match):
+    _fails_cleanly(capsys, "run", str(tiny_bert_artifact), "--text", text, match=match)
+
+
+def test_over_long_text_is_cut_with_a_note(capsys, tiny_bert_artifact):
+    assert cli.main(["run", str(tiny_bert_artifact), "--text", "a fine film " * 400, "short"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["edgebert-tvmc: note: text 1 is longer than the compiled 8 tokens; its end is cut off"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_artifact(tiny_bert_dir, tmp_path_factory) -> Path:
+    """The tiny BERT compiled at seq 8, with its tokenizer."""
+    out = tmp_path_factory.mktemp("bert-art") / "A"
+    assert cli.main(["compile", str(tiny_bert_dir), "-o", str(out), "--seq-len", "8"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("name, value, match", [
+    ("attention_mask", 3, "attention_mask holds values outside [0, 2)"),
+    ("attention_mask", 0, "attention_mask row 0 masks every token"),
+    ("token_type_ids", 5, "token_type_ids holds values outside [0, 2)"),
+    ("token_type_ids", -1, "token_type_ids holds values outside [0, 2)"),
+])
+def test_mask_and_token_types_out_of_range(capsys, tiny_artifact, tmp_path, name, value, match):
+    np.savez(tmp_path / "in.npz", input_ids=np.ones((2, 8), np.int64), **{name: np.full((2, 8), value, np.int64)})
+    _fails_cleanly(capsys, "run", str(tiny_artifact), "--inputs", str(tmp_path / "in.npz"), match=match)
+
+
+@pytest.mark.parametrize("contents, match", [
+    (b"", "is empty (no header row)"),
+    (b"sentence\tlabel\n", "no examples after the header row"),
+    (b"sentence\tlabel\ncaf\xe9 au lait\t1\n", "not UTF-8 text (byte 0xe9 at offset 18)"),
+])
+def test_unreadable_tsv(capsys, tiny_artifact, tmp_path, contents, match):
+    (tmp_path / "dev.tsv").write_bytes(contents)
+    _fails_cleanly(capsys, "eval", str(tiny_artifact), "--file", str(tmp_path / "dev.tsv"), match=match)
+
+
+def test_corrupt_tuning_record_file(capsys, tmp_path):
+    records = tmp_path / "tune"
+    records.mkdir()
+    (records / "database_workload.json").write_text("")
+    (records / "database_tuning_record.json").write_text("garbage\n")
+    _fails_cleanly(capsys, "compile", "albert-tiny", "-o", str(tmp_path / "A"), "--seq-len", "8",
+                   "--tuning-records", str(records), match="database_tuning_record.json:1: corrupt tuning database")
+
+
+@pytest.mark.parametrize("state", ['{"progress": [1]}', "{half", '{"progress": {"stage": 1, "step": 3}}'])
+def test_corrupt_training_state(capsys, tiny_bert_dir, tmp_path, state):
+    """A state a kill or another run left behind is named, never half-loaded or trained on top of."""
+    state_dir = tmp_path / ".out.train-state"
+    state_dir.mkdir()
+    (state_dir / "state.json").write_text(state)  # the last case has no state.safetensors beside it
+    _fails_cleanly(capsys, "train", "--backbone", str(tiny_bert_dir), "-o", str(tmp_path / "out"),
+                   "--max-examples", "64", match="corrupt training state")
+    assert not (tmp_path / "out").exists()

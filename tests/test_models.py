@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.models.checkpoint import load, load_directory
-from edgebert_tvm.models.config import EdgeBertConfig
+from edgebert_tvm.models.config import FIELD_TYPES, EdgeBertConfig
 from edgebert_tvm.models.modeling import EdgeBertForSequenceClassification, span_mask
 
 from .conftest import random_inputs, tiny_bert_config, torch_exits
@@ -88,6 +90,10 @@ def test_minilm_loads_bare_huggingface_layout():
 def test_edgebert_config_rejects_bad_values(bad):
     with pytest.raises(EdgeBertError):
         EdgeBertConfig.from_dict(bad)
+
+
+def test_every_edgebert_field_has_a_checked_type():
+    assert set(FIELD_TYPES) == {f.name for f in dataclasses.fields(EdgeBertConfig)} - {"extra"}
 
 
 def test_span_mask_is_the_same_for_a_shorter_padding():

@@ -21,6 +21,7 @@ from edgebert_tvm.target.registry import make_target
 from edgebert_tvm.target.cpu import unscheduled_functions
 from edgebert_tvm.target.cpu.sparse import (bsr_matmul, csr_matmul, masked_gather, to_bsr, to_csr,
                                             to_masked_table)
+from edgebert_tvm.target.cpu import sparse_cost
 from edgebert_tvm.target.cpu.sparse_cost import BSR_BLOCKS, CostModel, block_pruned, kind_name, load_cost_model
 from edgebert_tvm.training.config import parse_block
 from edgebert_tvm.training.pruning import PruningMask
@@ -161,6 +162,34 @@ def test_corrupt_cost_model_is_one_line_error(tmp_path, content):
     with pytest.raises(EdgeBertError, match="corrupt sparsity cost model") as info:
         load_cost_model(make_target("llvm"), path)
     assert "\n" not in str(info.value)
+
+
+def test_cost_model_cache_is_keyed_by_toolchain_and_cpu(monkeypatch):
+    """Timings from another TVM, LLVM or CPU are not reused: each names its own cache file."""
+    target = make_target("llvm")
+    key = sparse_cost.target_key(target)
+    assert key.startswith(f"llvm-{target.attrs['mcpu']}-") and key == sparse_cost.target_key(target)
+    monkeypatch.setattr(tvm, "__version__", "0.0.0")
+    assert sparse_cost.target_key(target) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(sparse_cost.codegen, "llvm_version_major", lambda: 1)
+    assert sparse_cost.target_key(target) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(sparse_cost, "describe_host", lambda: "another CPU")
+    assert sparse_cost.target_key(target) != key
+
+
+def test_calibration_fits_every_kind_and_is_cached(tmp_path, monkeypatch):
+    """A small calibration on this CPU: every kernel kind fitted, the fit written once and then reused."""
+    target = make_target("llvm")
+    small = sparse_cost.calibrate(target, shapes=((16, 64, 64), (16, 64, 128)), densities=(0.1, 0.9))
+    assert set(small.coefficients) == {"dense", "csr", *(kind_name(b) for b in BSR_BLOCKS)}
+    assert all(a >= 0 and b > 0 for a, b in small.coefficients.values())
+    monkeypatch.setattr(sparse_cost, "calibrate", lambda target: small)
+    path = tmp_path / "cost.json"
+    assert load_cost_model(target, path).coefficients == small.coefficients
+    monkeypatch.setattr(sparse_cost, "calibrate", lambda target: pytest.fail("calibrated again"))
+    assert load_cost_model(target, path).coefficients == {k: tuple(v) for k, v in small.coefficients.items()}
 
 
 def test_block_pruning_keeps_whole_blocks():

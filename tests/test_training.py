@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from edgebert_tvm import cli
 from edgebert_tvm.data import builtin_split, read_tsv, task_for
@@ -18,6 +20,7 @@ from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.training.config import DEFAULT_RECIPE, recipe_id
 from edgebert_tvm.training.pruning import cubic_sparsity, encoder_sparsity
 from edgebert_tvm.training.recipe import STATE_DIR, RecipeConfig, Trainer
+from edgebert_tvm.training.state import load_state, save_state
 
 TINY = dict(max_examples=200, batch_size=20, epochs=20, lr=3e-3, max_seq_len=32, sparsity=0.5, embedding_keep=0.5,
             offramp_epochs=2, offramp_lr=3e-3, save_every=25)
@@ -139,3 +142,15 @@ def test_default_checkpoint_is_never_built_silently(tmp_path, monkeypatch, capsy
     # The cache directory is named by the recipe: any changed setting names a new checkpoint.
     assert recipe_id(DEFAULT_RECIPE) == recipe_id(dataclasses.replace(DEFAULT_RECIPE))
     assert recipe_id(DEFAULT_RECIPE) != recipe_id(dataclasses.replace(DEFAULT_RECIPE, lr=DEFAULT_RECIPE.lr * 2))
+
+
+def test_tensors_and_progress_of_different_saves_are_refused(tmp_path):
+    """A kill between the state's two renames leaves new tensors beside old progress: caught at resume."""
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    save_state(tmp_path / "a", model, optimizer, {"stage": 1, "step": 25, "log": []})
+    save_state(tmp_path / "b", model, optimizer, {"stage": 1, "step": 50, "log": []})
+    assert load_state(tmp_path / "a", model, optimizer)["step"] == 25
+    shutil.copy(tmp_path / "b" / "state.safetensors", tmp_path / "a" / "state.safetensors")
+    with pytest.raises(EdgeBertError, match="corrupt training state .its tensors are from stage 1 step 50"):
+        load_state(tmp_path / "a", model, optimizer)

@@ -10,8 +10,9 @@ replayed default trace fails in IndexMap deserialization in TVM 0.27.)
 
 MetaSchedule appends one JSON line per workload and per measured schedule, so a run killed at any
 point leaves every record it had committed, plus at most one half-written last line (no newline).
-That line is the only damage tolerated: the tuner drops it before appending again, and compile
-ignores it. Anything else that does not parse is a corrupt database: one-line error, file untouched.
+That line is the only damage tolerated: the tuner drops it, with a warning line, before appending
+again, and compile ignores it. Anything else that does not parse is a corrupt database: one-line
+error, file untouched.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import tvm
@@ -187,6 +189,7 @@ def open_for_tuning(work_dir: Path) -> ms.database.JSONDatabase:
             with open(path, "r+b") as f:
                 f.truncate(text.rfind(b"\n") + 1)
                 os.fsync(f.fileno())
+            print(f"edgebert-tvmc: warning: {path}: dropped a half-written last record (a killed run)", file=sys.stderr)
     return ms.database.JSONDatabase(work_dir=str(work_dir), allow_missing=True)
 
 

@@ -52,8 +52,22 @@ def read_tsv(path: Path, task: Task, limit: int | None = None) -> list[Example]:
     """Read a GLUE TSV with a header row (QUOTE_NONE: GLUE text holds bare quotes)."""
     if not path.is_file():
         raise EdgeBertError(f"{path}: no such TSV file")
+    try:
+        examples = _read_examples(path, task, limit)
+    except UnicodeDecodeError as err:
+        raise EdgeBertError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})") from None
+    except csv.Error as err:
+        raise EdgeBertError(f"{path}: not a readable TSV file ({err})") from None
+    if not examples:
+        raise EdgeBertError(f"{path}: no examples after the header row")
+    return examples
+
+
+def _read_examples(path: Path, task: Task, limit: int | None) -> list[Example]:
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if reader.fieldnames is None:
+            raise EdgeBertError(f"{path}: is empty (no header row)")
         needed = [*task.text_columns, task.label_column]
         missing = [c for c in needed if c not in (reader.fieldnames or [])]
         if missing:

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
+
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 from transformers import PretrainedConfig
 
 from ..errors import EdgeBertError
 from ..fileio import atomic_directory
 from .architectures import architecture_for
-from .builtins import BUILTIN_CONFIGS, BUILTIN_DIRS
+from .builtins import BUILTIN_CONFIGS, BUILTIN_DIRS, BUILTIN_NAMES
 from .config import EdgeBertConfig
 from .modeling import EdgeBertForSequenceClassification, init_offramps_from_pooler
 
@@ -28,6 +32,8 @@ WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
 INIT_SEED = 0
+SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+               "max_position_embeddings", "type_vocab_size", "embedding_size")
 
 
 @dataclasses.dataclass
@@ -49,6 +55,8 @@ def load(name_or_dir: str | Path, edgebert: EdgeBertConfig | None = None) -> Che
             init_offramps_from_pooler(model)
         return Checkpoint(model.eval(), name, None)
     directory = BUILTIN_DIRS[name]() if name in BUILTIN_DIRS else Path(name_or_dir)
+    if not directory.exists() and len(directory.parts) == 1:  # a bare word: most likely a mistyped built-in
+        raise EdgeBertError(f"{name}: not a built-in model ({', '.join(BUILTIN_NAMES)}) nor a checkpoint directory")
     checkpoint = load_directory(directory, edgebert)
     if name in BUILTIN_DIRS:
         checkpoint.source = name
@@ -65,11 +73,33 @@ def _read_backbone_config(directory: Path) -> PretrainedConfig:
         raise EdgeBertError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict) or "model_type" not in data:
         raise EdgeBertError(f"{path}: no model_type")
-    arch = architecture_for(data["model_type"])
     try:
-        return arch.config_class.from_dict(data)
-    except (TypeError, ValueError) as err:
-        raise EdgeBertError(f"{path}: invalid {arch.model_type} config ({err})") from None
+        arch = architecture_for(data["model_type"])
+    except EdgeBertError as err:
+        raise EdgeBertError(f"{path}: {err}") from None
+    try:
+        config = arch.config_class.from_dict(data)
+    except (TypeError, ValueError, StrictDataclassError) as err:
+        raise EdgeBertError(f"{path}: invalid {arch.model_type} config ({' '.join(str(err).split())})") from None
+    for name in SIZE_FIELDS:
+        value = getattr(config, name, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise EdgeBertError(f"{path}: {name} must be a positive integer, got {value!r}")
+    return config
+
+
+def _check_fits_in_memory(config: PretrainedConfig, edgebert: EdgeBertConfig, path: Path) -> None:
+    """Build the model on the meta device (no memory) to count its parameters before allocating them."""
+    try:
+        with torch.device("meta"):
+            shape = EdgeBertForSequenceClassification(config, edgebert)
+    except (RuntimeError, ValueError) as err:
+        raise EdgeBertError(f"{path}: the config describes no valid model ({' '.join(str(err).split())})") from None
+    need = sum(p.numel() * p.element_size() for p in shape.parameters())
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise EdgeBertError(f"{path}: the model needs {need / 2**30:.1f} GiB of weights; this machine has "
+                            f"{have / 2**30:.1f} GiB of memory")
 
 
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -83,9 +113,25 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
             )
         raise EdgeBertError(f"{directory}: no {WEIGHTS_NAME}")
     try:
-        return load_file(path)
+        weights = load_file(path)
     except (SafetensorError, OSError, ValueError) as err:
         raise EdgeBertError(f"{path}: unreadable safetensors file ({err})") from None
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise EdgeBertError(f"{path}: weight {name} holds NaN or Inf")
+    return weights
+
+
+def _tokenizer_dir(directory: Path) -> Path | None:
+    """The directory itself if it holds a tokenizer.json that loads (checked now, not at the first sentence)."""
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises plain Exception for unreadable files
+        raise EdgeBertError(f"{path}: unreadable tokenizer ({' '.join(str(err).split())})") from None
+    return directory
 
 
 def _to_model_keys(weights: dict[str, torch.Tensor], model: EdgeBertForSequenceClassification) -> dict[str, torch.Tensor]:
@@ -115,6 +161,7 @@ def load_directory(directory: Path, edgebert: EdgeBertConfig | None = None) -> C
     config = _read_backbone_config(directory)
     new_heads = edgebert is not None  # the caller asks for its own exits (a new task): fresh heads
     edgebert = edgebert or EdgeBertConfig.load(directory)
+    _check_fits_in_memory(config, edgebert, directory / "config.json")
     weights = _read_weights(directory)
     with torch.random.fork_rng():
         torch.manual_seed(INIT_SEED)
@@ -135,8 +182,7 @@ def load_directory(directory: Path, edgebert: EdgeBertConfig | None = None) -> C
         raise EdgeBertError(f"{directory / WEIGHTS_NAME}: weights do not fit the config ({first})") from None
     if not any(k.startswith("offramps.") for k in state):
         init_offramps_from_pooler(model)
-    tokenizer_dir = directory if (directory / "tokenizer.json").is_file() else None
-    return Checkpoint(model.eval(), str(directory), tokenizer_dir)
+    return Checkpoint(model.eval(), str(directory), _tokenizer_dir(directory))
 
 
 def save(checkpoint: Checkpoint, directory: Path) -> None:

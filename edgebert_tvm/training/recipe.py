@@ -36,6 +36,7 @@ from ..errors import EdgeBertError
 from ..models.builtins import default_checkpoint_built, default_checkpoint_dir
 from ..models.checkpoint import Checkpoint, load, save
 from ..models.config import EdgeBertConfig
+from ..models.modeling import EdgeBertForSequenceClassification
 from .batches import batches, batches_by_length, encode_examples, num_batches
 from .config import DEFAULT_RECIPE, RecipeConfig, parse_block
 from .pruning import EncoderPruner, cubic_sparsity, encoder_sparsity, prune_embeddings
@@ -121,6 +122,27 @@ def _loss_summary(log: list[dict[str, Any]], window: int = 20) -> dict[str, floa
     return summary
 
 
+def _check_positions(model: EdgeBertForSequenceClassification, seq_len: int, name: str) -> None:
+    """Before training, not at the calibration after it: sentences padded to `seq_len` need that many positions."""
+    positions = model.config.max_position_embeddings
+    if seq_len > positions:
+        raise EdgeBertError(f"{name}: --max-seq-len {seq_len} exceeds its {positions} position embeddings")
+
+
+def _load_teacher(name: str, student: EdgeBertForSequenceClassification,
+                  task: Task) -> EdgeBertForSequenceClassification:
+    """The teacher scores the student's token ids and the task's labels: checked before any step runs."""
+    teacher = load(name).model.eval()
+    if teacher.edgebert.num_labels != len(task.labels):
+        raise EdgeBertError(f"--teacher {name}: has {teacher.edgebert.num_labels} labels; task {task.name} has "
+                            f"{len(task.labels)}")
+    if teacher.config.vocab_size != student.config.vocab_size:
+        raise EdgeBertError(f"--teacher {name}: has a vocabulary of {teacher.config.vocab_size} tokens; the "
+                            f"student's has {student.config.vocab_size} (distillation needs the same tokenizer)")
+    _check_positions(teacher, student.edgebert.seq_len, f"--teacher {name}")
+    return teacher
+
+
 class Trainer:
     """Runs the recipe for one output directory; `run()` resumes if that directory has a saved state."""
 
@@ -135,6 +157,7 @@ class Trainer:
                                   span_ramp=config.span_ramp, task=self.task.name, seq_len=config.max_seq_len)
         self.checkpoint = load(config.backbone, edgebert)
         self.model = self.checkpoint.model
+        _check_positions(self.model, config.max_seq_len, config.backbone)
         if config.spans:
             self.model.enable_spans()
         if self.checkpoint.tokenizer_dir is None:
@@ -142,7 +165,7 @@ class Trainer:
         self.tokenizer = self.checkpoint.tokenizer_dir / "tokenizer.json"
         train, self.held_out = _split_examples(config, self.task)
         self.data = encode_examples(Tokenizer.from_file(str(self.tokenizer)), train, config.max_seq_len)
-        self.teacher = load(config.teacher).model.eval() if config.teacher else None
+        self.teacher = _load_teacher(config.teacher, self.model, self.task) if config.teacher else None
         self.pruner = (EncoderPruner(self.model, config.pruning, parse_block(config.pruning_block))
                        if config.pruning != "none" else None)
         self.log: list[dict[str, Any]] = []

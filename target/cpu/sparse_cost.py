@@ -4,13 +4,15 @@ Each kernel kind (dense, CSR, BSR per block shape) is timed on two encoder shape
 densities, and fitted as time = a * M (K + N) + b * (multiply-adds it performs): `a` covers the
 per-row work that does not shrink with sparsity (CSR's transposes, writing Y), `b` the cost of one
 multiply-add. A BSR kernel performs M x (kept blocks x block size) multiply-adds, CSR M x nnz,
-dense M x N x K. The fit is stored as JSON keyed by the target's name in the cache directory
-($EDGEBERT_TVM_CACHE or ~/.cache/edgebert-tvm) and computed on first use (about half a minute on an idle machine).
+dense M x N x K. The fit is stored as JSON in the cache directory ($EDGEBERT_TVM_CACHE or
+~/.cache/edgebert-tvm), keyed by what the timings depend on (the target, this CPU, the TVM and LLVM
+that built the kernels), and computed on first use (about half a minute on an idle machine).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -20,10 +22,12 @@ import numpy as np
 import tvm
 from tqdm import tqdm
 from tvm import relax
+from tvm.target import codegen
 
 from ...errors import EdgeBertError
 from ...fileio import cache_dir, write_json_atomic
 from ..targets import lowering_pipeline
+from .host import describe_host
 from .sparse import bsr_matmul, csr_matmul, to_bsr, to_csr
 
 BSR_BLOCKS = ((32, 32), (16, 16), (16, 1))
@@ -50,8 +54,11 @@ class CostModel:
 
 
 def target_key(target: tvm.target.Target) -> str:
-    """A file-name-safe name for the target: its CPU and thread count."""
-    return f"{target.kind.name}-{target.attrs.get('mcpu', 'generic')}-{int(target.attrs.get('num-cores', 0))}c"
+    """A file-name-safe name for the timings' circumstances: the target's CPU and thread count in words,
+    then a digest of the full target, this CPU, and the TVM and LLVM versions that built the kernels."""
+    identity = json.dumps([str(target), describe_host(), tvm.__version__, codegen.llvm_version_major()])
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
+    return f"{target.kind.name}-{target.attrs.get('mcpu', 'generic')}-{int(target.attrs.get('num-cores', 0))}c-{digest}"
 
 
 def cost_model_path(target: tvm.target.Target) -> Path:
@@ -137,13 +144,14 @@ def block_pruned(rng: np.random.Generator, shape: tuple[int, int], block: tuple[
     return weight * np.repeat(np.repeat(keep, block[0], 0), block[1], 1)
 
 
-def calibrate(target: tvm.target.Target) -> CostModel:
-    """Time every kernel kind on the calibration shapes and densities; least-squares fit."""
+def calibrate(target: tvm.target.Target, shapes: tuple[tuple[int, int, int], ...] = CALIBRATION_SHAPES,
+              densities: tuple[float, ...] = CALIBRATION_DENSITIES) -> CostModel:
+    """Time every kernel kind on the calibration shapes (M, K, N) and densities; least-squares fit."""
     rng = np.random.default_rng(0)
     kinds: list[tuple[int, int] | None] = [None, *BSR_BLOCKS]
     points: dict[str, list[tuple[float, float, float]]] = {"dense": []}
-    work = [(shape, block, d) for shape in CALIBRATION_SHAPES for block in kinds for d in CALIBRATION_DENSITIES]
-    for m, k, n in tqdm(CALIBRATION_SHAPES, desc="sparsity cost model: dense", leave=False):
+    work = [(shape, block, d) for shape in shapes for block in kinds for d in densities]
+    for m, k, n in tqdm(shapes, desc="sparsity cost model: dense", leave=False):
         x = rng.standard_normal((m, k)).astype("float32")
         seconds = _best_seconds(dense_runner(x, rng.standard_normal((n, k)).astype("float32"), target))
         points["dense"].append((m * (k + n), m * n * k, seconds))
