@@ -37,8 +37,8 @@ METADATA_NAME = "metadata.json"
 TOKENIZER_NAME = "tokenizer.json"
 FORMAT_VERSION = 1
 # The metadata fields loading and running read: anything else is informational.
-REQUIRED_METADATA = {"model": ("source", "num_layers", "vocab_size", "type_vocab_size"), "input": ("batch", "seq_len"),
-                     "target": ("name",)}
+REQUIRED_METADATA = {"model": ("source", "num_layers", "num_labels", "vocab_size", "type_vocab_size"),
+                     "input": ("batch", "seq_len"), "target": ("name",)}
 
 
 def _versions() -> dict[str, str]:

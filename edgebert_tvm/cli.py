@@ -21,7 +21,7 @@ import numpy as np
 from . import __version__
 from .artifact import Artifact, write_artifact
 from .compiler import CompileOptions, compile_model
-from .data import builtin_split, read_tsv, task_for
+from .data import Task, builtin_split, read_tsv, task_for
 from .demo import run_demo
 from .errors import EdgeBertError, InternalError
 from .evaluate import artifact_all_exits, entropy, evaluate_exits, format_table, plot_accuracy_vs_depth
@@ -233,6 +233,12 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"trained in {extra['train_seconds'] / 60:.1f} min")
 
 
+def _check_labels(model: str, num_labels: int, task: Task) -> None:
+    """An accuracy is only meaningful if the model's classes are the task's."""
+    if num_labels != len(task.labels):
+        raise EdgeBertError(f"{model}: has {num_labels} labels; task {task.name} has {len(task.labels)}")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     for threshold in args.thresholds:
         if not math.isfinite(threshold) or threshold < 0:
@@ -241,11 +247,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     path = Path(args.file) if args.file else builtin_split(task, "dev")
     examples = read_tsv(path, task, limit=args.limit)
     if (Path(args.model) / "metadata.json").is_file():
-        logits = artifact_all_exits(Artifact.load(Path(args.model)), examples)
+        artifact = Artifact.load(Path(args.model))
+        _check_labels(args.model, artifact.metadata["model"]["num_labels"], task)
+        logits = artifact_all_exits(artifact, examples)
     else:
         checkpoint = load(args.model)
         if checkpoint.tokenizer_dir is None:
             raise EdgeBertError(f"{args.model}: has no tokenizer; it cannot read a task's text")
+        _check_labels(args.model, checkpoint.model.edgebert.num_labels, task)
         logits = torch_all_exits(checkpoint.model, checkpoint.tokenizer_dir / "tokenizer.json", examples, args.seq_len)
     labels = np.array([e.label for e in examples])
     results = evaluate_exits(logits, labels, args.thresholds)

@@ -178,6 +178,21 @@ def atomic_directory(target: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: Path, doing: str, wait: bool) -> Iterator[None]:
+    """Hold an flock on `path` for the block, so one process at a time is `doing` it; a process that
+    does not wait gets one line naming what holds it. Waiters find the lock file where it was."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise EdgeBertError(f"{path.parent}: another process is {doing} (it holds {path.name})") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a flushed temporary file in the same directory, then rename."""
     parent = path.parent if str(path.parent) else Path(".")

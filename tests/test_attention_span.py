@@ -84,6 +84,7 @@ def test_plan_has_dead_partial_and_full_heads(tiny_bert_dir):
     assert {g.first_key for g in groups} >= {0} and max(g.first_key for g in groups) > 0
 
 
+@pytest.mark.real_model
 def test_minilm_random_spans_match_pytorch(minilm_dir):
     torch.manual_seed(0)
     model = load(minilm_dir).model

@@ -332,3 +332,9 @@ def test_corrupt_training_state(capsys, tiny_bert_dir, tmp_path, state):
     _fails_cleanly(capsys, "train", "--backbone", str(tiny_bert_dir), "-o", str(tmp_path / "out"),
                    "--max-examples", "64", match="corrupt training state")
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_of_a_model_with_other_labels_than_the_task(capsys, tiny_bert_dir, tiny_bert_artifact):
+    """The tiny BERT has 3 labels: an accuracy on 2-label SST-2 would mean nothing."""
+    for model in (tiny_bert_dir, tiny_bert_artifact):
+        _fails_cleanly(capsys, "eval", str(model), "--limit", "4", match="has 3 labels; task sst2 has 2")

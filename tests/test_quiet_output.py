@@ -6,9 +6,18 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import numpy as np
+import pytest
+import torch
 
 from edgebert_tvm.artifact import Artifact
+from edgebert_tvm.models.checkpoint import Checkpoint, save
+from edgebert_tvm.models.config import EdgeBertConfig
+from edgebert_tvm.models.modeling import EdgeBertForSequenceClassification
+
+from .conftest import tiny_bert_config
 
 # compile, run and eval of a tiny checkpoint, in one fresh interpreter (one import of torch and TVM)
 JOBS = """
@@ -21,9 +30,18 @@ sys.exit(cli.main(["compile", ckpt, "--seq-len", "16", "--exit-threshold", "0.5"
 """
 
 
-def test_cli_jobs_print_no_library_warnings(tiny_bert_dir, tmp_path):
+@pytest.fixture
+def tiny_sst2_dir(tmp_path, minilm_dir) -> Path:
+    """A tiny random BERT with SST-2's two labels (so `eval` on SST-2 applies) and MiniLM's tokenizer."""
+    torch.manual_seed(2)
+    model = EdgeBertForSequenceClassification(tiny_bert_config(), EdgeBertConfig(num_labels=2)).eval()
+    save(Checkpoint(model, "tiny-sst2", minilm_dir), tmp_path / "tiny-sst2")
+    return tmp_path / "tiny-sst2"
+
+
+def test_cli_jobs_print_no_library_warnings(tiny_sst2_dir, tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "default"}  # every warning shown, as a user's shell may have it
-    proc = subprocess.run([sys.executable, "-c", JOBS, str(tiny_bert_dir), str(tmp_path / "A")], env=env,
+    proc = subprocess.run([sys.executable, "-c", JOBS, str(tiny_sst2_dir), str(tmp_path / "A")], env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "'a fine film': class" in proc.stdout and "full depth" in proc.stdout

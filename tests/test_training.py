@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,10 @@ from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.training.config import DEFAULT_RECIPE, recipe_id
 from edgebert_tvm.training.pruning import cubic_sparsity, encoder_sparsity
-from edgebert_tvm.training.recipe import STATE_DIR, RecipeConfig, Trainer
+from edgebert_tvm.fileio import exclusive_lock
+from edgebert_tvm.models.builtins import default_checkpoint_dir
+from edgebert_tvm.training import recipe
+from edgebert_tvm.training.recipe import STATE_DIR, RecipeConfig, Trainer, build_default_checkpoint
 from edgebert_tvm.training.state import load_state, save_state
 
 TINY = dict(max_examples=200, batch_size=20, epochs=20, lr=3e-3, max_seq_len=32, sparsity=0.5, embedding_keep=0.5,
@@ -154,3 +159,33 @@ def test_tensors_and_progress_of_different_saves_are_refused(tmp_path):
     shutil.copy(tmp_path / "b" / "state.safetensors", tmp_path / "a" / "state.safetensors")
     with pytest.raises(EdgeBertError, match="corrupt training state .its tensors are from stage 1 step 50"):
         load_state(tmp_path / "a", model, optimizer)
+
+
+def test_two_trainers_of_one_output_do_not_share_its_state(capsys, tiny_bert_dir, tmp_path):
+    """They would resume from and save into the same `.out.train-state`: the second is refused."""
+    with exclusive_lock(tmp_path / ".out.train.lock", "training out", wait=False):
+        assert cli.main(["train", "--backbone", str(tiny_bert_dir), "-o", str(tmp_path / "out"),
+                         "--max-examples", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"edgebert-tvmc: error: {tmp_path}: another process is training out (it holds .out.train.lock)"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_second_default_build_waits_for_the_first_and_reuses_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEBERT_TVM_CACHE", str(tmp_path))
+    directory = default_checkpoint_dir()
+    holding = threading.Event()
+
+    def first_build() -> None:
+        with exclusive_lock(tmp_path / f".{directory.name}.build.lock", "building it", wait=True):
+            holding.set()
+            time.sleep(0.5)
+            directory.mkdir()
+            (directory / "model.safetensors").write_bytes(b"")
+
+    builder = threading.Thread(target=first_build)
+    builder.start()
+    holding.wait()
+    monkeypatch.setattr(recipe, "Trainer", lambda *args: pytest.fail("the default checkpoint was built twice"))
+    assert build_default_checkpoint() == directory
+    builder.join()

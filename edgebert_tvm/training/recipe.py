@@ -33,6 +33,7 @@ from ..evaluate import evaluate_exits
 from ..models.inference import torch_all_exits
 from ..exit_predictor import ExitPredictor, build_predictor
 from ..errors import EdgeBertError
+from ..fileio import exclusive_lock
 from ..models.builtins import default_checkpoint_built, default_checkpoint_dir
 from ..models.checkpoint import Checkpoint, load, save
 from ..models.config import EdgeBertConfig
@@ -285,6 +286,13 @@ class Trainer:
             group["lr"] = lr
 
     def run(self) -> Checkpoint:
+        """Train (resuming a saved state) and save the checkpoint; one trainer per output at a time,
+        since two would resume from and save into the same state."""
+        lock = self.output.parent / f".{self.output.name}.train.lock"
+        with exclusive_lock(lock, f"training {self.output.name}", wait=False):
+            return self._run()
+
+    def _run(self) -> Checkpoint:
         started = time.perf_counter()
         progress = read_progress(self.state_dir) or {}
         if progress:
@@ -332,11 +340,12 @@ DEFAULT_BUILD_MINUTES = 12  # measured on 2 cores (AMD EPYC, idle machine); the 
 
 def build_default_checkpoint() -> Path:
     """Train the built-in `edgebert-sst2` into the cache, saying so first (it takes minutes); resumable,
-    and a no-op when it is already built."""
+    a no-op when it is already built, and one build at a time (a second waits, then finds it built)."""
     directory = default_checkpoint_dir()
-    if not default_checkpoint_built():
-        print(f"building the default checkpoint edgebert-sst2 once (about {DEFAULT_BUILD_MINUTES} minutes on 2 cores; "
-              f"an interrupted build resumes) -> {directory}", flush=True)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        Trainer(DEFAULT_RECIPE, directory).run()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(directory.parent / f".{directory.name}.build.lock", "building it", wait=True):
+        if not default_checkpoint_built():
+            print(f"building the default checkpoint edgebert-sst2 once (about {DEFAULT_BUILD_MINUTES} minutes on 2 "
+                  f"cores; an interrupted build resumes) -> {directory}", flush=True)
+            Trainer(DEFAULT_RECIPE, directory).run()
     return directory
