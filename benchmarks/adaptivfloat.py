@@ -21,7 +21,7 @@ import tvm
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import INPUT_ORDER, median, set_threads, time_interleaved  # noqa: E402
+from harness import INPUT_ORDER, machine, median, set_threads, time_interleaved  # noqa: E402
 
 from edgebert_tvm.artifact import Artifact, write_artifact  # noqa: E402
 from edgebert_tvm.compiler import CompileOptions, compile_model  # noqa: E402
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/adaptivfloat.json")
     args = parser.parse_args()
     set_threads(args.threads)
+    print(f"machine: {machine(args.threads)}", flush=True)
 
     checkpoint = load(args.model)
     seq_len = checkpoint.model.edgebert.seq_len or 128

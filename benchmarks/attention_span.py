@@ -23,7 +23,7 @@ from tvm import relax
 sys.path.insert(0, str(Path(__file__).parent))
 
 from flops import matmul_flops
-from harness import INPUT_ORDER, median, set_threads, time_interleaved
+from harness import INPUT_ORDER, machine, median, set_threads, time_interleaved
 
 from edgebert_tvm.compiler import CompileOptions, compile_model, graph_module
 from edgebert_tvm.data import builtin_split, read_tsv, task_for
@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/attention_span.json")
     args = parser.parse_args()
     set_threads(args.threads)
+    print(f"machine: {machine(args.threads)}", flush=True)
 
     checkpoint = load(args.model)
     task = task_for(checkpoint.model.edgebert.task or "sst2")

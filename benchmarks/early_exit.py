@@ -25,7 +25,7 @@ from tvm import relax
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import INPUT_ORDER, SETTLE_S, Deployed, ort_session, set_threads  # noqa: E402
+from harness import INPUT_ORDER, SETTLE_S, Deployed, machine, ort_session, set_threads  # noqa: E402
 
 from edgebert_tvm.compiler import CompileOptions, compile_model  # noqa: E402
 from edgebert_tvm.data import builtin_split, read_tsv, task_for  # noqa: E402
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/early_exit.json")
     args = parser.parse_args()
     set_threads(args.threads)
+    print(f"machine: {machine(args.threads)}", flush=True)
 
     checkpoint = load(args.model)
     model, edgebert = checkpoint.model, checkpoint.model.edgebert

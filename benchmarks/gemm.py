@@ -1,4 +1,5 @@
-"""GEMM micro-benchmark on the encoder shapes: achieved GFLOP/s of edgebert-tvm, PyTorch and ORT.
+"""GEMM micro-benchmark on the encoder shapes: achieved GFLOP/s of edgebert-tvm, PyTorch and ORT, and
+each one's fraction of this CPU's theoretical fp32 peak (target/cpu/host.py:fp32_peak).
 
 Each is `x @ W + b` with W a constant weight, the way the encoder's dense layers run; ours goes
 through the same pipeline as a whole model (graph clean-up, fusion, default schedules).
@@ -18,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import median, time_interleaved  # noqa: E402
 
+from edgebert_tvm.target.cpu.host import host_fp32_peak  # noqa: E402
 from edgebert_tvm.target.targets import lowering_pipeline  # noqa: E402
 from edgebert_tvm.target.registry import make_target  # noqa: E402
 
@@ -61,7 +63,9 @@ def _ort(x: np.ndarray, w: np.ndarray, b: np.ndarray, threads: int):
 def gemm_benchmark(threads: int, rounds: int) -> list[dict]:
     rng = np.random.default_rng(0)
     results = []
-    print(f"\n{'M x K x N':>18s} {'edgebert-tvm':>14s} {'pytorch':>10s} {'onnxruntime':>12s} {'ours/torch':>11s}  (GFLOP/s)")
+    peak = host_fp32_peak(threads)
+    print(f"\nGEMMs, GFLOP/s and (in brackets) the fraction of this CPU's {peak}")
+    print(f"{'M x K x N':>18s} {'edgebert-tvm':>16s} {'pytorch':>16s} {'onnxruntime':>16s} {'ours/torch':>11s} {'ours/ORT':>9s}")
     for m, k, n in SHAPES:
         x, w, b = (rng.standard_normal(s, dtype=np.float32) for s in ((m, k), (k, n), (n,)))
         xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
@@ -76,7 +80,8 @@ def gemm_benchmark(threads: int, rounds: int) -> list[dict]:
         times = time_interleaved(runners, rounds)
         gflops = {name: 2 * m * k * n / (median(t) * 1e-3) / 1e9 for name, t in times.items()}
         ratio = gflops["edgebert-tvm"] / gflops["pytorch"]
-        print(f"{f'{m} x {k} x {n}':>18s} {gflops['edgebert-tvm']:14.1f} {gflops['pytorch']:10.1f} "
-              f"{gflops['onnxruntime']:12.1f} {ratio:10.2f}x")
-        results.append({"shape": [m, k, n], "gflops": gflops, "ours_over_torch": ratio})
+        cells = "".join(f"{g:9.1f} ({g / peak.gflops:4.0%})" for g in gflops.values())
+        print(f"{f'{m} x {k} x {n}':>18s} {cells} {ratio:10.2f}x {gflops['edgebert-tvm'] / gflops['onnxruntime']:8.2f}x")
+        fraction = {peer: g / peak.gflops for peer, g in gflops.items()}
+        results.append({"shape": [m, k, n], "gflops": gflops, "fraction_of_peak": fraction, "ours_over_torch": ratio})
     return results

@@ -23,6 +23,7 @@ from tvm import relax
 from edgebert_tvm.compiler import CompileOptions, compile_model
 from edgebert_tvm.importer import InputSpec, import_model
 from edgebert_tvm.models.checkpoint import Checkpoint
+from edgebert_tvm.target.cpu.host import describe_host, host_fp32_peak
 from edgebert_tvm.target.registry import make_target
 
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
@@ -47,6 +48,11 @@ def set_threads(threads: int) -> None:
     """One thread count for every peer (TVM reads TVM_NUM_THREADS when its pool starts)."""
     os.environ["TVM_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
+
+
+def machine(threads: int) -> str:
+    """The CPU every number of a run comes from: its model, LLVM's name, ISA flags and fp32 peak."""
+    return f"{describe_host()}; {host_fp32_peak(threads)}"
 
 
 def make_inputs(batch: int, seq_len: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:

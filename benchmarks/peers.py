@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import (  # noqa: E402
     Deployed,
     edgebert_tvm_runner,
+    machine,
     make_inputs,
     median,
     ort_runner,
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/peers.json")
     args = parser.parse_args()
     set_threads(args.threads)
+    print(f"machine: {machine(args.threads)}", flush=True)
 
     results = []
     for name in args.models:
@@ -109,7 +110,7 @@ def main() -> None:
     gemms = [] if args.skip_gemm else gemm_benchmark(args.threads, args.rounds * 4)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads,
+    out.write_text(json.dumps({"machine": machine(args.threads), "threads": args.threads,
                                "models": results, "gemm": gemms}, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -28,7 +28,7 @@ from tvm import relax
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import INPUT_ORDER, make_inputs, median, set_threads, time_interleaved, torch_runner  # noqa: E402
+from harness import INPUT_ORDER, machine, make_inputs, median, set_threads, time_interleaved, torch_runner  # noqa: E402
 
 from edgebert_tvm.fileio import write_json_atomic  # noqa: E402
 from edgebert_tvm.compiler import CompileOptions, compile_model, constant_bytes  # noqa: E402
@@ -234,6 +234,7 @@ def main() -> None:
     parser.add_argument("--plot", default=str(RESULTS / "sparsity.png"))
     args = parser.parse_args()
     set_threads(args.threads)
+    print(f"machine: {machine(args.threads)}", flush=True)
     path = Path(args.json)
     results: dict = json.loads(path.read_text()) if path.exists() else {}  # parts run separately accumulate
     results.update({"threads": args.threads, "rounds": args.rounds})

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import Deployed, edgebert_tvm_runner, make_inputs, median, ort_runner, set_threads, time_interleaved, torch_runner  # noqa: E402
+from harness import Deployed, edgebert_tvm_runner, machine, make_inputs, median, ort_runner, set_threads, time_interleaved, torch_runner  # noqa: E402
 
 from edgebert_tvm.models.checkpoint import load  # noqa: E402
 
@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/tuned.json")
     args = parser.parse_args()
     set_threads(args.threads)
+    print(f"machine: {machine(args.threads)}", flush=True)
     results = []
     for spec in args.run:
         name, seq, directory = spec.split(":", 2)

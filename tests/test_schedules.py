@@ -13,6 +13,7 @@ from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.passes.canonicalize import Canonicalize
 from edgebert_tvm.target.registry import make_target
 from edgebert_tvm.target.cpu import unscheduled_functions
+from edgebert_tvm.target.cpu.host import fp32_peak
 
 
 def _lower(mod: tvm.IRModule) -> tvm.IRModule:
@@ -123,3 +124,17 @@ def test_constant_weights_are_packed_at_compile_time():
         if isinstance(e, tvm.ir.expr.Constant) and isinstance(e.value, tvm.runtime.Tensor) else None)
     width = 2 * vector_lanes(make_target("llvm"))
     assert (256 // width, 64, width) in shapes and (64, 256) not in shapes
+
+
+@pytest.mark.parametrize("flags, mcpu, lanes, pipes, gflops", [
+    ({"avx2", "fma"}, "znver3", 8, 2, 156.8),  # 2 cores at 2.45 GHz: the AMD EPYC znver3 the project met
+    ({"avx512f", "avx2", "fma"}, "znver4", 8, 2, 156.8),  # Zen 4: AVX-512 on 256-bit pipes
+    ({"avx512f", "avx2", "fma"}, "znver5", 16, 2, 313.6),
+    ({"avx512f", "avx2", "fma"}, "sapphirerapids", 16, 2, 313.6),
+    ({"sse4_2"}, "nehalem", 4, 1, 39.2),
+])
+def test_fp32_peak_follows_the_isa(flags, mcpu, lanes, pipes, gflops):
+    peak = fp32_peak(2, 2.45, flags, mcpu)
+    assert (peak.lanes, peak.fma_pipes) == (lanes, pipes)
+    assert peak.gflops == pytest.approx(gflops)
+    assert f"{round(gflops)} GFLOP/s" in str(peak)

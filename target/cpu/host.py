@@ -1,7 +1,9 @@
-"""What CPU this is, in words a benchmark can print: its model name, LLVM's name for it, and its vector ISA."""
+"""What CPU this is, in words a benchmark can print: its model name, LLVM's name for it, its vector ISA,
+and its theoretical fp32 peak (what a kernel's GFLOP/s is a fraction of)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -54,3 +56,49 @@ def describe_host() -> str:
     isa = " ".join(f for f in ISA_FLAGS if f in flags) or "no vector ISA flags found"
     name = info.get("model name") or info.get("Hardware") or "unknown CPU"
     return f"{name} (LLVM {codegen.llvm_get_system_cpu()}; {isa})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Fp32Peak:
+    """cores x clock x FMA pipes x fp32 lanes per pipe x 2 (an FMA is two FLOPs)."""
+
+    cores: int
+    ghz: float
+    fma_pipes: int
+    lanes: int
+
+    @property
+    def gflops(self) -> float:
+        return self.cores * self.ghz * self.fma_pipes * self.lanes * 2
+
+    def __str__(self) -> str:
+        return (f"fp32 peak {self.gflops:.0f} GFLOP/s ({self.cores} cores x {self.ghz:.2f} GHz x {self.fma_pipes} "
+                f"FMA pipes x {self.lanes} lanes x 2)")
+
+
+def fp32_peak(cores: int, ghz: float, flags: set[str], mcpu: str) -> Fp32Peak:
+    """The peak from what the CPU reports. Assumes two FMA pipes per core, as on every x86 core since
+    Haswell and Zen (some Xeon Silver/Bronze parts have one 512-bit unit: their real peak is half);
+    Zen 4 runs AVX-512 on 256-bit pipes, so its lanes per pipe are 8."""
+    if "avx512f" in flags:
+        lanes = 8 if mcpu == "znver4" else 16
+    elif "avx2" in flags or "avx" in flags:
+        lanes = 8
+    else:
+        lanes = 4  # SSE, NEON
+    return Fp32Peak(cores, ghz, 2 if "fma" in flags or "asimd" in flags else 1, lanes)
+
+
+def _clock_ghz(info: dict[str, str]) -> float:
+    """The highest clock the kernel reports (cpufreq), else /proc/cpuinfo's (a VM's nominal clock)."""
+    try:
+        return int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1e6
+    except (OSError, ValueError):
+        return float(info.get("cpu MHz", 0.0)) / 1e3
+
+
+def host_fp32_peak(threads: int | None = None) -> Fp32Peak:
+    """This CPU's peak on `threads` cores (default: its physical cores)."""
+    info = _cpuinfo()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    return fp32_peak(threads or physical_cores(), _clock_ghz(info), flags, codegen.llvm_get_system_cpu())
