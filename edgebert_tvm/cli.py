@@ -21,13 +21,13 @@ import numpy as np
 from . import __version__
 from .artifact import Artifact, write_artifact
 from .compiler import CompileOptions, compile_model
-from .data import Task, builtin_split, read_tsv, task_for
+from .data import builtin_split, read_tsv, task_for
 from .demo import run_demo
 from .errors import EdgeBertError, InternalError
 from .evaluate import artifact_all_exits, entropy, evaluate_exits, format_table, plot_accuracy_vs_depth
 from .exit_predictor import ExitPredictor
 from .fileio import check_output_directory, write_json_atomic
-from .inputs import check_inputs, check_texts, encode, load_npz, load_tokenizer
+from .inputs import check_inputs, check_texts, load_npz, load_tokenizer, to_arrays
 from .models.builtins import BUILTIN_NAMES
 from .models.checkpoint import load
 from .models.inference import torch_all_exits
@@ -138,12 +138,12 @@ def _read_inputs(args: argparse.Namespace, artifact: Any) -> tuple[dict[str, np.
         if artifact.tokenizer_path is None:
             raise EdgeBertError(f"{artifact.directory}: artifact has no tokenizer; pass --inputs FILE.npz instead")
         check_texts(args.text)
-        tokenizer = load_tokenizer(artifact.tokenizer_path, artifact.seq_len)
-        for number, encoding in enumerate(tokenizer.encode_batch(args.text), start=1):
+        encodings = load_tokenizer(artifact.tokenizer_path, artifact.seq_len).encode_batch(args.text)
+        for number, encoding in enumerate(encodings, start=1):
             if encoding.overflowing:
                 print(f"edgebert-tvmc: note: text {number} is longer than the compiled {artifact.seq_len} tokens; "
                       "its end is cut off", file=sys.stderr)
-        arrays = encode(tokenizer, args.text)
+        arrays = to_arrays(encodings)
     else:
         arrays = load_npz(Path(args.inputs))
     return check_inputs(arrays, artifact.seq_len, model["vocab_size"], model["type_vocab_size"]), args.text
@@ -233,12 +233,6 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"trained in {extra['train_seconds'] / 60:.1f} min")
 
 
-def _check_labels(model: str, num_labels: int, task: Task) -> None:
-    """An accuracy is only meaningful if the model's classes are the task's."""
-    if num_labels != len(task.labels):
-        raise EdgeBertError(f"{model}: has {num_labels} labels; task {task.name} has {len(task.labels)}")
-
-
 def cmd_eval(args: argparse.Namespace) -> None:
     for threshold in args.thresholds:
         if not math.isfinite(threshold) or threshold < 0:
@@ -248,13 +242,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     examples = read_tsv(path, task, limit=args.limit)
     if (Path(args.model) / "metadata.json").is_file():
         artifact = Artifact.load(Path(args.model))
-        _check_labels(args.model, artifact.metadata["model"]["num_labels"], task)
+        task.check_labels(artifact.metadata["model"]["num_labels"], args.model)
         logits = artifact_all_exits(artifact, examples)
     else:
         checkpoint = load(args.model)
         if checkpoint.tokenizer_dir is None:
             raise EdgeBertError(f"{args.model}: has no tokenizer; it cannot read a task's text")
-        _check_labels(args.model, checkpoint.model.edgebert.num_labels, task)
+        task.check_labels(checkpoint.model.edgebert.num_labels, args.model)
         logits = torch_all_exits(checkpoint.model, checkpoint.tokenizer_dir / "tokenizer.json", examples, args.seq_len)
     labels = np.array([e.label for e in examples])
     results = evaluate_exits(logits, labels, args.thresholds)

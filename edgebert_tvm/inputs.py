@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from .contract import INPUT_NAMES
 from .errors import EdgeBertError
@@ -41,7 +41,11 @@ def check_texts(texts: Sequence[str]) -> None:
 def encode(tokenizer: Tokenizer, texts: Sequence[str], pairs: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:
     """Tokenise sentences (or sentence pairs) into int64 arrays of shape (n, seq_len)."""
     batch = list(texts) if pairs is None else [(a, b) if b is not None else a for a, b in zip(texts, pairs)]
-    encodings = tokenizer.encode_batch(batch)
+    return to_arrays(tokenizer.encode_batch(batch))
+
+
+def to_arrays(encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
+    """The model's input arrays from the tokenizer's encodings (already padded to one length)."""
     return {
         "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
         "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),

@@ -21,6 +21,11 @@ class Task:
     labels: tuple[str, ...]
     splits: dict[str, str]
 
+    def check_labels(self, num_labels: int, model: str) -> None:
+        """A model scores this task only if its classes are the task's (an accuracy would mean nothing)."""
+        if num_labels != len(self.labels):
+            raise EdgeBertError(f"{model}: has {num_labels} labels; task {self.name} has {len(self.labels)}")
+
 
 TASKS: dict[str, Task] = {
     "sst2": Task("sst2", ("sentence",), "label", ("0", "1"), {"train": "SST-2/train.tsv", "dev": "SST-2/dev.tsv"}),

@@ -134,9 +134,7 @@ def _load_teacher(name: str, student: EdgeBertForSequenceClassification,
                   task: Task) -> EdgeBertForSequenceClassification:
     """The teacher scores the student's token ids and the task's labels: checked before any step runs."""
     teacher = load(name).model.eval()
-    if teacher.edgebert.num_labels != len(task.labels):
-        raise EdgeBertError(f"--teacher {name}: has {teacher.edgebert.num_labels} labels; task {task.name} has "
-                            f"{len(task.labels)}")
+    task.check_labels(teacher.edgebert.num_labels, f"--teacher {name}")
     if teacher.config.vocab_size != student.config.vocab_size:
         raise EdgeBertError(f"--teacher {name}: has a vocabulary of {teacher.config.vocab_size} tokens; the "
                             f"student's has {student.config.vocab_size} (distillation needs the same tokenizer)")
