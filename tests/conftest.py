@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +20,21 @@ from edgebert_tvm.models.builtins import BUILTIN_DIRS, default_checkpoint_built
 from edgebert_tvm.models.checkpoint import Checkpoint, save
 from edgebert_tvm.models.config import EdgeBertConfig
 from edgebert_tvm.models.modeling import EdgeBertForSequenceClassification
+from edgebert_tvm.target.cpu.host import physical_cores
 from edgebert_tvm.training.recipe import build_default_checkpoint
 
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (`-n`), each worker's thread pools get its share of the cores: TVM's pool
+    spins while it waits, so two workers with a pool of every core each run slower than one."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, physical_cores() // workers)
+        for variable in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):  # fresh processes the tests start inherit them
+            os.environ.setdefault(variable, str(threads))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def tiny_bert_config(**overrides) -> BertConfig:
@@ -58,15 +73,35 @@ def default_checkpoint_dir(request) -> Path:
     announcement and progress bars go to the terminal, not into pytest's capture)."""
     if not default_checkpoint_built():
         with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+            # stderr: an xdist worker's stdout never reaches the terminal (its progress bars do)
+            print("tests: the default checkpoint is not in the cache; building it once for the real_model "
+                  "tests (a second worker waits for it)", file=sys.stderr, flush=True)
             build_default_checkpoint()
     return BUILTIN_DIRS["edgebert-sst2"]()
 
 
 def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
-    """`edgebert-tvmc ARGS` in a fresh Python process."""
+    """`edgebert-tvmc ARGS` in this process, its Python-level output captured: the CLI's behaviour
+    without paying 4-5 s of imports per call (`run_cli_fresh` is for what a new process must show)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+    return _checked(subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue()), check)
+
+
+def run_cli_fresh(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    """`edgebert-tvmc ARGS` in a fresh Python process: imports, registrations and every line on the
+    terminal as a user's shell sees them."""
     proc = subprocess.run([sys.executable, "-m", "edgebert_tvm.cli", *args], capture_output=True, text=True)
+    return _checked(proc, check)
+
+
+def _checked(proc: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
-        raise AssertionError(f"edgebert-tvmc {' '.join(args)} failed:\n{proc.stderr}")
+        raise AssertionError(f"edgebert-tvmc {' '.join(proc.args)} failed:\n{proc.stderr}")
     return proc
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
+import multiprocessing
 import os
 import random
 import re
 import shutil
 import signal
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -191,25 +191,68 @@ def _assert_complete(out: Path, names: list[str]) -> None:
     assert _elf_whole(out / "model.so")
 
 
-def _compile(out: Path, *extra: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edgebert_tvm.cli", "compile", *TINY, "-o", str(out), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+# Compiles run as forks of a server that has imported the CLI once: a compile's 4-5 s of imports would
+# otherwise be paid 20 times, and a kill during imports tests nothing.
+_SERVER = multiprocessing.get_context("forkserver")
+_SERVER.set_forkserver_preload(["edgebert_tvm.cli"])
+
+
+def _compile_in_child(argv: list[str], log: str) -> None:
+    """`edgebert-tvmc ARGV` in its own process group (a kill reaches the linker it starts), output to `log`."""
+    os.setpgid(0, 0)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.exit(cli.main(argv))
+
+
+class _Compile:
+    """One `compile` of the tiny model to `out`, running in a fork of the server; its output goes to a
+    file in `logs` (not beside `out`, whose directory the tests list)."""
+
+    count = 0
+
+    def __init__(self, logs: Path, out: Path, *extra: str) -> None:
+        _Compile.count += 1
+        self.log = logs / f"compile-{_Compile.count}.log"
+        self.process = _SERVER.Process(target=_compile_in_child,
+                                       args=(["compile", *TINY, "-o", str(out), *extra], str(self.log)))
+        self.process.start()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit status (negative: killed by that signal), or None if still running after `timeout`."""
+        self.process.join(timeout)
+        return self.process.exitcode
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:  # killed before it made its group: nothing else started yet
+            self.process.kill()
+        self.process.join()
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def _warm_server() -> None:
+    """Start the server (its imports) before anything is timed."""
+    warm = _SERVER.Process(target=os.getpid)
+    warm.start()
+    warm.join()
 
 
 def _leftovers(parent: Path) -> set[str]:
     return {p.name for p in parent.iterdir() if LEFTOVER.fullmatch(p.name)}
 
 
-def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], delay: float, timeout: float) -> None:
+def _kill_when(compile_: _Compile, ready: Callable[[], bool], delay: float, timeout: float) -> None:
     """SIGKILL the compile's process group `delay` s after `ready()`, unless it has finished by then."""
     deadline = time.monotonic() + timeout
-    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+    while compile_.wait(0) is None and not ready() and time.monotonic() < deadline:
         time.sleep(0.005)
-    try:
-        proc.wait(delay)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the linker it runs too
-        proc.wait()
+    if compile_.wait(delay) is None:
+        compile_.kill()
 
 
 def _run_artifact(out: Path) -> None:
@@ -219,37 +262,39 @@ def _run_artifact(out: Path) -> None:
     assert result.logits.shape[0] == 3 and np.isfinite(result.logits).all()
 
 
-def test_killed_compiles_leave_the_old_artifact_or_the_new_one(tmp_path):
-    out = tmp_path / "A"
+def test_killed_compiles_leave_the_old_artifact_or_the_new_one(tmp_path, tmp_path_factory):
+    out, logs = tmp_path / "A", tmp_path_factory.mktemp("logs")
+    _warm_server()
     start = time.monotonic()
-    first = _compile(out)
-    assert first.wait() == 0, first.stderr.read()
+    first = _Compile(logs, out)
+    assert first.wait() == 0, first.output()
     seconds = time.monotonic() - start
     names = sorted(p.name for p in out.iterdir())
     rng = random.Random(0)
     for kill in range(20):
-        proc = _compile(out, "--force", start_new_session=True)
-        if kill < 12:  # anywhere: imports, compile, write
-            _kill_when(proc, lambda: True, rng.uniform(0, 1.1 * seconds), seconds)
+        compile_ = _Compile(logs, out, "--force")
+        if kill < 15:  # anywhere: checkpoint load, import, passes, build, write
+            _kill_when(compile_, lambda: True, rng.uniform(0, 1.1 * seconds), seconds)
         else:  # in the write: once this compile's temporary directory appears
             before = _leftovers(tmp_path)
-            _kill_when(proc, lambda: bool(_leftovers(tmp_path) - before), rng.uniform(0, 0.5), 3 * seconds)
-        assert proc.returncode in (0, -signal.SIGKILL), proc.stderr.read()
+            _kill_when(compile_, lambda: bool(_leftovers(tmp_path) - before), rng.uniform(0, 0.5), 3 * seconds)
+        assert compile_.wait() in (0, -signal.SIGKILL), compile_.output()
         _assert_complete(out, names)
         assert len(_leftovers(tmp_path)) <= 1  # each writer swept its predecessors'
-    last = _compile(out, "--force")
-    assert last.wait() == 0, last.stderr.read()
+    last = _Compile(logs, out, "--force")
+    assert last.wait() == 0, last.output()
     _assert_complete(out, names)
     assert sorted(os.listdir(tmp_path)) == ["A"]  # temporaries and lock file swept
     _run_artifact(out)
 
 
-def test_two_compiles_to_one_output_end_with_one_whole_artifact(tmp_path):
+def test_two_compiles_to_one_output_end_with_one_whole_artifact(tmp_path, tmp_path_factory):
     """Different batch sizes: a library of one with the metadata of the other would not run."""
-    out = tmp_path / "A"
-    procs = [_compile(out, "--force", "--batch", batch) for batch in ("1", "2")]
-    for proc in procs:
-        assert proc.wait() == 0, proc.stderr.read()
+    out, logs = tmp_path / "A", tmp_path_factory.mktemp("logs")
+    _warm_server()
+    compiles = [_Compile(logs, out, "--force", "--batch", batch) for batch in ("1", "2")]
+    for compile_ in compiles:
+        assert compile_.wait() == 0, compile_.output()
     _assert_complete(out, ["metadata.json", "model.so"])
     assert sorted(os.listdir(tmp_path)) == ["A"]
     _run_artifact(out)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from edgebert_tvm import __version__, cli
 from edgebert_tvm.errors import InternalError
 
-from .conftest import run_cli
+from .conftest import run_cli_fresh
 
 
 def _fails_cleanly(capsys, *args: str, match: str) -> str:
@@ -164,7 +164,7 @@ def test_json_output_to_a_directory(capsys, tiny_artifact, tmp_path):
 
 
 def test_fresh_process_reports_one_line(tmp_path):
-    proc = run_cli("compile", str(tmp_path / "missing"), "-o", str(tmp_path / "A"))
+    proc = run_cli_fresh("compile", str(tmp_path / "missing"), "-o", str(tmp_path / "A"))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"edgebert-tvmc: error: {tmp_path / 'missing'}: no such checkpoint directory"]
 

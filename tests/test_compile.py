@@ -15,7 +15,7 @@ from edgebert_tvm.inputs import encode, load_tokenizer
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.target.registry import make_target
 
-from .conftest import random_inputs, read_json, run_cli, torch_exits
+from .conftest import random_inputs, read_json, run_cli, run_cli_fresh, torch_exits
 
 TOLERANCE = 1e-4
 
@@ -34,7 +34,7 @@ def test_tiny_bert_text_in_fresh_process(tiny_bert_dir, tmp_path):
     artifact = _compile(str(tiny_bert_dir), tmp_path / "A", "--seq-len", "24")
     texts = ["a charming and often affecting journey .", "unflinchingly bleak and desperate"]
     out = tmp_path / "out.json"
-    run_cli("run", str(artifact), "--text", *texts, "--all-exits", "--json", str(out), check=True)
+    run_cli_fresh("run", str(artifact), "--text", *texts, "--all-exits", "--json", str(out), check=True)
     result = read_json(out)
     inputs = encode(load_tokenizer(artifact / "tokenizer.json", 24), texts)
     reference = torch_exits(load(tiny_bert_dir).model, inputs)
@@ -43,7 +43,7 @@ def test_tiny_bert_text_in_fresh_process(tiny_bert_dir, tmp_path):
     assert result["exit_layer"] == [3, 3]
 
 
-def test_albert_tiny_npz_batched_in_fresh_process(tmp_path):
+def test_albert_tiny_npz_batched(tmp_path):
     artifact = _compile("albert-tiny", tmp_path / "A", "--seq-len", "16", "--batch", "2")
     inputs = random_inputs(5, 16, 30000)  # 5 rows: the last batch of 2 is padded and trimmed
     np.savez(tmp_path / "in.npz", **inputs)
@@ -82,10 +82,10 @@ def test_albert_base_shape_matches_and_shares_weights(tmp_path):
 @pytest.mark.real_model
 def test_minilm_cli_compile_and_run_in_fresh_process(tmp_path):
     artifact = tmp_path / "A"
-    run_cli("compile", "minilm-l6", "-o", str(artifact), "--seq-len", "32", check=True)
+    run_cli_fresh("compile", "minilm-l6", "-o", str(artifact), "--seq-len", "32", check=True)
     texts = ["it 's a charming and often affecting journey .", "the plot is nothing but boilerplate clichés"]
     out = tmp_path / "out.json"
-    run_cli("run", str(artifact), "--text", *texts, "--all-exits", "--json", str(out), check=True)
+    run_cli_fresh("run", str(artifact), "--text", *texts, "--all-exits", "--json", str(out), check=True)
     result = read_json(out)
     inputs = encode(load_tokenizer(artifact / "tokenizer.json", 32), texts)
     reference = torch_exits(load("minilm-l6").model, inputs)
@@ -102,9 +102,8 @@ def test_cuda_compiles_without_a_gpu(tmp_path):
     assert make_target("cuda").host.kind.name == "llvm"
 
 
-def test_run_prints_tvmc_style_time_summary(tmp_path):
-    artifact = _compile("albert-tiny", tmp_path / "A", "--seq-len", "8")
+def test_run_prints_tvmc_style_time_summary(tiny_artifact, tmp_path):
     np.savez(tmp_path / "in.npz", input_ids=np.ones((1, 8), dtype=np.int32))
-    proc = run_cli("run", str(artifact), "--inputs", str(tmp_path / "in.npz"), "--print-time", "--repeat", "4",
+    proc = run_cli("run", str(tiny_artifact), "--inputs", str(tmp_path / "in.npz"), "--print-time", "--repeat", "4",
                    check=True)
     assert "Execution time summary" in proc.stdout and "median (ms)" in proc.stdout

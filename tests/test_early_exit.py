@@ -23,8 +23,9 @@ from edgebert_tvm.target.cpu import unscheduled_functions
 from .conftest import INPUT_ORDER, random_inputs, torch_exits
 
 
-def _build(model, thresholds, batch: int, seq_len: int) -> relax.VirtualMachine:
-    mod = FoldEntropyExit(thresholds)(import_model(model, InputSpec(batch, seq_len)))
+def _build(model, thresholds, batch: int, seq_len: int, imported: tvm.IRModule | None = None) -> relax.VirtualMachine:
+    """`model` with `thresholds` folded in, built for llvm (from `imported`, its import, if given)."""
+    mod = FoldEntropyExit(thresholds)(imported or import_model(model, InputSpec(batch, seq_len)))
     target = make_target("llvm")
     with target:
         lowered = lowering_pipeline(target)(mod)
@@ -43,8 +44,9 @@ def test_exit_layer_and_logits_match_pytorch_rule(name, tiny_bert_dir):
     model = load(tiny_bert_dir if name == "tiny-bert" else name).model
     inputs = random_inputs(12, 16, 30000, seed=3)
     layers_seen = set()
+    imported = import_model(model, InputSpec(1, 16))
     for threshold in _thresholds_between_entropies(model, inputs):
-        vm = _build(model, threshold, 1, 16)
+        vm = _build(model, threshold, 1, 16, imported)
         for row in range(12):
             one = {k: v[row:row + 1] for k, v in inputs.items()}
             logits, layer = vm["main"](*[tvm.runtime.tensor(one[k]) for k in INPUT_ORDER])
@@ -91,8 +93,9 @@ def test_compiled_exit_skips_the_remaining_layers():
             calls.append(symbol)
         return 0
 
+    imported = import_model(model, InputSpec(1, 8))
     for threshold, expected in ((10.0, 1), (0.0, 12)):
-        vm = _build(model, threshold, 1, 8)
+        vm = _build(model, threshold, 1, 8, imported)
         vm.set_instrument(count)
         calls.clear()
         vm["main"](*[tvm.runtime.tensor(inputs[k]) for k in INPUT_ORDER])

@@ -22,7 +22,7 @@ from edgebert_tvm.target.edgebert.cost import ActMatmul, Dense, LayerNorm, Softm
 from edgebert_tvm.target.edgebert.sentence import ChipWorkload
 from edgebert_tvm.target.targets import host_target
 
-from .conftest import random_inputs, read_json, run_cli, torch_exits
+from .conftest import random_inputs, read_json, run_cli, run_cli_fresh, torch_exits
 
 # ---------------------------------------------------------------- configuration
 
@@ -363,9 +363,9 @@ def test_artifact_runs_in_fresh_process_with_report(edgebert_artifact, spans_che
 
     inputs = random_inputs(3, 16, 30522, seed=2)
     np.savez(tmp_path / "in.npz", **inputs)
-    proc = run_cli("run", str(edgebert_artifact), "--inputs", str(tmp_path / "in.npz"), "--all-exits", "--json",
-                   str(tmp_path / "out.json"), "--report", "--report-json", str(tmp_path / "r.json"),
-                   "--report-plot", str(tmp_path / "r.png"), check=True)
+    proc = run_cli_fresh("run", str(edgebert_artifact), "--inputs", str(tmp_path / "in.npz"), "--all-exits", "--json",
+                         str(tmp_path / "out.json"), "--report", "--report-json", str(tmp_path / "r.json"),
+                         "--report-plot", str(tmp_path / "r.png"), check=True)
     assert "per sentence" in proc.stdout and (tmp_path / "r.png").stat().st_size > 0
     result, report = read_json(tmp_path / "out.json"), read_json(tmp_path / "r.json")
     # the accelerator's numbers stay close to the float model
@@ -383,12 +383,10 @@ def test_artifact_runs_in_fresh_process_with_report(edgebert_artifact, spans_che
         2, config, early_exit=False).cycles
 
 
-def test_report_needs_an_edgebert_artifact(tmp_path):
-    proc = run_cli("compile", "albert-tiny", "--seq-len", "8", "-o", str(tmp_path / "cpu"))
-    assert proc.returncode == 0
+def test_report_needs_an_edgebert_artifact(tiny_artifact, tmp_path):
     inputs = random_inputs(1, 8, 30000)
     np.savez(tmp_path / "in.npz", **inputs)
-    proc = run_cli("run", str(tmp_path / "cpu"), "--inputs", str(tmp_path / "in.npz"), "--report")
+    proc = run_cli("run", str(tiny_artifact), "--inputs", str(tmp_path / "in.npz"), "--report")
     assert proc.returncode == 2 and "--target edgebert" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 

@@ -18,7 +18,7 @@ from edgebert_tvm.passes.approximate_redundant_data import ApproximateRedundantD
 from edgebert_tvm.target.targets import lowering_pipeline
 from edgebert_tvm.target.registry import make_target
 
-from .conftest import random_inputs, read_json, run_cli, tiny_bert_config, torch_exits
+from .conftest import random_inputs, read_json, run_cli, run_cli_fresh, tiny_bert_config, torch_exits
 
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -184,9 +184,9 @@ def test_artifact_keeps_weights_compressed_and_decodes_them_at_load(tiny_bert_di
     assert library_saving > 0.95 * summary["original_bytes"]
     np.savez(tmp_path / "in.npz", **random_inputs(2, 16, 30522))
     outputs = []
-    for artifact in (plain, stored):
-        run_cli("run", str(artifact), "--inputs", str(tmp_path / "in.npz"), "--all-exits", "--json",
-                str(tmp_path / "out.json"), check=True)
+    for artifact, run in ((plain, run_cli), (stored, run_cli_fresh)):
+        run("run", str(artifact), "--inputs", str(tmp_path / "in.npz"), "--all-exits", "--json",
+            str(tmp_path / "out.json"), check=True)
         outputs.append(np.array(read_json(tmp_path / "out.json")["all_exit_logits"]))
     np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5)  # threshold 0: lossless
 

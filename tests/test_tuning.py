@@ -39,7 +39,7 @@ from .conftest import random_inputs, run_cli, torch_exits
 pytestmark = pytest.mark.tuning
 
 MODEL = ["albert-tiny", "--seq-len", "16"]
-QUICK = ["--top-kernels", "2", "--population", "32"]
+QUICK = ["--top-kernels", "1", "--population", "32"]
 
 
 def _records(work_dir: Path) -> int:
@@ -69,7 +69,7 @@ def test_killed_run_resumes_and_records_apply_at_compile(tmp_path):
     assert cli.main(args) == 0  # resumes: same command
     assert _records(work) >= before
     report = json.loads((work / "tuning_report.json").read_text())
-    assert [t["trials"] for t in report["tasks"]] == [6, 6]  # trials from before the kill counted
+    assert [t["trials"] for t in report["tasks"]] == [6]  # trials from before the kill counted
     assert all(t["default_ms"] > 0 and t["best_ms"] > 0 and t["tuned_ms"] > 0 for t in report["tasks"])
     assert len(read_database(work).get_all_tuning_records()) == _records(work)
 
@@ -77,7 +77,7 @@ def test_killed_run_resumes_and_records_apply_at_compile(tmp_path):
     # the default, whatever the search measured.
     checkpoint = load("albert-tiny")
     defaults = read_defaults(work)
-    assert len(defaults) == 2 and all(t.tuned_ms is not None for t in defaults.values())
+    assert len(defaults) == 1 and all(t.tuned_ms is not None for t in defaults.values())
     for key, timing in defaults.items():
         append_default(work, key, "slower", DefaultTiming(timing.ms, 2 * timing.ms))
     assert compile_model(checkpoint, CompileOptions(seq_len=16, tuning_records=work)).tuned == []
@@ -86,7 +86,7 @@ def test_killed_run_resumes_and_records_apply_at_compile(tmp_path):
     # must compute what PyTorch computes.
     (work / DEFAULTS_FILE).unlink()
     compiled = compile_model(checkpoint, CompileOptions(seq_len=16, tuning_records=work))
-    assert len(compiled.tuned) == 2 and not compiled.unscheduled
+    assert len(compiled.tuned) == 1 and not compiled.unscheduled
     vm = tvm.relax.VirtualMachine(compiled.executable, tvm.cpu())
     inputs = random_inputs(1, 16, 30000)
     out = vm["all_exits"](*[tvm.runtime.tensor(inputs[k]) for k in ("input_ids", "attention_mask", "token_type_ids")])
@@ -211,7 +211,7 @@ def test_build_workers_that_hang_or_die_are_replaced():
         return build_worker.build(mod, target)
 
     target = tvm.target.Target({"kind": "llvm"})
-    builder = WorkerPoolBuilder(workers=1, timeout_s=2.0, build_fn=build_fn)
+    builder = WorkerPoolBuilder(workers=1, timeout_s=2.0, build_fn=build_fn, kill_grace_s=1.0)
     try:
         names = ["fine", "sleeps", "fine", "backtracks", "fine", "crashes", "fine"]
         results = [builder.build([ms.builder.BuilderInput(_kernel(name), target)])[0] for name in names]
@@ -219,7 +219,7 @@ def test_build_workers_that_hang_or_die_are_replaced():
         builder.close()
     errors = dict(zip(names[1::2], [r.error_msg for r in results[1::2]]))
     assert "timed out after 2 s" in errors["sleeps"]
-    assert "hung past its 2 s limit and was killed" in errors["backtracks"]
+    assert "hung past its 2 s limit and was killed" in errors["backtracks"]  # by the watchdog, 1 s later
     assert "died" in errors["crashes"]
     for built in results[0::2]:
         assert built.error_msg is None and Path(built.artifact_path).is_file()
@@ -256,14 +256,14 @@ def test_tuner_in_a_busy_process_gets_records_and_never_forks(tmp_path):
     try:
         time.sleep(0.5)
         work = tmp_path / "tune"
-        assert cli.main(["tune", *MODEL, "--top-kernels", "1", "--population", "32", "--trials", "4",
+        assert cli.main(["tune", *MODEL, "--top-kernels", "1", "--population", "32", "--trials", "2",
                          "-o", str(work)]) == 0
     finally:
         stop.set()
         for thread in busy:
             thread.join()
     records = read_database(work).get_all_tuning_records()
-    assert len(records) == 4 and any(max(float(s) for s in r.run_secs) < 1.0 for r in records)
+    assert len(records) == 2 and any(max(float(s) for s in r.run_secs) < 1.0 for r in records)
     assert forks == []
 
 

@@ -72,15 +72,18 @@ class WorkerPoolBuilder(ms.builder.PyBuilder):
 
     A worker that times out or dies is replaced (the next candidate restarts it, its warm-up not
     counted against that candidate's limit) and its candidate is a failed build; the search goes on.
-    `build_fn(mod, target) -> tar path` runs in the worker (tests pass one that hangs or crashes).
+    `build_fn(mod, target) -> tar path` runs in the worker (tests pass one that hangs or crashes);
+    a worker still silent `kill_grace_s` after its limit is killed from here.
     Call `close()` when done: the workers live until then.
     """
 
     def __init__(self, workers: int | None = None, timeout_s: float = BUILD_TIMEOUT_S,
-                 build_fn: Callable[[tvm.IRModule, tvm.target.Target], str] = build_worker.build) -> None:
+                 build_fn: Callable[[tvm.IRModule, tvm.target.Target], str] = build_worker.build,
+                 kill_grace_s: float = KILL_GRACE_S) -> None:
         super().__init__()
         count = workers or len(os.sched_getaffinity(0))
         self.timeout_s = timeout_s
+        self.kill_grace_s = kill_grace_s
         self.build_fn = build_fn
         self._idle: queue.SimpleQueue[_BuildWorker] = queue.SimpleQueue()
         self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=count)
@@ -106,7 +109,7 @@ class WorkerPoolBuilder(ms.builder.PyBuilder):
                 hung.set()
                 worker.kill_process()
 
-            watchdog = threading.Timer(self.timeout_s + KILL_GRACE_S, kill_hung)
+            watchdog = threading.Timer(self.timeout_s + self.kill_grace_s, kill_hung)
             watchdog.start()
             try:
                 return ms.builder.BuilderResult(worker.recv(), None)

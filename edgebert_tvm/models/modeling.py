@@ -122,10 +122,12 @@ class EdgeBertForSequenceClassification(nn.Module):
         return hidden, (1.0 - keep) * torch.finfo(hidden.dtype).min
 
     def span(self, group: int, seq_len: int) -> torch.Tensor | None:
-        if self.span_z is None:
-            return None
+        return None if self.span_z is None else self.span_of(self.span_z[group], seq_len)
+
+    def span_of(self, span_z: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """The (heads, seq_len) span mask of one layer group's spans `span_z` (heads,)."""
         edgebert = self.edgebert
-        return span_mask(self.span_z[group], seq_len, edgebert.span_max, edgebert.span_ramp, edgebert.seq_len)
+        return span_mask(span_z, seq_len, edgebert.span_max, edgebert.span_ramp, edgebert.seq_len)
 
     def layer(self, index: int, hidden: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
         """Encoder layer `index` (0-based); ALBERT's layers map onto their shared group."""
