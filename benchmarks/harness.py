@@ -78,13 +78,16 @@ def torch_compile_runner(model: nn.Module, inputs: dict[str, np.ndarray]) -> Run
 
 
 def ort_session(model: nn.Module, inputs: dict[str, np.ndarray], threads: int):
-    """ONNX Runtime session of `model` exported at the shape of `inputs`, all graph optimisations."""
+    """ONNX Runtime session of `model` as its users export it: dynamic batch and sequence axes (any
+    input shape runs, at its own length), all graph optimisations."""
     import onnxruntime as ort
 
     path = Path(tempfile.mkdtemp()) / "model.onnx"
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in INPUT_ORDER}
     with torch.no_grad():
         torch.onnx.export(model, tuple(torch.from_numpy(inputs[k]) for k in INPUT_ORDER), str(path),
-                          input_names=list(INPUT_ORDER), output_names=["logits"], dynamo=False, opset_version=17)
+                          input_names=list(INPUT_ORDER), output_names=["logits"], dynamic_axes=dynamic,
+                          dynamo=False, opset_version=17)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads

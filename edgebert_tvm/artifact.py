@@ -2,7 +2,8 @@
 
 An artifact loads in a fresh process with nothing registered by hand: `Artifact.load(dir)` loads
 the library onto the Relax VM (and decodes weights kept compressed beside it, rda/weight_store.py)
-and `run` feeds it inputs in chunks of the compiled batch size.
+and `run` feeds it inputs in chunks of the compiled batch size, each at the shortest compiled
+length that holds it (edgebert_tvm/lengths.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .rda import weight_store
 from .errors import EdgeBertError
 from .fileio import atomic_directory
 from .contract import ALL_EXITS, INPUT_NAMES, MAIN
+from .lengths import fit, length_for, suffix
 from .target.cpu.host import size_thread_pool
 from .target.targets import run_device
 
@@ -76,7 +78,8 @@ def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", out_dir:
             "type_vocab_size": config.type_vocab_size,
             "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
         },
-        "input": {"names": list(INPUT_NAMES), "batch": options.batch, "seq_len": options.seq_len},
+        "input": {"names": list(INPUT_NAMES), "batch": options.batch, "seq_len": options.seq_len,
+                  "lengths": list(options.lengths)},
         "target": {"name": options.target, "tvm": str(compiled.target)},
         "passes": compiled.passes,
         "exit_thresholds": options.exit_thresholds,
@@ -173,17 +176,25 @@ class Artifact:
         return self.metadata["input"]["seq_len"]
 
     @property
+    def lengths(self) -> list[int]:
+        """The compiled sequence lengths, ascending; the last is `seq_len`, the longest input it takes."""
+        return list(self.metadata["input"].get("lengths", [self.seq_len]))
+
+    @property
     def tokenizer_path(self) -> Path | None:
         path = self.directory / TOKENIZER_NAME
         return path if path.is_file() else None
 
-    def _chunks(self, inputs: dict[str, np.ndarray]) -> list[list[tvm.runtime.Tensor]]:
-        """Split rows into compiled-batch chunks; the last is padded by repeating its final row."""
+    def _chunks(self, inputs: dict[str, np.ndarray]) -> list[tuple[str, list[tvm.runtime.Tensor]]]:
+        """Split rows into compiled-batch chunks (the last padded by repeating its final row), each cut
+        or padded to the shortest compiled length that holds its rows; with the suffix of that length."""
         rows = len(inputs["input_ids"])
         chunks = []
         for start in range(0, rows, self.batch):
             picked = np.minimum(np.arange(start, start + self.batch), rows - 1)
-            chunks.append([tvm.runtime.tensor(inputs[name][picked], self.device) for name in INPUT_NAMES])
+            length = length_for(inputs["attention_mask"][picked], self.lengths)
+            args = [tvm.runtime.tensor(fit(inputs[name][picked], length), self.device) for name in INPUT_NAMES]
+            chunks.append((suffix(length, self.seq_len), args))
         return chunks
 
     def _call(self, function: str, inputs: dict[str, np.ndarray], repeat: int) -> tuple[list[np.ndarray], list[float]]:
@@ -193,9 +204,9 @@ class Artifact:
         times: list[float] = []
         for _ in range(repeat):
             outputs = []
-            for args in chunks:
+            for tail, args in chunks:
                 start = time.perf_counter()
-                out = self.vm[function](*args)
+                out = self.vm[function + tail](*args)
                 fields = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
                 outputs.append([field.numpy() for field in fields])
                 times.append((time.perf_counter() - start) * 1e3)

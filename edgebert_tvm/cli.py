@@ -60,7 +60,8 @@ def _positive_int(text: str) -> int:
 def _compile_options(args: argparse.Namespace) -> CompileOptions:
     if args.accelerator_config:
         load_config(args.accelerator_config)  # fail before the long work
-    return CompileOptions(target=args.target, batch=args.batch, seq_len=args.seq_len, num_cores=args.num_cores,
+    return CompileOptions(target=args.target, batch=args.batch, seq_len=args.seq_len,
+                          lengths=tuple(args.lengths) if args.lengths else None, num_cores=args.num_cores,
                           exit_thresholds=args.exit_threshold,
                           span_folding=None if args.span_folding == "off" else args.span_folding,
                           attention_spans=_read_spans(Path(args.spans)) if args.spans else None,
@@ -90,7 +91,8 @@ def cmd_compile(args: argparse.Namespace) -> None:
     write_artifact(checkpoint, compiled, out)
     total = sum(compiled.compile_seconds.values())
     tuned = f", {len(compiled.tuned)} kernels from tuning records" if args.tuning_records else ""
-    print(f"compiled {checkpoint.source} for {options.target} (batch {options.batch}, seq {options.seq_len}{tuned}) "
+    lengths = ", ".join(map(str, compiled.options.lengths))
+    print(f"compiled {checkpoint.source} for {options.target} (batch {options.batch}, lengths {lengths}{tuned}) "
           f"in {total:.1f} s -> {args.output}")
 
 
@@ -280,7 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--target", default="llvm", choices=TARGET_NAMES,
                        help="llvm: this CPU; cuda: NVIDIA GPU; edgebert: the EdgeBERT accelerator model (host: this CPU)")
         p.add_argument("--batch", type=_positive_int, default=1, help="compiled batch size (default 1)")
-        p.add_argument("--seq-len", type=_positive_int, default=128, help="compiled sequence length (default 128)")
+        p.add_argument("--seq-len", type=_positive_int, default=128,
+                       help="the longest input the artifact takes, in tokens (default 128); any shorter input runs "
+                            "at the shortest compiled length that holds it (see --lengths)")
+        p.add_argument("--lengths", type=_positive_int, nargs="+", metavar="N",
+                       help="sequence lengths compiled into the artifact, one set of kernels each, the weights held "
+                            "once (default: 16, 32, 64, ... below --seq-len, and --seq-len; the edgebert target: "
+                            "--seq-len only)")
         p.add_argument("--num-cores", type=_positive_int, default=None, help="CPU threads (default: all available)")
         p.add_argument("--exit-threshold", type=_number, nargs="+", metavar="T",
                        help="fold entropy early exit into the graph: one threshold (nats) for every exit, "

@@ -11,6 +11,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
+from . import lengths as seq_lengths
 from . import rda
 from .rda import weight_store
 from .adaptivfloat.quantizer import check_format
@@ -46,7 +47,8 @@ class CompileOptions:
 
     target: str = "llvm"
     batch: int = 1
-    seq_len: int = 128
+    seq_len: int = 128  # the longest input the artifact takes
+    lengths: tuple[int, ...] | None = None  # compiled lengths up to seq_len (None: the target's default, `lengths`)
     num_cores: int | None = None
     exit_thresholds: list[float] | None = None
     span_folding: str | None = "auto"  # a level, None (keep the run-time mask) or auto (see span_level)
@@ -93,12 +95,16 @@ class CompileOptions:
                                     "values, so sparse matmuls would stay unquantized; choose one")
         if self.rda_storage not in RDA_STORAGE:
             raise EdgeBertError(f"--rda-storage must be one of {', '.join(RDA_STORAGE)}, got {self.rda_storage!r}")
-        compile_target(self.target).check(self)
+        chosen = compile_target(self.target)
+        chosen.check(self)
+        lengths = (seq_lengths.check_lengths(self.lengths, self.seq_len) if self.lengths is not None
+                   else chosen.default_lengths(self.seq_len))
         spans = folded_spans(self, model.edgebert)
         if spans is not None:  # fail before the import, not in the middle of the passes
             check_spans(spans, model.arch.num_distinct_layers(model.config), model.config.num_attention_heads)
         return dataclasses.replace(
             self,
+            lengths=lengths,
             exit_thresholds=None if self.exit_thresholds is None else check_thresholds(self.exit_thresholds,
                                                                                        model.num_layers),
             rda_threshold=None if self.rda_threshold is None else rda.check_threshold(self.rda_threshold),
@@ -205,21 +211,28 @@ def graph_module(
 def _graph_module(
     checkpoint: Checkpoint, options: CompileOptions
 ) -> tuple[tvm.IRModule, tvm.target.Target, list[str], dict[str, float], dict[str, Any], weight_store.Store | None]:
-    """`graph_module` with options already resolved against the checkpoint's model."""
+    """`graph_module` with options already resolved against the checkpoint's model: the model imported
+    and passed through the EdgeBERT passes at each compiled length, merged into one module
+    (edgebert_tvm/lengths.py); the reports are those of the longest length."""
     size_thread_pool()  # before any kernel runs here (FoldConstant, the sparsity cost model, tuning's timing)
     model = checkpoint.model
     target = compile_target(options.target).tvm_target(options.num_cores)
-    seconds = {}
-    start = time.perf_counter()
-    mod = import_model(model, InputSpec(options.batch, options.seq_len))
-    seconds["import"] = time.perf_counter() - start
     passes = edgebert_passes(options, model.edgebert)
-    start = time.perf_counter()
-    with target:
-        mod = tvm.transform.Sequential(passes)(mod)
-    seconds["passes"] = time.perf_counter() - start
-    mod, stored = weight_store.detach(mod)
-    return mod, target, [p.info.name for p in passes], seconds, pass_reports(mod), stored
+    seconds = {"import": 0.0, "passes": 0.0}
+    modules, stores = [], []
+    for length in options.lengths:
+        start = time.perf_counter()
+        mod = import_model(model, InputSpec(options.batch, length))
+        seconds["import"] += time.perf_counter() - start
+        start = time.perf_counter()
+        with target:
+            mod = tvm.transform.Sequential(passes)(mod)
+        seconds["passes"] += time.perf_counter() - start
+        mod, stored = weight_store.detach(mod)
+        stores += [stored] if stored is not None else []
+        modules.append(seq_lengths.with_suffix(mod, seq_lengths.suffix(length, options.seq_len)))
+    mod = seq_lengths.merged(modules)
+    return mod, target, [p.info.name for p in passes], seconds, pass_reports(mod), weight_store.merged(stores)
 
 
 def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledModel:

@@ -24,7 +24,7 @@ from .contract import INPUT_NAMES
 from .data import builtin_split, read_tsv, task_for
 from .evaluate import artifact_all_exits, evaluate_exits, format_table, plot_accuracy_vs_depth
 from .exit_predictor import ExitPredictor, score_predictor
-from .inputs import encode, load_tokenizer
+from .inputs import encode, load_tokenizer, unpadded
 from .models.checkpoint import Checkpoint, load
 from .models.modeling import early_exit
 from .target.cpu.host import describe_host
@@ -72,7 +72,8 @@ def run_demo(workdir: Path, model: str = DEFAULT_MODEL, sentences: int | None = 
     plot_accuracy_vs_depth(results, plot, f"{model} on {task.name} dev")
 
     inputs = encode(load_tokenizer(early.tokenizer_path, seq_len), [e.text for e in examples])
-    rows = [{k: v[row:row + 1] for k, v in inputs.items()} for row in range(len(examples))]
+    # each sentence at its own length, for both peers (the artifact runs it at the shortest compiled length that holds it)
+    rows = [unpadded({k: v[row:row + 1] for k, v in inputs.items()}) for row in range(len(examples))]
     thresholds = [threshold] * (checkpoint.model.num_layers - 1)
 
     def torch_early_exit(one: dict[str, np.ndarray]) -> tuple[torch.Tensor, int]:

@@ -11,18 +11,17 @@ from tokenizers import Encoding, Tokenizer
 
 from .contract import INPUT_NAMES
 from .errors import EdgeBertError
+from .lengths import attended_length, fit
 
 
 def load_tokenizer(path: Path, seq_len: int) -> Tokenizer:
-    """A fast tokenizer that truncates and pads every input to the compiled sequence length."""
+    """A fast tokenizer that truncates every input to `seq_len` tokens and pads a batch to its longest row."""
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises plain Exception for unreadable files
         raise EdgeBertError(f"{path}: unreadable tokenizer ({err})") from None
     padding = tokenizer.padding or {}
-    tokenizer.enable_padding(
-        length=seq_len, pad_id=padding.get("pad_id", 0), pad_token=padding.get("pad_token", "[PAD]")
-    )
+    tokenizer.enable_padding(pad_id=padding.get("pad_id", 0), pad_token=padding.get("pad_token", "[PAD]"))
     tokenizer.enable_truncation(max_length=seq_len)
     return tokenizer
 
@@ -45,12 +44,18 @@ def encode(tokenizer: Tokenizer, texts: Sequence[str], pairs: Sequence[str | Non
 
 
 def to_arrays(encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
-    """The model's input arrays from the tokenizer's encodings (already padded to one length)."""
+    """The model's input arrays from the tokenizer's encodings (padded to one length by `load_tokenizer`'s)."""
     return {
         "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
         "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
         "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
     }
+
+
+def unpadded(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`arrays` cut after the last token any row attends to: a batch at its true length."""
+    end = attended_length(arrays["attention_mask"])
+    return {name: fit(array, end) for name, array in arrays.items()}
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -75,12 +80,13 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def check_inputs(arrays: dict[str, np.ndarray], seq_len: int, vocab_size: int, type_vocab_size: int) -> dict[str, np.ndarray]:
-    """Validate shapes, dtypes and ranges; fill a missing mask with ones and token types with zeros."""
+    """Validate shapes (rows of at most `seq_len` tokens), dtypes and ranges; fill a missing mask with
+    ones and token types with zeros."""
     if "input_ids" not in arrays:
         raise EdgeBertError("inputs have no input_ids")
     ids = arrays["input_ids"]
-    if ids.ndim != 2 or ids.shape[1] != seq_len or ids.shape[0] == 0:
-        raise EdgeBertError(f"input_ids has shape {list(ids.shape)}; this artifact takes (n, {seq_len})")
+    if ids.ndim != 2 or not 1 <= ids.shape[1] <= seq_len or ids.shape[0] == 0:
+        raise EdgeBertError(f"input_ids has shape {list(ids.shape)}; this artifact takes (n, 1..{seq_len})")
     checked = {}
     limits = {"input_ids": vocab_size, "attention_mask": 2, "token_type_ids": type_vocab_size}
     defaults = {"attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}

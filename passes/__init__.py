@@ -1,8 +1,9 @@
 """Target-independent EdgeBERT passes over Relax and TIR, one module per pass, each named `edgebert.<Name>`.
 
 Graph passes in pipeline order (docs/ARCHITECTURE.md, "Pipeline order"), then the lowering passes
-every target runs first. Passes tied to one target live under it: FoldSparsity and FastMath in
-`target/cpu/`, QuantizeForAccelerator in `target/edgebert/`; ApplyTuningRecords in `tuning/`.
+every target runs first (and DeduplicatePrimFuncs, which the CPU lowering runs). Passes tied to one
+target live under it: FoldSparsity, FastMath and FoldConstantCalls in `target/cpu/`,
+QuantizeForAccelerator in `target/edgebert/`; ApplyTuningRecords in `tuning/`.
 """
 
 from .fold_attention_span import FoldAttentionSpan
@@ -12,6 +13,8 @@ from .approximate_redundant_data import ApproximateRedundantData
 from .fold_entropy_exit import FoldEntropyExit
 from .lower_adaptivfloat import LowerAdaptivFloat
 from .canonicalize import Canonicalize
+from .fold_constant_transposes import FoldConstantTransposes
+from .deduplicate_prim_funcs import DeduplicatePrimFuncs
 
 __all__ = ["FoldAttentionSpan", "FuseQKV", "QuantizeWeightsAdaptivFloat", "ApproximateRedundantData", "FoldEntropyExit",
-           "LowerAdaptivFloat", "Canonicalize"]
+           "LowerAdaptivFloat", "Canonicalize", "FoldConstantTransposes", "DeduplicatePrimFuncs"]

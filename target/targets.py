@@ -17,7 +17,9 @@ import tvm
 from tvm.target import codegen
 
 from ..errors import EdgeBertError
+from ..lengths import default_lengths
 from ..passes.canonicalize import Canonicalize
+from ..passes.fold_constant_transposes import FoldConstantTransposes
 from ..passes.lower_adaptivfloat import LowerAdaptivFloat
 from ..tuning.records import apply_records
 from .cpu import cpu_passes
@@ -56,10 +58,11 @@ def lowering_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     dlight's on GPUs), by the kind of TVM target (the edgebert chip's host is llvm).
 
     LowerAdaptivFloat comes first: FoldConstant builds and runs PrimFuncs on constant inputs (the
-    position embeddings' lookup, the packing of constant weights), and llvm cannot build custom types.
+    position embeddings' lookup, the packing of constant weights), and llvm cannot build custom types;
+    FoldConstantTransposes spares it the weights' transposes.
     """
     lowering = cpu_passes(target) if target.kind.name == "llvm" else cuda_passes(target)
-    return [LowerAdaptivFloat(), Canonicalize(), *lowering]
+    return [LowerAdaptivFloat(), Canonicalize(), FoldConstantTransposes(), *lowering]
 
 
 def lowering_pipeline(target: tvm.target.Target, tuning_records: Path | None = None) -> tvm.transform.Pass:
@@ -84,6 +87,10 @@ class CompileTarget:
             raise EdgeBertError("--rda-activations is for --target edgebert (it changes the chip's SRAM traffic)")
         if options.accelerator_config is not None:
             raise EdgeBertError("--accelerator-config is for --target edgebert")
+
+    def default_lengths(self, cap: int) -> tuple[int, ...]:
+        """The sequence lengths compiled in when `--lengths` is not given (edgebert_tvm/lengths.py)."""
+        return default_lengths(cap)
 
     def before_lowering(self, mod: tvm.IRModule, checkpoint: Checkpoint,
                         options: CompileOptions) -> tuple[tvm.IRModule, dict | None]:

@@ -128,8 +128,8 @@ def test_invalid_seq_len(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("arrays, match", [
-    ({"input_ids": np.ones((2, 9), np.int64)}, "takes (n, 8)"),
-    ({"input_ids": np.ones((8,), np.int64)}, "takes (n, 8)"),
+    ({"input_ids": np.ones((2, 9), np.int64)}, "takes (n, 1..8)"),
+    ({"input_ids": np.ones((8,), np.int64)}, "takes (n, 1..8)"),
     ({"input_ids": np.ones((1, 8), np.float32)}, "dtype float32"),
     ({"input_ids": np.ones((1, 8), np.int64), "attention_mask": np.ones((2, 8), np.int64)}, "attention_mask has shape"),
     ({"input_ids": np.full((1, 8), 10**6, np.int64)}, "outside [0, 30000)"),

@@ -24,6 +24,7 @@ from edgebert_tvm.artifact import Artifact
 from edgebert_tvm.data import Example, builtin_split, read_tsv, task_for
 from edgebert_tvm.evaluate import artifact_all_exits
 from edgebert_tvm.inputs import encode, load_tokenizer
+from edgebert_tvm.lengths import fit
 from edgebert_tvm.models.builtins import albert_config
 from edgebert_tvm.models.checkpoint import Checkpoint, load, save
 from edgebert_tvm.models.config import EdgeBertConfig
@@ -105,6 +106,21 @@ def test_compiled_minilm_equals_huggingface_at_every_exit(minilm_dir, minilm_inp
     assert_matches_huggingface(compiled, reference)
 
 
+@pytest.mark.real_model
+def test_one_minilm_artifact_equals_huggingface_at_every_length(minilm_dir, tmp_path):
+    """`compile minilm-l6 --seq-len 128` (lengths 16, 32, 64, 128 inside): real SST-2 text cut to 1,
+    2, 7, 31, 64 and 128 tokens, each run at its own length, against HuggingFace at that length."""
+    ours, hf = load("minilm-l6").model, BertModel.from_pretrained(minilm_dir).eval()
+    artifact = _compile("minilm-l6", tmp_path / "A", "--seq-len", "128")
+    assert artifact.lengths == [16, 32, 64, 128]
+    text = " ".join(e.text for e in _dev_sentences("sst2", 12))
+    full = encode(load_tokenizer(minilm_dir / "tokenizer.json", 128), [text])
+    assert full["attention_mask"].sum() == 128  # the text fills the cap
+    for length in (1, 2, 7, 31, 64, 128):
+        inputs = {k: v[:, :length] for k, v in full.items()}
+        assert_matches_huggingface(artifact.all_exits(inputs), huggingface_exits(hf, ours, inputs))
+
+
 # -- the default checkpoint (MiniLM trained with attention spans) against HuggingFace ---------------
 
 SPAN_ATTENTION = "edgebert_reference_spans"
@@ -136,8 +152,11 @@ def test_compiled_default_checkpoint_equals_huggingface_with_spans(default_check
     ours = load(default_checkpoint_dir).model
     edgebert = ours.edgebert
     assert edgebert.attention_spans is not None and edgebert.seq_len is not None
-    inputs = encode(load_tokenizer(default_checkpoint_dir / "tokenizer.json", edgebert.seq_len),
-                    [e.text for e in sst2_dev])  # padded to the length the spans were trained at
+    encoded = encode(load_tokenizer(default_checkpoint_dir / "tokenizer.json", edgebert.seq_len),
+                     [e.text for e in sst2_dev])
+    # padded to the length the spans were trained at, as the reference counts them; the artifact cuts
+    # the batch to the shortest compiled length that holds it, and must give the same
+    inputs = {k: fit(v, edgebert.seq_len) for k, v in encoded.items()}
     AttentionInterface.register(SPAN_ATTENTION, _span_attention(
         torch.tensor(edgebert.attention_spans), edgebert.span_max, edgebert.span_ramp))
     AttentionMaskInterface.register(SPAN_ATTENTION, eager_mask)

@@ -17,13 +17,17 @@ from transformers import PretrainedConfig
 from ..errors import EdgeBertError
 from .architectures import Architecture, LayerParts, architecture_for
 from .config import EdgeBertConfig
-from .span import SPAN_RENORM_EPS, key_offsets
+from .span import SPAN_RENORM_EPS
 from .span import span_mask as span_formula
 
 
 def span_mask(span_z: torch.Tensor, seq_len: int, span_max: int, span_ramp: int, padded_len: int | None = None) -> torch.Tensor:
-    """Adaptive attention span mask (heads, seq_len) by key index (models/span.py), differentiable in z."""
-    offsets = torch.from_numpy(key_offsets(seq_len, padded_len)).to(device=span_z.device, dtype=span_z.dtype)
+    """Adaptive attention span mask (heads, seq_len) by key index (models/span.py), differentiable in z.
+
+    The offsets are `span.key_offsets` made with torch.arange, so an exporter that traces the
+    sequence length (ONNX with dynamic axes) keeps them dynamic."""
+    padded = padded_len if padded_len is not None and padded_len >= seq_len else seq_len
+    offsets = torch.arange(seq_len, device=span_z.device, dtype=span_z.dtype) - (padded - 1)
     return span_formula(span_z, offsets, span_max, span_ramp)
 
 

@@ -73,6 +73,14 @@ def detach(mod: tvm.IRModule) -> tuple[tvm.IRModule, Store | None]:
     return mod.without_attr(STORE_ATTR), Store(tensors, json.loads(str(attached["views"])))
 
 
+def merged(stores: list[Store]) -> Store | None:
+    """One store of every tensor and view of `stores` (keys are content hashes: equal tensors merge)."""
+    if not stores:
+        return None
+    return Store({key: e for store in stores for key, e in store.tensors.items()},
+                 sorted({view for store in stores for view in store.views}))
+
+
 def fill_cache(store: Store, device: tvm.runtime.Device) -> None:
     """Decode the stored tensors and put every view the module reads (a tensor, or a transpose of
     one: `view_key`) onto `device` under its key."""

@@ -7,8 +7,10 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.s_tir import dlight
 
+from ...passes.deduplicate_prim_funcs import DeduplicatePrimFuncs
 from .elementwise import Elementwise
 from .fast_math import FastMath
+from .fold_constant_calls import FoldConstantCalls
 from .matmul import Matmul
 from .reduction import RowReduction
 from .small import SmallKernel
@@ -37,6 +39,8 @@ def cpu_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
             relax.transform.AttachAttrLayoutFreeBuffers(),
             dlight.ApplyDefaultSchedule(*schedule_rules()),
             relax.transform.SplitLayoutRewritePreproc(),  # weight packing, folded into the constants
+            DeduplicatePrimFuncs(),  # the same packing at every length and for every weight of a shape
+            FoldConstantCalls(target),  # each packing function built once, run on every weight it packs
             relax.transform.FoldConstant(),
             relax.transform.DeadCodeElimination(),
         ]

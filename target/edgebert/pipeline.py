@@ -26,6 +26,9 @@ class EdgebertTarget(LlvmTarget):
     name = "edgebert"
 
     def check(self, options: CompileOptions) -> None:
+        if options.lengths is not None and set(options.lengths) != {options.seq_len}:
+            raise EdgeBertError("--lengths is for llvm and cuda: the edgebert chip's workload and report are for its "
+                                "one compiled length (--seq-len)")
         if options.fuse_qkv:
             raise EdgeBertError("--fuse-qkv is for llvm and cuda: the edgebert chip's patterns take one matmul per "
                                 "projection")
@@ -39,6 +42,10 @@ class EdgebertTarget(LlvmTarget):
         if options.weight_format is not None:
             raise EdgeBertError("--weights is for llvm and cuda: the edgebert chip stores its weights as AdaptivFloat-8 "
                                 "itself (its matmul patterns would not match quantized kernels)")
+
+    def default_lengths(self, cap: int) -> tuple[int, ...]:
+        """One length, the cap: the chip's workload is recorded for the functions of one length."""
+        return (cap,)
 
     def before_lowering(self, mod: tvm.IRModule, checkpoint: Checkpoint,
                         options: CompileOptions) -> tuple[tvm.IRModule, dict]:

@@ -1,0 +1,134 @@
+"""One artifact, every length up to its cap: each batch runs at the shortest compiled length that holds
+it, and gives what PyTorch gives at the input's own length (edgebert_tvm/lengths.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tvm import relax, runtime
+
+from edgebert_tvm import cli
+from edgebert_tvm.artifact import Artifact
+from edgebert_tvm.compiler import CompileOptions, compile_model
+from edgebert_tvm.errors import EdgeBertError
+from edgebert_tvm.inputs import check_inputs, unpadded
+from edgebert_tvm.lengths import default_lengths, length_for
+from edgebert_tvm.models.checkpoint import load
+from edgebert_tvm.models.modeling import early_exit
+
+from .conftest import INPUT_ORDER, random_inputs, read_json, torch_exits
+
+TOLERANCE = 1e-4
+CAP = 32
+
+
+def _rows_of_length(lengths: list[int], seed: int = 0) -> dict[str, np.ndarray]:
+    """One row per length, each padded to the longest: its first `length` tokens attended."""
+    inputs = random_inputs(len(lengths), max(lengths), 30000, seed=seed)
+    inputs["attention_mask"][:] = 0
+    for row, length in enumerate(lengths):
+        inputs["attention_mask"][row, :length] = 1
+    return {k: v * inputs["attention_mask"] if k != "attention_mask" else v for k, v in inputs.items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_any_length(tmp_path_factory, tiny_bert_dir) -> Artifact:
+    out = tmp_path_factory.mktemp("lengths") / "A"
+    assert cli.main(["compile", str(tiny_bert_dir), "-o", str(out), "--seq-len", str(CAP)]) == 0
+    return Artifact.load(out)
+
+
+def test_default_lengths_double_up_to_the_cap():
+    assert default_lengths(128) == (16, 32, 64, 128)
+    assert default_lengths(100) == (16, 32, 64, 100)
+    assert default_lengths(16) == (16,) and default_lengths(8) == (8,)
+    mask = np.zeros((2, 40), np.int64)
+    mask[0, :3], mask[1, :17] = 1, 1
+    assert length_for(mask, [16, 32, 64]) == 32 and length_for(mask[:1], [16, 32, 64]) == 16
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 16, 17, 31, 32])
+def test_every_length_equals_pytorch_at_that_length(tiny_bert_any_length, tiny_bert_dir, length):
+    assert tiny_bert_any_length.lengths == [16, 32]
+    inputs = random_inputs(2, length, 30000, seed=length)
+    inputs["attention_mask"][:] = 1
+    reference = torch_exits(load(tiny_bert_dir).model, inputs)  # PyTorch unpadded
+    np.testing.assert_allclose(tiny_bert_any_length.all_exits(inputs), reference, atol=TOLERANCE)
+    result = tiny_bert_any_length.run(inputs)
+    np.testing.assert_allclose(result.logits, reference[:, -1], atol=TOLERANCE)
+
+
+def test_rows_of_mixed_lengths_get_what_they_get_alone(tmp_path, tiny_bert_dir):
+    """A compiled batch of 8: each row's logits, at full depth and at every exit, equal that row run
+    alone at its own length; the batch runs at the length of its longest row."""
+    assert cli.main(["compile", str(tiny_bert_dir), "-o", str(tmp_path / "A"), "--seq-len", str(CAP),
+                     "--batch", "8"]) == 0
+    artifact = Artifact.load(tmp_path / "A")
+    lengths = [3, 9, 1, 14, 5, 11, 2, 7]  # longest 14: the batch runs at 16
+    inputs = _rows_of_length(lengths)
+    model = load(tiny_bert_dir).model
+    alone = np.concatenate([torch_exits(model, unpadded({k: v[row:row + 1] for k, v in inputs.items()}))
+                            for row in range(len(lengths))])
+    np.testing.assert_allclose(artifact.all_exits(inputs), alone, atol=TOLERANCE)
+    np.testing.assert_allclose(artifact.run(inputs).logits, alone[:, -1], atol=TOLERANCE)
+
+
+def test_early_exit_and_spans_at_every_length(tiny_bert_dir):
+    """Exits folded in and spans folded to `keys` (heads read a suffix of the keys) at two compiled
+    lengths: each length exits where PyTorch's layer-by-layer rule does, with its logits."""
+    checkpoint = load(tiny_bert_dir)
+    model = checkpoint.model
+    rng = np.random.default_rng(0)
+    spans = rng.uniform(0, 1, size=(3, 4)).round(3)
+    spans[:, 0], spans[:, -1] = 0.0, 1.0
+    model.span_z = torch.nn.Parameter(torch.tensor(spans, dtype=torch.float32))
+    model.edgebert.attention_spans, model.edgebert.span_max, model.edgebert.span_ramp = spans.tolist(), 24, 8
+    model.edgebert.seq_len = CAP
+    compiled = compile_model(checkpoint, CompileOptions(seq_len=CAP, exit_thresholds=[0.6]))
+    assert compiled.options.lengths == (16, 32) and not compiled.unscheduled
+    vm = relax.VirtualMachine(compiled.executable, runtime.cpu())
+    for length, entry in ((5, "main__len16"), (16, "main__len16"), (23, "main")):
+        inputs = random_inputs(1, length, 30000, seed=length)
+        inputs["attention_mask"][:] = 1
+        padded = {k: np.pad(v, ((0, 0), (0, (16 if length <= 16 else CAP) - length))) for k, v in inputs.items()}
+        logits, layer = vm[entry](*[runtime.tensor(padded[k]) for k in INPUT_ORDER])
+        ref_logits, ref_layer = early_exit(model, *[torch.from_numpy(inputs[k]) for k in INPUT_ORDER], [0.6] * 2)
+        assert int(layer.numpy()[0]) == ref_layer
+        np.testing.assert_allclose(logits.numpy(), ref_logits.numpy(), atol=TOLERANCE)
+
+
+def test_the_library_holds_the_weights_once(tmp_path):
+    """Four lengths of ALBERT-base's shape cost at most 10 % more library than one."""
+    checkpoint = load("albert-base")
+    sizes = {}
+    for lengths in (["64"], ["8", "16", "32", "64"]):
+        out = tmp_path / f"A{len(lengths)}"
+        assert cli.main(["compile", "albert-base", "-o", str(out), "--seq-len", "64", "--lengths", *lengths]) == 0
+        sizes[len(lengths)] = (out / "model.so").stat().st_size
+        assert read_json(out / "metadata.json")["input"]["lengths"] == [int(n) for n in lengths]
+    parameter_bytes = sum(p.numel() * p.element_size() for p in checkpoint.model.parameters())
+    assert sizes[4] <= 1.1 * sizes[1] and sizes[1] < 1.2 * parameter_bytes, (sizes, parameter_bytes)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--lengths", "0"], "positive integer"),
+    (["--lengths", "16", "64"], "must lie in [1, 32]"),
+    (["--target", "edgebert", "--lengths", "16"], "--lengths is for llvm and cuda"),
+])
+def test_bad_lengths_are_one_line_errors(capsys, tmp_path, args, match):
+    code = None
+    try:
+        code = cli.main(["compile", "albert-tiny", "-o", str(tmp_path / "A"), "--seq-len", str(CAP), *args])
+    except SystemExit as exit_:  # argparse's own check of the number
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and match in err.splitlines()[-1], err
+    assert not (tmp_path / "A").exists()
+
+
+def test_inputs_longer_than_the_cap_are_refused(tiny_bert_any_length):
+    inputs = random_inputs(1, CAP + 1, 30000)
+    assert inputs["input_ids"].shape[1] > max(tiny_bert_any_length.lengths)
+    with pytest.raises(EdgeBertError, match=r"takes \(n, 1\.\.32\)"):
+        check_inputs(inputs, tiny_bert_any_length.seq_len, 30522, 2)
