@@ -99,16 +99,16 @@ def test_early_exit_and_spans_at_every_length(tiny_bert_dir):
 
 
 def test_the_library_holds_the_weights_once(tmp_path):
-    """Four lengths of ALBERT-base's shape cost at most 10 % more library than one."""
+    """Three lengths of ALBERT-base's shape cost at most 10 % more library than one."""
     checkpoint = load("albert-base")
     sizes = {}
-    for lengths in (["64"], ["8", "16", "32", "64"]):
+    for lengths in (["32"], ["8", "16", "32"]):
         out = tmp_path / f"A{len(lengths)}"
-        assert cli.main(["compile", "albert-base", "-o", str(out), "--seq-len", "64", "--lengths", *lengths]) == 0
+        assert cli.main(["compile", "albert-base", "-o", str(out), "--seq-len", "32", "--lengths", *lengths]) == 0
         sizes[len(lengths)] = (out / "model.so").stat().st_size
         assert read_json(out / "metadata.json")["input"]["lengths"] == [int(n) for n in lengths]
     parameter_bytes = sum(p.numel() * p.element_size() for p in checkpoint.model.parameters())
-    assert sizes[4] <= 1.1 * sizes[1] and sizes[1] < 1.2 * parameter_bytes, (sizes, parameter_bytes)
+    assert sizes[3] <= 1.1 * sizes[1] and sizes[1] < 1.2 * parameter_bytes, (sizes, parameter_bytes)
 
 
 @pytest.mark.parametrize("args, match", [

@@ -33,6 +33,7 @@ from edgebert_tvm.tuning.measure import Tracker, WorkerPoolBuilder
 from edgebert_tvm.tuning.records import (DEFAULTS_FILE, RECORD_FILE, WORKLOAD_FILE, DefaultTiming, append_default,
                                          open_for_tuning, read_database, read_defaults)
 from edgebert_tvm.tuning.tasks import model_tasks
+from edgebert_tvm.tuning.tune import import_tensor_intrinsics
 
 from .conftest import random_inputs, run_cli, torch_exits
 
@@ -168,6 +169,7 @@ def test_cuda_tasks_build_and_records_apply_compile_only(tmp_path, tiny_bert_dir
     checkpoint = load(tiny_bert_dir)
     tasks, target = model_tasks(checkpoint, CompileOptions(target="cuda", seq_len=16))
     task = tasks[0]
+    import_tensor_intrinsics()  # as `tune` does before its first TuneContext (3 s, not 40)
     context = ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
                              search_strategy="evolutionary", task_name=task.name)
     space = context.generate_design_space()[0]
