@@ -29,6 +29,7 @@ from edgebert_tvm.compiler import CompileOptions, compile_model, graph_module
 from edgebert_tvm.data import builtin_split, read_tsv, task_for
 from edgebert_tvm.contract import BLOCK_ATTR
 from edgebert_tvm.inputs import encode, load_tokenizer
+from edgebert_tvm.lengths import fit
 from edgebert_tvm.models.checkpoint import load
 
 LEVELS = ("off", "mask", "heads", "keys")
@@ -59,7 +60,8 @@ def main() -> None:
     labels = np.array([e.label for e in examples])
     results = []
     for seq_len in args.seq_lens:
-        inputs = encode(load_tokenizer(checkpoint.tokenizer_dir / "tokenizer.json", seq_len), [e.text for e in examples])
+        encoded = encode(load_tokenizer(checkpoint.tokenizer_dir / "tokenizer.json", seq_len), [e.text for e in examples])
+        inputs = {k: fit(v, seq_len) for k, v in encoded.items()}  # `main` runs at the cap: spans at this length
         runners, rows = {}, {}
         for level in LEVELS:
             options = CompileOptions(seq_len=seq_len, num_cores=args.threads,
