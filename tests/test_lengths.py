@@ -74,6 +74,26 @@ def test_rows_of_mixed_lengths_get_what_they_get_alone(tmp_path, tiny_bert_dir):
     np.testing.assert_allclose(artifact.run(inputs).logits, alone[:, -1], atol=TOLERANCE)
 
 
+def test_a_mixed_batch_with_exits_leaves_where_the_batch_rule_says(tmp_path, tiny_bert_dir):
+    """Exits compiled, a batch of 8 rows of mixed lengths: the batch leaves at the first exit where
+    every row is confident (PyTorch's rule on the same batch), with the logits it has there."""
+    model = load(tiny_bert_dir).model
+    lengths = [3, 9, 1, 14, 5, 11, 2, 7]
+    inputs = _rows_of_length(lengths, seed=4)
+    tensors = [torch.from_numpy(unpadded(inputs)[k]) for k in INPUT_ORDER]
+    seen = set()
+    for threshold in (0.0, 0.8, 5.0):
+        out = tmp_path / f"A{threshold:g}"
+        assert cli.main(["compile", str(tiny_bert_dir), "-o", str(out), "--seq-len", str(CAP), "--batch", "8",
+                         "--exit-threshold", str(threshold)]) == 0
+        result = Artifact.load(out).run(inputs)
+        ref_logits, ref_layer = early_exit(model, *tensors, [threshold] * 2)
+        assert set(result.exit_layer.tolist()) == {ref_layer}, threshold
+        np.testing.assert_allclose(result.logits, ref_logits.numpy(), atol=TOLERANCE)
+        seen.add(ref_layer)
+    assert len(seen) > 1  # the thresholds made the batch leave at different layers
+
+
 def test_early_exit_and_spans_at_every_length(tiny_bert_dir):
     """Exits folded in and spans folded to `keys` (heads read a suffix of the keys) at two compiled
     lengths: each length exits where PyTorch's layer-by-layer rule does, with its logits."""
