@@ -12,7 +12,6 @@ ratios to `off`, and the SST-2 dev accuracy of the folded artifact; writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from tvm import relax
 sys.path.insert(0, str(Path(__file__).parent))
 
 from flops import matmul_flops
-from harness import INPUT_ORDER, machine, median, set_threads, time_interleaved
+from harness import INPUT_ORDER, machine, median, set_threads, time_interleaved, write_report
 
 from edgebert_tvm.compiler import CompileOptions, compile_model, graph_module
 from edgebert_tvm.data import builtin_split, read_tsv, task_for
@@ -87,10 +86,7 @@ def main() -> None:
         print(f"heads kept per layer {kept}; first keys read per layer {starts}")
         print(f"SST-2 dev accuracy of the folded artifact at seq {seq_len}: {rows['keys']['dev_accuracy']:.2%}")
         results.append({"seq_len": seq_len, "levels": rows})
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "sentences": args.sentences, "results": results}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.json, {"model": args.model, "sentences": args.sentences, "results": results})
 
 
 def _sentence_runner(vm: relax.VirtualMachine, inputs: dict[str, np.ndarray], count: int):

@@ -14,7 +14,6 @@ layer and the medians and means with ratios to ONNX Runtime; writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from tvm import relax
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import INPUT_ORDER, SETTLE_S, Deployed, machine, ort_session, set_threads  # noqa: E402
+from harness import INPUT_ORDER, SETTLE_S, Deployed, machine, ort_session, set_threads, write_report  # noqa: E402
 
 from edgebert_tvm.compiler import CompileOptions, compile_model  # noqa: E402
 from edgebert_tvm.data import builtin_split, read_tsv, task_for  # noqa: E402
@@ -121,13 +120,10 @@ def main() -> None:
         summary[peer]["mean_vs_ort"] = summary[peer]["mean_ms"] / base
         print(f"{peer:20s} {summary[peer]['median_ms']:10.2f} {summary[peer]['mean_ms']:10.2f} "
               f"{summary[peer]['mean_vs_ort']:10.2f}x")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "machine": machine(args.threads), "threshold": threshold,
-                               "sentences": len(examples), "mean_true_length": float(true_lengths.mean()),
-                               "average_exit_layer": float(exit_layer.mean()), "per_exit_layer": per_layer,
-                               "summary": summary}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.json, {"model": args.model, "machine": machine(args.threads), "threshold": threshold,
+                             "sentences": len(examples), "mean_true_length": float(true_lengths.mean()),
+                             "average_exit_layer": float(exit_layer.mean()), "per_exit_layer": per_layer,
+                             "summary": summary})
 
 
 if __name__ == "__main__":

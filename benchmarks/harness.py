@@ -21,6 +21,7 @@ from tqdm import tqdm
 from tvm import relax
 
 from edgebert_tvm.compiler import CompileOptions, compile_model
+from edgebert_tvm.fileio import write_json_atomic
 from edgebert_tvm.importer import InputSpec, import_model
 from edgebert_tvm.models.checkpoint import Checkpoint
 from edgebert_tvm.target.cpu.host import describe_host, host_fp32_peak
@@ -53,6 +54,14 @@ def set_threads(threads: int) -> None:
 def machine(threads: int) -> str:
     """The CPU every number of a run comes from: its model, LLVM's name, ISA flags and fp32 peak."""
     return f"{describe_host()}; {host_fp32_peak(threads)}"
+
+
+def write_report(path: str | Path, report: dict) -> None:
+    """A benchmark's JSON results, written whole (`fileio.write_json_atomic`), its folder made if needed."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out, report)
+    print(f"wrote {out}")
 
 
 def make_inputs(batch: int, seq_len: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:

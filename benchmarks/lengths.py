@@ -11,7 +11,6 @@ ratios to ONNX Runtime per length, and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from harness import (  # noqa: E402
     set_threads,
     time_interleaved,
     torch_runner,
+    write_report,
 )
 
 from edgebert_tvm.compiler import CompileOptions, compile_model  # noqa: E402
@@ -77,10 +77,7 @@ def main() -> None:
     print(f"machine: {machine(args.threads)}", flush=True)
     report = {"machine": machine(args.threads), "threads": args.threads,
               "models": {name: model_benchmark(name, args.threads, args.rounds) for name in MODELS}}
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.json, report)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from harness import (  # noqa: E402
     time_interleaved,
     torch_compile_runner,
     torch_runner,
+    write_report,
 )
 from gemm import gemm_benchmark  # noqa: E402
 
@@ -108,11 +108,8 @@ def main() -> None:
             print_table(results[-1:])
     print_table(results)
     gemms = [] if args.skip_gemm else gemm_benchmark(args.threads, args.rounds * 4)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(args.threads), "threads": args.threads,
-                               "models": results, "gemm": gemms}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.json, {"machine": machine(args.threads), "threads": args.threads, "models": results,
+                             "gemm": gemms})
 
 
 if __name__ == "__main__":

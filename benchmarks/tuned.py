@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import Deployed, edgebert_tvm_runner, machine, make_inputs, median, ort_runner, set_threads, time_interleaved, torch_runner  # noqa: E402
+from harness import Deployed, edgebert_tvm_runner, machine, make_inputs, median, ort_runner, set_threads, time_interleaved, torch_runner, write_report  # noqa: E402
 
 from edgebert_tvm.models.checkpoint import load  # noqa: E402
 
@@ -81,11 +80,8 @@ def main() -> None:
               f"{time.perf_counter() - start:.0f} s): "
               + "  ".join(f"{p} {m:.1f} ms ({r['ratio_vs_onnxruntime'][p]:.2f}x ORT)" for p, m in r["median_ms"].items())
               + f"  tuned/default {r['tuned_over_default']:.3f}", flush=True)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads,
-                               "rounds": args.rounds, "models": results}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.json, {"machine": machine(args.threads), "threads": args.threads, "rounds": args.rounds,
+                             "models": results})
 
 
 if __name__ == "__main__":

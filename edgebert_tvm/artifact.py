@@ -188,11 +188,11 @@ class Artifact:
     def _chunks(self, inputs: dict[str, np.ndarray]) -> list[tuple[str, list[tvm.runtime.Tensor]]]:
         """Split rows into compiled-batch chunks (the last padded by repeating its final row), each cut
         or padded to the shortest compiled length that holds its rows; with the suffix of that length."""
-        rows = len(inputs["input_ids"])
+        rows, lengths = len(inputs["input_ids"]), self.lengths
         chunks = []
         for start in range(0, rows, self.batch):
             picked = np.minimum(np.arange(start, start + self.batch), rows - 1)
-            length = length_for(inputs["attention_mask"][picked], self.lengths)
+            length = length_for(inputs["attention_mask"][picked], lengths)
             args = [tvm.runtime.tensor(fit(inputs[name][picked], length), self.device) for name in INPUT_NAMES]
             chunks.append((suffix(length, self.seq_len), args))
         return chunks

@@ -38,7 +38,8 @@ def check_texts(texts: Sequence[str]) -> None:
 
 
 def encode(tokenizer: Tokenizer, texts: Sequence[str], pairs: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:
-    """Tokenise sentences (or sentence pairs) into int64 arrays of shape (n, seq_len)."""
+    """Tokenise sentences (or sentence pairs) into int64 arrays of shape (n, longest row, at most the
+    tokenizer's truncation length)."""
     batch = list(texts) if pairs is None else [(a, b) if b is not None else a for a, b in zip(texts, pairs)]
     return to_arrays(tokenizer.encode_batch(batch))
 
