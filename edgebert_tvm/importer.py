@@ -6,7 +6,8 @@ one function (its weights once) called by every layer. Blocks of one shape (BERT
 off-ramps) are exported with torch.export and translated by TVM's Relax torch frontend once, their
 weights kept as parameters; each block is that function with its own weights bound as constants, the
 same function a separate export would give, at a fraction of the cost (an export and translation
-takes about 0.4 s a block). Two entry points call the blocks in order:
+takes about 0.4 s a block). Several compiled lengths (`import_lengths`) share one export per block
+shape, its sequence length symbolic and bound to each. Two entry points call the blocks in order:
 
 - `main(input_ids, attention_mask, token_type_ids) -> (logits, exit_layer)`: the deployed model;
   without early exit folded in, it runs every layer and reports the last one as the exit layer.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import tvm
@@ -108,55 +109,102 @@ def _translate(program: torch.export.ExportedProgram) -> relax.Function:
 
 
 class _Exporter:
-    """Relax functions of blocks, one export and translation per block shape.
+    """Relax functions of blocks, one export and translation per block shape, for every length.
 
     The shape of a `_LayerBlock` or `_OffRampBlock` is its class, its modules' types and its
     parameters' names, shapes and dtypes; its forward depends on nothing else (the model's
     configuration is the same for every block), so two blocks of one shape differ only in the weights
-    bound into the translated function.
+    bound into the translated function. A block is exported once with its sequence length symbolic
+    (`torch.export.Dim`, 1..cap) and the translated function is bound to each compiled length
+    (`bind_symbolic_vars`): one export serves every length, and the bound function is structurally
+    equal to a static export at that length (tests/test_lengths.py). With `symbolic` off (one length,
+    or spans whose formula changes at the trained length: `import_lengths`) it is exported at each
+    length.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cap: int, symbolic: bool) -> None:
+        self._seq = torch.export.Dim("seq", min=1, max=cap) if symbolic and cap > 1 else None
         self._translated: dict[tuple, tuple[relax.Function, dict[str, str]]] = {}
+        self._weights: dict[int, tvm.runtime.Tensor] = {}  # by parameter: every length binds the same tensors
 
-    def function(self, block: nn.Module, args: tuple[torch.Tensor, ...], name: str, attrs: dict[str, Any]) -> relax.Function:
+    def function(self, block: nn.Module, args: tuple[torch.Tensor, ...], seq_dims: tuple[int, ...], name: str,
+                 attrs: dict[str, Any]) -> relax.Function:
+        """`block` as a Relax function at the length of `args`, whose sequence axes are `seq_dims`."""
         params = dict(block.named_parameters(remove_duplicate=False))  # tied weights under every name
         # A `_Block` holds the whole model and runs a lambda: its shape says nothing of what it computes.
         shape = (name,) if isinstance(block, _Block) else (
             type(block).__name__, tuple(type(m).__name__ for m in block.modules()),
             tuple((n, tuple(p.shape), p.dtype) for n, p in params.items()))
-        if shape not in self._translated:
-            with torch.no_grad():
-                program = torch.export.export(block.eval(), args)
-            names = {spec.arg.name: spec.target for spec in program.graph_signature.input_specs
-                     if spec.kind is torch.export.graph_signature.InputKind.PARAMETER}
-            self._translated[shape] = (_translate(program), names)
-        func, names = self._translated[shape]
-        weights = {var: tvm.runtime.tensor(params[target].detach().contiguous().numpy()) for var, target in names.items()}
+        length = args[0].shape[1]
+        key = shape if self._seq is not None else (*shape, length)
+        if key not in self._translated:
+            self._translated[key] = self._export(block, args, seq_dims)
+        func, names = self._translated[key]
+        if self._seq is not None:
+            (seq,) = relax.analysis.defined_symbolic_vars(func)
+            func = func.bind_symbolic_vars({seq: length})
+        weights = {var: self._weight(params[target]) for var, target in names.items()}
         # Fresh variables: two functions must not share a definition (Relax's well-formedness).
-        func = copy_with_new_vars(func.bind_params(weights)).without_attr("params").without_attr("num_input")
+        func = copy_with_new_vars(func.bind_params(weights))
+        for attr in ("params", "num_input", "tir_var_lower_bound", "tir_var_upper_bound"):
+            func = func.without_attr(attr)
         return func.with_attrs({"global_symbol": name, BLOCK_ATTR: attrs.pop("block"), **attrs})
+
+    def _export(self, block: nn.Module, args: tuple[torch.Tensor, ...],
+                seq_dims: tuple[int, ...]) -> tuple[relax.Function, dict[str, str]]:
+        dynamic = None
+        if self._seq is not None:
+            dynamic = tuple({dim: self._seq} for dim in seq_dims)
+            dynamic = (dynamic,) if isinstance(block, _Block) else dynamic  # a `_Block` takes *args
+        with torch.no_grad():
+            program = torch.export.export(block.eval(), args, dynamic_shapes=dynamic)
+        names = {spec.arg.name: spec.target for spec in program.graph_signature.input_specs
+                 if spec.kind is torch.export.graph_signature.InputKind.PARAMETER}
+        return _translate(program), names
+
+    def _weight(self, param: torch.Tensor) -> tvm.runtime.Tensor:
+        if id(param) not in self._weights:
+            self._weights[id(param)] = tvm.runtime.tensor(param.detach().contiguous().numpy())
+        return self._weights[id(param)]
 
 
 def import_model(model: EdgeBertForSequenceClassification, spec: InputSpec) -> tvm.IRModule:
     """Translate `model` (in eval mode) into the block-structured Relax module described above."""
+    return import_lengths(model, spec.batch, [spec.seq_len])[0]
+
+
+def import_lengths(model: EdgeBertForSequenceClassification, batch: int, lengths: Sequence[int]) -> list[tvm.IRModule]:
+    """`import_model` at each of `lengths`, every block exported once for all of them (`_Exporter`)."""
     model = model.eval()
+    cap = max(lengths)
+    # A symbolic export costs about 0.7x a static one more: it pays from two lengths on. The span
+    # formula counts from the trained length T, or from the input's end past it: a branch on the
+    # length that one symbolic export cannot take, so such a model is exported at each length.
+    trained = model.edgebert.seq_len
+    symbolic = len(set(lengths)) > 1 and (model.span_z is None or trained is None or trained >= cap)
+    exporter = _Exporter(cap, symbolic)
+    # The cap first: torch.export takes its example length as typical, and a length of 1 as a constant.
+    modules = {length: _import_at(model, exporter, InputSpec(batch, length)) for length in sorted(lengths, reverse=True)}
+    return [modules[length] for length in lengths]
+
+
+def _import_at(model: EdgeBertForSequenceClassification, exporter: _Exporter, spec: InputSpec) -> tvm.IRModule:
+    """The module at one input shape, its blocks from `exporter`."""
     # Distinct tensors per input: torch.export would alias one tensor passed twice.
     ids, types, mask = (torch.full((spec.batch, spec.seq_len), v, dtype=torch.int64) for v in (0, 0, 1))
     with torch.no_grad():
         hidden, attn_bias = model.embed(ids, types, mask)
 
     bb = relax.BlockBuilder()
-    exporter = _Exporter()
     embeddings = bb.add_func(
-        exporter.function(_Block(model, lambda i, t, m: model.embed(i, t, m)), (ids, types, mask), EMBEDDINGS,
+        exporter.function(_Block(model, lambda i, t, m: model.embed(i, t, m)), (ids, types, mask), (1, 1, 1), EMBEDDINGS,
                           {"block": EMBEDDINGS}),
         EMBEDDINGS,
     )
     groups = [model.arch.layer_group(model.config, i) for i in range(model.num_layers)]
     layer_funcs = {}
     for group in sorted(set(groups)):
-        func = exporter.function(_LayerBlock(model, group), (hidden, attn_bias), layer_name(group),
+        func = exporter.function(_LayerBlock(model, group), (hidden, attn_bias), (1, 3), layer_name(group),
                                  {"block": LAYER, GROUP_ATTR: group})
         layer_funcs[group] = bb.add_func(func, layer_name(group))
     exit_funcs = []
@@ -164,7 +212,7 @@ def import_model(model: EdgeBertForSequenceClassification, spec: InputSpec) -> t
         name = exit_name(index + 1)
         block = (_OffRampBlock(model.offramps[index]) if index < model.num_layers - 1
                  else _Block(model, lambda h: model.exit_logits(model.num_layers - 1, h)))
-        func = exporter.function(block, (hidden,), name, {"block": EXIT, LAYER_ATTR: index + 1})
+        func = exporter.function(block, (hidden,), (1,), name, {"block": EXIT, LAYER_ATTR: index + 1})
         exit_funcs.append(bb.add_func(func, name))
 
     def entry(name: str, body: Callable[[list[relax.Expr]], relax.Expr]) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import tvm_ffi
 from tvm import relax, runtime
 
 from edgebert_tvm import cli
 from edgebert_tvm.artifact import Artifact
 from edgebert_tvm.compiler import CompileOptions, compile_model
 from edgebert_tvm.errors import EdgeBertError
+from edgebert_tvm.importer import InputSpec, import_lengths, import_model
 from edgebert_tvm.inputs import check_inputs, unpadded
 from edgebert_tvm.lengths import default_lengths, length_for
 from edgebert_tvm.models.checkpoint import load
@@ -59,6 +61,27 @@ def test_every_length_equals_pytorch_at_that_length(tiny_bert_any_length, tiny_b
     np.testing.assert_allclose(result.logits, reference[:, -1], atol=TOLERANCE)
 
 
+@pytest.mark.parametrize("trained, exports", [(CAP, 4), (16, 8)], ids=["trained-at-cap", "trained-below-cap"])
+def test_one_export_bound_to_each_length_equals_an_export_at_that_length(monkeypatch, tiny_bert_dir, trained, exports):
+    """With spans trained at the cap, each block shape (embeddings, layer, off-ramp, last exit) is
+    exported once for every length and bound to each: the very functions of a static export at that
+    length. Spans trained below the cap switch formula at the trained length: exported per length."""
+    model = load(tiny_bert_dir).model
+    model.enable_spans(0.5)
+    model.edgebert.seq_len = trained
+    calls = []
+    export = torch.export.export
+    monkeypatch.setattr(torch.export, "export", lambda *args, **kwargs: calls.append(1) or export(*args, **kwargs))
+    lengths = [1, CAP]
+    modules = import_lengths(model, 2, lengths)
+    assert len(calls) == exports
+    if trained == CAP:  # exported symbolically
+        for length, mod in zip(lengths, modules):
+            static = import_model(model, InputSpec(2, length))
+            for gv, func in mod.functions_items():
+                assert tvm_ffi.structural_equal(func, static[gv.name_hint], map_free_vars=True), (length, gv.name_hint)
+
+
 def test_rows_of_mixed_lengths_get_what_they_get_alone(tmp_path, tiny_bert_dir):
     """A compiled batch of 8: each row's logits, at full depth and at every exit, equal that row run
     alone at its own length; the batch runs at the length of its longest row."""
@@ -82,7 +105,7 @@ def test_a_mixed_batch_with_exits_leaves_where_the_batch_rule_says(tmp_path, tin
     inputs = _rows_of_length(lengths, seed=4)
     tensors = [torch.from_numpy(unpadded(inputs)[k]) for k in INPUT_ORDER]
     seen = set()
-    for threshold in (0.0, 0.8, 5.0):
+    for threshold in (1.09, 5.0):  # here: after layer 2 (its rows' entropies 1.086 at most, layer 1's 1.096), and 1
         out = tmp_path / f"A{threshold:g}"
         assert cli.main(["compile", str(tiny_bert_dir), "-o", str(out), "--seq-len", str(CAP), "--batch", "8",
                          "--exit-threshold", str(threshold)]) == 0

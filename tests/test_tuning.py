@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -133,23 +134,32 @@ def _free_port() -> int:
 def test_rpc_loopback_tracker_and_two_servers(tmp_path):
     port, key = _free_port(), "edgebert-test"
     python = [sys.executable, "-m"]
+    # Each in its own session, stopped with its process group: a server runs its sessions in child
+    # processes that would outlive it.
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     procs = [subprocess.Popen([*python, "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
-                               "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+                               "--port-end", str(port + 1)], **quiet)]
+    tracker = Tracker("127.0.0.1", port, key)
+
+    def wait_for(ready: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if ready():
+                    return
+            except (EdgeBertError, OSError):  # not listening yet, or no server registered yet
+                pass
+            time.sleep(0.2)
+
     try:
+        # A server that finds no tracker retries only 5 s later: start them once it listens.
+        wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() is None)
         for _ in range(2):
             server_port = _free_port()
             procs.append(subprocess.Popen(
                 [*python, "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(server_port),
-                 "--port-end", str(server_port + 1), "--tracker", f"127.0.0.1:{port}", "--key", key], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        tracker = Tracker("127.0.0.1", port, key)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if tracker.servers() == 2:
-                    break
-            except EdgeBertError:
-                pass
-            time.sleep(1)
+                 "--port-end", str(server_port + 1), "--tracker", f"127.0.0.1:{port}", "--key", key], **quiet))
+        wait_for(lambda: tracker.servers() == 2)
         assert tracker.servers() == 2
         work = tmp_path / "tune"
         assert cli.main(["tune", *MODEL, "--top-kernels", "1", "--population", "32", "--trials", "4", "-o", str(work),
@@ -159,7 +169,7 @@ def test_rpc_loopback_tracker_and_two_servers(tmp_path):
         assert all(max(float(s) for s in r.run_secs) < 1.0 for r in records)  # measured, not failed
     finally:
         for proc in reversed(procs):
-            proc.terminate()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
 
 

@@ -226,8 +226,8 @@ def _tune_round(state: TaskState, trials: int, target, options: TuneOptions, dat
 
 
 # Source "files" no module is loaded from: `inspect.getmodule` answers None for them, but only after
-# scanning all of sys.modules, every time.
-_MODULELESS_FILES = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>", "<ast>")
+# scanning all of sys.modules, every time ("<string>": TVMScript's evaluator runs compiled strings).
+_MODULELESS_FILES = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>", "<ast>", "<string>")
 
 
 def import_tensor_intrinsics() -> None:
