@@ -86,9 +86,9 @@ def torch_compile_runner(model: nn.Module, inputs: dict[str, np.ndarray]) -> Run
     return run
 
 
-def ort_session(model: nn.Module, inputs: dict[str, np.ndarray], threads: int):
+def ort_session(model: nn.Module, inputs: dict[str, np.ndarray], threads: int, profile: bool = False):
     """ONNX Runtime session of `model` as its users export it: dynamic batch and sequence axes (any
-    input shape runs, at its own length), all graph optimisations."""
+    input shape runs, at its own length), all graph optimisations; `profile`: ORT's per-node profiler on."""
     import onnxruntime as ort
 
     path = Path(tempfile.mkdtemp()) / "model.onnx"
@@ -101,6 +101,7 @@ def ort_session(model: nn.Module, inputs: dict[str, np.ndarray], threads: int):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.enable_profiling = profile
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

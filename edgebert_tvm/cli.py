@@ -287,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "at the shortest compiled length that holds it (see --lengths)")
         p.add_argument("--lengths", type=_positive_int, nargs="+", metavar="N",
                        help="sequence lengths compiled into the artifact, one set of kernels each, the weights held "
-                            "once (default: 16, 32, 64, ... below --seq-len, and --seq-len; the edgebert target: "
-                            "--seq-len only)")
+                            "once (default: 16 to 64 in steps of 8, then steps of at most 25%% up to --seq-len; "
+                            "the edgebert target: --seq-len only)")
         p.add_argument("--num-cores", type=_positive_int, default=None, help="CPU threads (default: all available)")
         p.add_argument("--exit-threshold", type=_number, nargs="+", metavar="T",
                        help="fold entropy early exit into the graph: one threshold (nats) for every exit, "

@@ -1,7 +1,7 @@
 """Sequence lengths: one artifact runs every input length up to its cap, each batch at the length it needs.
 
-The graph is compiled at a few lengths (`default_lengths`: powers of two from 16 below the cap, and
-the cap; docs/ARCHITECTURE.md, "Sequence lengths"), each a full copy of the block functions with its
+The graph is compiled at a few lengths (`default_lengths`: every multiple of 8 from 16 to 64, then
+steps of at most 25 %, and the cap; docs/ARCHITECTURE.md, "Sequence lengths"), each a full copy of the block functions with its
 own static-shape kernels, merged into one module: the copy at the cap keeps the plain names (`main`,
 `all_exits`), the others carry `suffix(length, cap)`. The copies read the same weights, and the VM's
 constant pool stores equal constants once, so the library holds the weights once. A call runs at the
@@ -22,14 +22,20 @@ from .errors import EdgeBertError, InternalError
 from .passes.deduplicate_prim_funcs import repoint_globals
 
 SHORTEST_DEFAULT = 16  # below it a layer's fixed per-call costs outweigh the tokens saved
+STEP = 8  # compiled lengths are multiples of the AVX-512 matmul kernel's row tile
+GROWTH = 1.25
 
 
 def default_lengths(cap: int) -> tuple[int, ...]:
-    """16, 32, 64, ... below `cap`, then `cap`: a batch computes at most twice the length it needs."""
+    """16, 24, 32, ..., 64, then steps of at most `GROWTH` (80, 96, 120, ...) below `cap`, then `cap`.
+
+    From 40 tokens on a batch computes at most 1.25x the tokens it needs; SST-2 dev sentences (25
+    tokens on average) compute 1.17x theirs, against 1.43x with powers of two (which compile faster:
+    ALBERT-base at cap 128, 10.0 s for 4 lengths against 23.2 s for 11, in-process)."""
     lengths, length = [], SHORTEST_DEFAULT
     while length < cap:
         lengths.append(length)
-        length *= 2
+        length = max(length + STEP, int(length * GROWTH) // STEP * STEP)
     return (*lengths, cap)
 
 

@@ -22,7 +22,7 @@ from edgebert_tvm.models.modeling import early_exit
 from .conftest import INPUT_ORDER, random_inputs, read_json, torch_exits
 
 TOLERANCE = 1e-4
-CAP = 32
+CAP = 24
 
 
 def _rows_of_length(lengths: list[int], seed: int = 0) -> dict[str, np.ndarray]:
@@ -41,18 +41,21 @@ def tiny_bert_any_length(tmp_path_factory, tiny_bert_dir) -> Artifact:
     return Artifact.load(out)
 
 
-def test_default_lengths_double_up_to_the_cap():
-    assert default_lengths(128) == (16, 32, 64, 128)
-    assert default_lengths(100) == (16, 32, 64, 100)
+def test_default_lengths_step_by_8_then_by_a_quarter_up_to_the_cap():
+    assert default_lengths(64) == (16, 24, 32, 40, 48, 56, 64)
+    assert default_lengths(128) == (16, 24, 32, 40, 48, 56, 64, 80, 96, 120, 128)
+    assert default_lengths(100) == (16, 24, 32, 40, 48, 56, 64, 80, 96, 100)
     assert default_lengths(16) == (16,) and default_lengths(8) == (8,)
+    big = default_lengths(512)
+    assert all(b / a <= 1.25 for a, b in zip(big[3:], big[4:])) and all(n % 8 == 0 for n in big)
     mask = np.zeros((2, 40), np.int64)
     mask[0, :3], mask[1, :17] = 1, 1
     assert length_for(mask, [16, 32, 64]) == 32 and length_for(mask[:1], [16, 32, 64]) == 16
 
 
-@pytest.mark.parametrize("length", [1, 2, 7, 16, 17, 31, 32])
+@pytest.mark.parametrize("length", [1, 2, 7, 16, 17, 23, 24])
 def test_every_length_equals_pytorch_at_that_length(tiny_bert_any_length, tiny_bert_dir, length):
-    assert tiny_bert_any_length.lengths == [16, 32]
+    assert tiny_bert_any_length.lengths == [16, 24]
     inputs = random_inputs(2, length, 30000, seed=length)
     inputs["attention_mask"][:] = 1
     reference = torch_exits(load(tiny_bert_dir).model, inputs)  # PyTorch unpadded
@@ -129,12 +132,12 @@ def test_early_exit_and_spans_at_every_length(tiny_bert_dir):
     model.edgebert.attention_spans, model.edgebert.span_max, model.edgebert.span_ramp = spans.tolist(), 24, 8
     model.edgebert.seq_len = CAP
     compiled = compile_model(checkpoint, CompileOptions(seq_len=CAP, exit_thresholds=[0.6]))
-    assert compiled.options.lengths == (16, 32) and not compiled.unscheduled
+    assert compiled.options.lengths == (16, 24) and not compiled.unscheduled
     vm = relax.VirtualMachine(compiled.executable, runtime.cpu())
-    for length, entry in ((5, "main__len16"), (16, "main__len16"), (23, "main")):
+    for length, entry, compiled_length in ((5, "main__len16", 16), (16, "main__len16", 16), (23, "main", CAP)):
         inputs = random_inputs(1, length, 30000, seed=length)
         inputs["attention_mask"][:] = 1
-        padded = {k: np.pad(v, ((0, 0), (0, (16 if length <= 16 else CAP) - length))) for k, v in inputs.items()}
+        padded = {k: np.pad(v, ((0, 0), (0, compiled_length - length))) for k, v in inputs.items()}
         logits, layer = vm[entry](*[runtime.tensor(padded[k]) for k in INPUT_ORDER])
         ref_logits, ref_layer = early_exit(model, *[torch.from_numpy(inputs[k]) for k in INPUT_ORDER], [0.6] * 2)
         assert int(layer.numpy()[0]) == ref_layer
@@ -156,7 +159,7 @@ def test_the_library_holds_the_weights_once(tmp_path):
 
 @pytest.mark.parametrize("args, match", [
     (["--lengths", "0"], "positive integer"),
-    (["--lengths", "16", "64"], "must lie in [1, 32]"),
+    (["--lengths", "16", "64"], "must lie in [1, 24]"),
     (["--target", "edgebert", "--lengths", "16"], "--lengths is for llvm and cuda"),
 ])
 def test_bad_lengths_are_one_line_errors(capsys, tmp_path, args, match):
@@ -173,5 +176,5 @@ def test_bad_lengths_are_one_line_errors(capsys, tmp_path, args, match):
 def test_inputs_longer_than_the_cap_are_refused(tiny_bert_any_length):
     inputs = random_inputs(1, CAP + 1, 30000)
     assert inputs["input_ids"].shape[1] > max(tiny_bert_any_length.lengths)
-    with pytest.raises(EdgeBertError, match=r"takes \(n, 1\.\.32\)"):
+    with pytest.raises(EdgeBertError, match=r"takes \(n, 1\.\.24\)"):
         check_inputs(inputs, tiny_bert_any_length.seq_len, 30522, 2)
