@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, help="default: the checkpoint's calibrated threshold")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, help="only the first N dev sentences")
+    parser.add_argument("--lengths", type=int, nargs="+", help="the compiled lengths (default: the compiler's)")
     parser.add_argument("--json", default="benchmarks/results/early_exit.json")
     args = parser.parse_args()
     set_threads(args.threads)
@@ -60,7 +61,7 @@ def main() -> None:
 
     def vm_for(thresholds):
         compiled = compile_model(checkpoint, CompileOptions(seq_len=seq_len, num_cores=args.threads,
-                                                            exit_thresholds=thresholds))
+                                                            exit_thresholds=thresholds, lengths=args.lengths))
         return relax.VirtualMachine(compiled.executable, tvm.cpu()), compiled.options.lengths
 
     (exit_vm, lengths), (full_vm, _) = vm_for([threshold]), vm_for(None)

@@ -102,6 +102,7 @@ def ort_session(model: nn.Module, inputs: dict[str, np.ndarray], threads: int, p
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.enable_profiling = profile
+    options.profile_file_prefix = str(path.parent / "profile")  # beside the model, not in the working directory
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -125,7 +125,9 @@ class _Exporter:
     def __init__(self, cap: int, symbolic: bool) -> None:
         self._seq = torch.export.Dim("seq", min=1, max=cap) if symbolic and cap > 1 else None
         self._translated: dict[tuple, tuple[relax.Function, dict[str, str]]] = {}
-        self._weights: dict[int, tvm.runtime.Tensor] = {}  # by parameter: every length binds the same tensors
+        # By parameter, which the entry keeps alive (a freed parameter's id could be reused by another
+        # block's): every length binds the same tensors.
+        self._weights: dict[int, tuple[torch.Tensor, tvm.runtime.Tensor]] = {}
 
     def function(self, block: nn.Module, args: tuple[torch.Tensor, ...], seq_dims: tuple[int, ...], name: str,
                  attrs: dict[str, Any]) -> relax.Function:
@@ -135,7 +137,7 @@ class _Exporter:
         shape = (name,) if isinstance(block, _Block) else (
             type(block).__name__, tuple(type(m).__name__ for m in block.modules()),
             tuple((n, tuple(p.shape), p.dtype) for n, p in params.items()))
-        length = args[0].shape[1]
+        length = args[0].shape[seq_dims[0]]
         key = shape if self._seq is not None else (*shape, length)
         if key not in self._translated:
             self._translated[key] = self._export(block, args, seq_dims)
@@ -164,8 +166,8 @@ class _Exporter:
 
     def _weight(self, param: torch.Tensor) -> tvm.runtime.Tensor:
         if id(param) not in self._weights:
-            self._weights[id(param)] = tvm.runtime.tensor(param.detach().contiguous().numpy())
-        return self._weights[id(param)]
+            self._weights[id(param)] = (param, tvm.runtime.tensor(param.detach().contiguous().numpy()))
+        return self._weights[id(param)][1]
 
 
 def import_model(model: EdgeBertForSequenceClassification, spec: InputSpec) -> tvm.IRModule:
