@@ -8,7 +8,8 @@ call it makes (captured once with the VM's instrument hook) replayed from Python
 the same buffers, each call timed; what the replay does not account for is the VM's own work
 (dispatch, allocation, shape checks, builtins), less Python's ~1 us a call. ORT:
 its profiler's per-node times, against its profiled runs (the profiler slows each node). Both grouped by kind (matmul, attention,
-layer norm, ...). Medians, same process, same thread count; prints a table and writes JSON and a plot.
+layer norm, ...). The two end-to-end calls are timed interleaved (`harness.time_interleaved`).
+Medians, same process, same thread count; prints a table and writes JSON and a plot.
 
     .venv/bin/python benchmarks/breakdown.py --json benchmarks/results/breakdown.json
 """
@@ -31,7 +32,18 @@ from tvm import relax
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import INPUT_ORDER, Deployed, machine, make_inputs, ort_session, set_threads, write_report  # noqa: E402
+from harness import (  # noqa: E402
+    INPUT_ORDER,
+    Deployed,
+    Runner,
+    machine,
+    make_inputs,
+    median,
+    ort_session,
+    set_threads,
+    time_interleaved,
+    write_report,
+)
 
 from edgebert_tvm.compiler import CompileOptions, compile_model  # noqa: E402
 from edgebert_tvm.lengths import fit, length_for, suffix  # noqa: E402
@@ -66,7 +78,8 @@ def _kernel_calls(vm: relax.VirtualMachine, entry: str, args: list) -> list[tupl
     return calls
 
 
-def ours(checkpoint, inputs: dict[str, np.ndarray], cap: int, threads: int, repeat: int) -> dict:
+def ours(checkpoint, inputs: dict[str, np.ndarray], cap: int, threads: int, repeat: int) -> tuple[dict, Runner]:
+    """Our call's kernels against the VM's own work, and the call (for the interleaved timing)."""
     compiled = compile_model(checkpoint, CompileOptions(seq_len=cap, num_cores=threads))
     length = length_for(inputs["attention_mask"], compiled.options.lengths)
     entry = "main" + suffix(length, cap)
@@ -90,26 +103,20 @@ def ours(checkpoint, inputs: dict[str, np.ndarray], cap: int, threads: int, repe
     per_kind: dict[str, float] = defaultdict(float)
     per_kernel: dict[str, list] = {}
     for (symbol, _, _), times in zip(calls, per_call):
-        ms = statistics.median(times[warm])
+        ms = median(times[warm])
         per_kind[kind(symbol)] += ms
         row = per_kernel.setdefault(symbol, [0, 0.0])
         row[0] += 1
         row[1] += ms
-    end_to_end, kernels = statistics.median(total[warm]), statistics.median(replay[warm])
-    return {"compiled_length": length, "end_to_end_ms": end_to_end, "kernel_calls": len(calls),
-            "kernels_ms": kernels, "vm_overhead_ms": end_to_end - kernels, "by_kind_ms": dict(per_kind),
-            "top_kernels": sorted(([s, n, ms] for s, (n, ms) in per_kernel.items()), key=lambda r: -r[2])[:12]}
+    call, kernels = median(total[warm]), median(replay[warm])
+    return ({"compiled_length": length, "call_ms": call, "kernel_calls": len(calls), "kernels_ms": kernels,
+             "runtime_overhead_ms": call - kernels, "by_kind_ms": dict(per_kind),
+             "top_kernels": sorted(([s, n, ms] for s, (n, ms) in per_kernel.items()), key=lambda r: -r[2])[:12]},
+            lambda: vm[entry](*args)[0].numpy())
 
 
 def onnxruntime(deployed, inputs: dict[str, np.ndarray], threads: int, repeat: int) -> dict:
-    session = ort_session(deployed, inputs, threads)
-    for _ in range(5):
-        session.run(None, inputs)
-    total = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        session.run(None, inputs)
-        total.append((time.perf_counter() - start) * 1e3)
+    """ORT's nodes under its profiler, by kind."""
     # The profiler's own cost per node is large at this size: its node times are set against the
     # profiled runs' own time.
     profiled = ort_session(deployed, inputs, threads, profile=True)
@@ -122,8 +129,7 @@ def onnxruntime(deployed, inputs: dict[str, np.ndarray], threads: int, repeat: i
     for event in nodes:
         per_kind[kind(event["args"]["op_name"])] += event["dur"] / 1e3 / len(runs)
     kernels = sum(per_kind.values())
-    return {"end_to_end_ms": statistics.median(total), "profiled_run_ms": statistics.mean(runs),
-            "kernel_calls": len(nodes) // len(runs), "kernels_ms": kernels,
+    return {"profiled_run_ms": statistics.mean(runs), "kernel_calls": len(nodes) // len(runs), "kernels_ms": kernels,
             "runtime_overhead_ms": statistics.mean(runs) - kernels, "by_kind_ms": dict(per_kind)}
 
 
@@ -138,9 +144,8 @@ def plot(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 3))
     for row, (peer, result) in enumerate(peers.items()):
         left = 0.0
-        overhead = result.get("vm_overhead_ms", result.get("runtime_overhead_ms", 0.0))
         for index, label in enumerate(labels):
-            width = overhead if index == len(KINDS) else result["by_kind_ms"].get(label, 0.0)
+            width = result["runtime_overhead_ms"] if index == len(KINDS) else result["by_kind_ms"].get(label, 0.0)
             ax.barh(row, width, left=left, color=f"C{index}", label=label if row == 0 else None)
             left += max(width, 0.0)
     ax.set_yticks(range(len(peers)), ["edgebert-tvm", "onnxruntime\n(profiled run)"])
@@ -158,26 +163,32 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=25)
     parser.add_argument("--cap", type=int, default=64, help="the compiled --seq-len (the default artifact's)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=200, help="replay and profiler rounds")
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved end-to-end rounds")
     parser.add_argument("--json", default="benchmarks/results/breakdown.json")
     args = parser.parse_args()
     set_threads(args.threads)
     print(f"machine: {machine(args.threads)}", flush=True)
     checkpoint = load(args.model)
     inputs = make_inputs(1, args.tokens, checkpoint.model.config.vocab_size)
+    deployed = Deployed(checkpoint.model).eval()
+    us, our_call = ours(checkpoint, inputs, args.cap, args.threads, args.repeat)
+    ort = onnxruntime(deployed, inputs, args.threads, args.repeat)
+    session = ort_session(deployed, inputs, args.threads)
+    end_to_end = {peer: median(t) for peer, t in time_interleaved(
+        {"edgebert-tvm": our_call, "onnxruntime": lambda: session.run(None, inputs)[0]}, args.rounds).items()}
     report = {"machine": machine(args.threads), "model": args.model, "tokens": args.tokens, "threads": args.threads,
-              "edgebert-tvm": ours(checkpoint, inputs, args.cap, args.threads, args.repeat),
-              "onnxruntime": onnxruntime(Deployed(checkpoint.model).eval(), inputs, args.threads, args.repeat)}
-    us, ort = report["edgebert-tvm"], report["onnxruntime"]
+              "end_to_end_ms": end_to_end, "ours_vs_ort": end_to_end["edgebert-tvm"] / end_to_end["onnxruntime"],
+              "edgebert-tvm": us, "onnxruntime": ort}
     print(f"{'':28s} {'ours ms':>9s} {'ORT ms':>9s}")
     for label, _ in KINDS:
         print(f"{label:28s} {us['by_kind_ms'].get(label, 0.0):9.3f} {ort['by_kind_ms'].get(label, 0.0):9.3f}")
-    print(f"{'runtime (VM / ORT session)':28s} {us['vm_overhead_ms']:9.3f} {ort['runtime_overhead_ms']:9.3f}")
-    print(f"{'sum (ORT: its profiled run)':28s} {us['end_to_end_ms']:9.3f} {ort['profiled_run_ms']:9.3f}")
-    print(f"ours: kernels replayed {us['kernels_ms']:.3f} ms of {us['end_to_end_ms']:.3f}; the VM's own work "
-          f"{us['vm_overhead_ms']:.3f} ms ({us['vm_overhead_ms'] / us['end_to_end_ms']:.0%})")
-    print(f"{'end to end':28s} {us['end_to_end_ms']:9.3f} {ort['end_to_end_ms']:9.3f}   ours/ORT "
-          f"{us['end_to_end_ms'] / ort['end_to_end_ms']:.2f}x; ours at length {us['compiled_length']}, "
+    print(f"{'runtime (VM / ORT session)':28s} {us['runtime_overhead_ms']:9.3f} {ort['runtime_overhead_ms']:9.3f}")
+    print(f"{'sum (ORT: its profiled run)':28s} {us['call_ms']:9.3f} {ort['profiled_run_ms']:9.3f}")
+    print(f"ours: kernels replayed {us['kernels_ms']:.3f} ms of {us['call_ms']:.3f}; the VM's own work "
+          f"{us['runtime_overhead_ms']:.3f} ms ({us['runtime_overhead_ms'] / us['call_ms']:.0%})")
+    print(f"{'end to end (interleaved)':28s} {end_to_end['edgebert-tvm']:9.3f} {end_to_end['onnxruntime']:9.3f}   "
+          f"ours/ORT {report['ours_vs_ort']:.2f}x; ours at length {us['compiled_length']}, "
           f"{us['kernel_calls']} kernel calls; ORT {ort['kernel_calls']} nodes")
     print("our heaviest kernels (calls, ms):")
     for symbol, calls, ms in us["top_kernels"]:

@@ -123,7 +123,7 @@ class _Exporter:
     """
 
     def __init__(self, cap: int, symbolic: bool) -> None:
-        self._seq = torch.export.Dim("seq", min=1, max=cap) if symbolic and cap > 1 else None
+        self._seq = torch.export.Dim("seq", min=1, max=cap) if symbolic else None
         self._translated: dict[tuple, tuple[relax.Function, dict[str, str]]] = {}
         # By parameter, which the entry keeps alive (a freed parameter's id could be reused by another
         # block's): every length binds the same tensors.

@@ -1,13 +1,13 @@
 """Sequence lengths: one artifact runs every input length up to its cap, each batch at the length it needs.
 
 The graph is compiled at a few lengths (`default_lengths`: every multiple of 8 from 16 to 64, then
-steps of at most 25 %, and the cap; docs/ARCHITECTURE.md, "Sequence lengths"), each a full copy of the block functions with its
-own static-shape kernels, merged into one module: the copy at the cap keeps the plain names (`main`,
-`all_exits`), the others carry `suffix(length, cap)`. The copies read the same weights, and the VM's
-constant pool stores equal constants once, so the library holds the weights once. A call runs at the
-smallest compiled length that holds the last real token of every row of its batch: the keys past it
-are masked, so cutting (or padding) the batch to that length changes nothing but the work done.
-Torch-free: the runtime picks lengths with it.
+steps of at most 25 %, and the cap; docs/ARCHITECTURE.md, "Sequence lengths"), each a full copy of
+the block functions with its own static-shape kernels, merged into one module: the copy at the cap
+keeps the plain names (`main`, `all_exits`), the others carry `suffix(length, cap)`. The copies read
+the same weights, and the VM's constant pool stores equal constants once, so the library holds the
+weights once. A call runs at the smallest compiled length that holds the last real token of every
+row of its batch: the keys past it are masked, so cutting (or padding) the batch to that length
+changes nothing but the work done. Torch-free: the runtime picks lengths with it.
 """
 
 from __future__ import annotations

@@ -131,6 +131,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _listening(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1):  # OSError until something listens
+        return True
+
+
 def test_rpc_loopback_tracker_and_two_servers(tmp_path):
     port, key = _free_port(), "edgebert-test"
     python = [sys.executable, "-m"]
@@ -153,7 +158,7 @@ def test_rpc_loopback_tracker_and_two_servers(tmp_path):
 
     try:
         # A server that finds no tracker retries only 5 s later: start them once it listens.
-        wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() is None)
+        wait_for(lambda: _listening(port))
         for _ in range(2):
             server_port = _free_port()
             procs.append(subprocess.Popen(
