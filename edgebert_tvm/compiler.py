@@ -27,6 +27,7 @@ from .passes.fold_attention_span import FoldAttentionSpan, check_spans
 from .passes.fold_entropy_exit import FoldEntropyExit, check_thresholds
 from .passes.fuse_qkv import FuseQKV
 from .passes.lower_adaptivfloat import register_pipeline
+from .passes.narrow_final_layer import NarrowFinalLayer
 from .passes.quantize_weights_adaptivfloat import QuantizeWeightsAdaptivFloat
 from .target.registry import compile_target
 from .target.targets import run_device
@@ -63,6 +64,7 @@ class CompileOptions:
     tuning_records: Path | None = None  # an `edgebert-tvmc tune` work directory
     sparse: bool = False
     fuse_qkv: bool = False  # one GEMM for Q, K and V (llvm, cuda); measured 1.00x on 2 threads, so opt-in
+    narrow_final_layer: bool = True  # the last layer computes only the rows its exit reads (exact)
 
     @property
     def weight_bits(self) -> int | None:
@@ -147,7 +149,7 @@ def folded_spans(options: CompileOptions, edgebert: EdgeBertConfig) -> list[list
 # does (docs/ARCHITECTURE.md, "Pipeline order"): span folding reads the importer's per-projection
 # attention, FuseQKV fuses those projections, sparsity needs float32 weights, RDA leaves AdaptivFloat
 # codes alone, and FoldEntropyExit rebuilds `main`, so it comes last.
-PIPELINE_ORDER = ("edgebert.FoldAttentionSpan", "edgebert.FuseQKV", "edgebert.FoldSparsity",
+PIPELINE_ORDER = ("edgebert.FoldAttentionSpan", "edgebert.FuseQKV", "edgebert.NarrowFinalLayer", "edgebert.FoldSparsity",
                   "edgebert.QuantizeWeightsAdaptivFloat", "edgebert.ApproximateRedundantData", "edgebert.FoldEntropyExit")
 
 
@@ -171,6 +173,8 @@ def edgebert_passes(options: CompileOptions, edgebert: EdgeBertConfig) -> list[t
                                         options.span_level))
     if options.fuse_qkv:
         passes.append(FuseQKV())
+    if options.narrow_final_layer:
+        passes.append(NarrowFinalLayer())
     if options.sparse:
         passes.append(FoldSparsity())
     if options.weight_bits is not None:

@@ -58,6 +58,19 @@ def block_functions(mod: tvm.IRModule, kind: str | None = None) -> dict[tvm.ir.G
             if (found := block_kind(func)) is not None and (kind is None or found == kind)}
 
 
+def block_calls(func: relax.Function, mod: tvm.IRModule) -> list[tuple[str, tvm.ir.GlobalVar]]:
+    """The block functions an entry point calls, in the order it calls them: (block kind, callee)."""
+    calls = []
+
+    def visit(expr: relax.Expr) -> None:
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.GlobalVar):
+            if (kind := block_kind(mod[expr.op])) is not None:
+                calls.append((kind, expr.op))
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return calls
+
+
 def with_report(mod: tvm.IRModule, key: str, report: Any) -> tvm.IRModule:
     """`mod` carrying a pass's report (JSON-serialisable) under `key` in the artifact's `pass_reports`.
     Passes keep no state: what they did travels with the module they return."""

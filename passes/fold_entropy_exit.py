@@ -25,7 +25,7 @@ import tvm
 from tvm import relax, te
 
 from ..errors import EdgeBertError, InternalError
-from ..contract import EMBEDDINGS, EXIT, EXIT_THRESHOLDS_ATTR, LAYER, LAYER_ATTR, MAIN, block_functions, block_kind
+from ..contract import EMBEDDINGS, EXIT, EXIT_THRESHOLDS_ATTR, LAYER, LAYER_ATTR, MAIN, block_calls, block_functions
 
 ENTROPY_KERNEL = "exit_max_entropy"
 
@@ -91,19 +91,6 @@ class _Chain:
         return relax.SeqExpr([relax.BindingBlock(bindings)], result)
 
 
-def _block_calls(func: relax.Function, mod: tvm.IRModule) -> list[tuple[str, relax.GlobalVar]]:
-    """The block functions `func` calls, in order: (block kind, callee)."""
-    calls = []
-
-    def visit(expr: relax.Expr) -> None:
-        if isinstance(expr, relax.Call) and isinstance(expr.op, relax.GlobalVar):
-            if (kind := block_kind(mod[expr.op])) is not None:
-                calls.append((kind, expr.op))
-
-    relax.analysis.post_order_visit(func.body, visit)
-    return calls
-
-
 @tvm.transform.module_pass(opt_level=0, name="edgebert.FoldEntropyExit")
 class FoldEntropyExit:
     """Rewrite `main` into early-exit form with `thresholds` (one for all exits, or one per exit)."""
@@ -113,7 +100,7 @@ class FoldEntropyExit:
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         main = mod[MAIN]
-        calls = _block_calls(main, mod)
+        calls = block_calls(main, mod)
         layers = [gv for kind, gv in calls if kind == LAYER]
         exits = {int(f.attrs[LAYER_ATTR]): gv for gv, f in block_functions(mod, EXIT).items()}
         if not layers or sorted(exits) != list(range(1, len(layers) + 1)):

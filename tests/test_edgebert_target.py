@@ -78,13 +78,16 @@ def test_config_not_json_is_one_line(tmp_path, capsys):
 # ---------------------------------------------------------------- cost model vs loop-level simulation
 
 
-def simulate_dense(op: Dense, config, mask: np.ndarray) -> dict:
-    """Tile by tile: a DMA engine fills two buffer banks in turn, the PUs drain them.
+def simulate_dense(op: Dense, config, mask: np.ndarray, bandwidth: float) -> dict:
+    """Tile by tile: a DMA engine fills two buffer banks in turn from a memory of `bandwidth`
+    bytes per cycle, the PUs drain them.
 
     Written independently of cost.py: chunks are grown one column tile at a time while they fit a
-    bank and half the mask buffer; every PU cycle and every MAC of a nonzero weight is counted.
+    bank and half the mask buffer; a chunk moves its share of the stored bytes (a code per nonzero,
+    a bit per weight); every PU cycle and every MAC of a nonzero weight is counted.
     """
     n, pus = config.vector_size, config.processing_units
+    density = op.nonzero / (op.inner * op.cols)
     tiles = math.ceil(op.cols / n)
     tile_bytes, tile_mask = op.inner * n, op.inner * n / 8
     chunks, current = [], 0
@@ -101,9 +104,9 @@ def simulate_dense(op: Dense, config, mask: np.ndarray) -> dict:
     for index, chunk in enumerate(chunks):
         start = max(dma_free, bank_free[index % 2])
         beats = 0
-        remaining = chunk * (tile_bytes + tile_mask)
-        while remaining > 0:  # one bus beat per cycle
-            remaining -= config.dram_bandwidth
+        remaining = chunk * (tile_bytes * density + tile_mask)
+        while remaining > 1e-9:  # one bus beat per cycle
+            remaining -= bandwidth
             beats += 1
         dma_free = start + beats
         load_cycles += beats
@@ -126,24 +129,72 @@ def _small_config(tmp_path: Path, **values) -> object:
     return load_config(_write_config(tmp_path, **values))
 
 
-@pytest.mark.parametrize("case", range(12))
-def test_dense_cycles_equal_loop_simulation(tmp_path, case):
+@pytest.mark.parametrize("source", ["dram", "weight_sram"])
+@pytest.mark.parametrize("case", range(8))
+def test_dense_cycles_equal_loop_simulation(tmp_path, case, source):
     rng = np.random.default_rng(case)
     config = _small_config(tmp_path, input_buffer=f"{int(rng.integers(1, 6)) * 512} B",
                            mask_buffer=f"{int(rng.integers(1, 4)) * 128} B",
                            dram_bandwidth=f"{int(rng.choice([1, 4, 16, 64]))} B/cycle",
+                           weight_sram_bandwidth=f"{int(rng.choice([8, 32, 128]))} B/cycle",
                            processing_units=str(int(rng.integers(1, 4))))
     rows, inner, cols = (int(v) for v in rng.integers([1, 4, 4], [9, 70, 90]))
     weights = rng.standard_normal((inner, cols)) * (rng.random((inner, cols)) < 0.5)
     padded = np.zeros((math.ceil(inner / 16) * 16, math.ceil(cols / 16) * 16), bool)
     padded[:inner, :cols] = weights != 0
     op = Dense(rows, inner, cols, int(padded.sum()))
-    sim, cost = simulate_dense(op, config, padded), op_cost(op, config)
+    bandwidth = config.dram_bandwidth if source == "dram" else config.weight_sram_bandwidth
+    sim, cost = simulate_dense(op, config, padded, bandwidth), op_cost(op, config, source)
     assert (cost.cycles, cost.compute_cycles, cost.memory_cycles) == (sim["cycles"], sim["compute"], sim["memory"])
     assert cost.useful_macs == sim["macs"]
     assert cost.energy["mac"] == pytest.approx(sim["macs"] * config.mac_energy)
     write = (sum(dense_chunks(op, config)) * 16 * inner * 9 / 8 + rows * cols * 2) * config.sram_write_energy
     assert cost.energy["sram"] == pytest.approx(sim["sram_read"] * config.sram_read_energy + write)
+    per_byte = config.dram_read_energy if source == "dram" else config.weight_sram_read_energy
+    stored = sum(dense_chunks(op, config)) * 16 * inner * (op.nonzero / (inner * cols) + 1 / 8)
+    assert cost.energy[source] == pytest.approx(stored * per_byte)
+    assert set(cost.energy) & {"dram", "weight_sram"} == {source}
+
+
+def _two_layer_workload() -> ChipWorkload:
+    """Layers of 2 and 1 dense ops, exits of one; every weight block 64 x 64 at half density."""
+    dense = {"region": "r", "pattern": "edgebert.dense", "op": Dense(8, 64, 64, 64 * 32)}
+    blocks = {"embeddings": [], "layer_0": [dense, dense], "layer_1": [dense], "exit_1": [dense], "exit_2": [dense]}
+    return ChipWorkload(blocks, ["layer_0", "layer_1"], ["exit_1", "exit_2"], num_labels=2, early_exit=False)
+
+
+def test_memory_map_holds_whole_blocks_in_first_use_order_and_spills_the_rest():
+    block = 64 * 32 + 64 * 64 / 8  # one dense op's stored bytes: a code per nonzero, a bit per weight
+    workload = _two_layer_workload()
+    config = dataclasses.replace(load_config(), weight_sram=3.5 * block)
+    memory = workload.memory_map(config)
+    # layer_0 (2) + exit_1 (1) fit in 3.5; layer_1 does not fit the rest, exit_2 does not either
+    assert memory.resident == ("layer_0", "exit_1") and memory.spilled == ("layer_1", "exit_2")
+    assert memory.resident_bytes == 3 * block and sum(memory.block_bytes.values()) == 5 * block
+    assert workload.memory_map(config, 0.0).resident == () and len(workload.memory_map(config, 5 * block).spilled) == 0
+    resident, spilled = workload.block_cost("layer_0", config), workload.block_cost("layer_1", config)
+    assert "dram" not in resident.energy and resident.energy["weight_sram"] == pytest.approx(
+        2 * block * config.weight_sram_read_energy)
+    assert "weight_sram" not in spilled.energy and spilled.energy["dram"] == pytest.approx(block * config.dram_read_energy)
+    load = memory.load_cost(config)  # a task switch: DRAM read + weight SRAM write of what stays resident
+    assert load.total_energy == pytest.approx(3 * block * (config.dram_read_energy + config.weight_sram_read_energy))
+    assert load.cycles == math.ceil(3 * block / config.dram_bandwidth)
+
+
+def test_weight_sram_sweep_saves_energy_as_it_grows_and_the_report_says_what_spilled():
+    from edgebert_tvm.target.edgebert.report import accelerator_report, format_report
+
+    workload = _two_layer_workload()
+    config = dataclasses.replace(load_config(), weight_sram=2.5 * (64 * 32 + 64 * 64 / 8))
+    report = accelerator_report(workload, config, [1, 2, 2])
+    sweep = report["weight_sram_sweep"]
+    assert [r["weight_sram_bytes"] for r in sweep] == sorted(r["weight_sram_bytes"] for r in sweep)
+    assert all(a["energy_uj"] > b["energy_uj"] for a, b in zip(sweep, sweep[1:]) if a["spilled_blocks"] > b["spilled_blocks"])
+    assert sweep[0]["spilled_blocks"] == 4 and sweep[-1]["spilled_blocks"] == 0
+    assert report["memory_map"]["spilled"] == ["exit_1", "layer_1", "exit_2"]
+    per = report["per_sentence"]
+    assert per["early_exit"]["energy_uj"] < per["early_exit_dram_weights"]["energy_uj"]
+    assert "spilled to DRAM: exit_1, layer_1, exit_2" in format_report(report)
 
 
 def test_attention_matmul_cycles_equal_loop_count():
@@ -155,11 +206,14 @@ def test_attention_matmul_cycles_equal_loop_count():
     assert cost.cycles == cycles and cost.useful_macs == 3 * 5 * 40 * 33
 
 
-def test_zero_weights_save_energy_not_cycles():
+def test_zero_weights_save_energy_and_stored_bytes_not_compute_cycles():
     config = load_config()
     dense, sparse = op_cost(Dense(8, 64, 64, 64 * 64), config), op_cost(Dense(8, 64, 64, 64 * 16), config)
-    assert sparse.cycles == dense.cycles
+    assert sparse.compute_cycles == dense.compute_cycles  # clock-gated, not skipped
     assert sparse.energy["mac"] == pytest.approx(dense.energy["mac"] / 4)
+    # stored as a code per nonzero and a bit per weight: 1/4 + 1/8 of a byte per weight against 1 + 1/8
+    assert sparse.energy["dram"] == pytest.approx(dense.energy["dram"] * (1 / 4 + 1 / 8) / (1 + 1 / 8))
+    assert sparse.memory_cycles < dense.memory_cycles
 
 
 # ---------------------------------------------------------------- the chip's arithmetic: numpy model
@@ -355,7 +409,7 @@ def test_partition_offloads_every_pattern(edgebert_artifact):
                      "residual_add", "layernorm", "dense_gelu", "dense", "residual_add", "layernorm"]
     assert [r["pattern"].split(".")[1] for r in workload.blocks["exit_1"]] == ["dense", "dense"]
     assert "embedding" in [r["pattern"].split(".")[1] for r in workload.blocks["embeddings"]]
-    assert workload.early_exit and workload.layer_blocks == ["layer_0", "layer_1"]
+    assert workload.early_exit and workload.layer_blocks == ["layer_0", "layer_1_narrowed"]
 
 
 def test_artifact_runs_in_fresh_process_with_report(edgebert_artifact, spans_checkpoint, tmp_path):

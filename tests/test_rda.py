@@ -206,7 +206,7 @@ def test_cli_records_the_report_and_rejects_bad_values(tiny_bert_dir, tmp_path):
     run_cli("compile", str(tiny_bert_dir), "-o", str(out), "--seq-len", "16", "--rda-threshold", "500",
             "--exit-threshold", "0.3", check=True)
     meta = read_json(out / "metadata.json")
-    assert meta["passes"] == ["edgebert.ApproximateRedundantData", "edgebert.FoldEntropyExit"]
+    assert meta["passes"] == ["edgebert.NarrowFinalLayer", "edgebert.ApproximateRedundantData", "edgebert.FoldEntropyExit"]
     assert meta["pass_reports"]["rda"]["threshold"] == 500 and meta["pass_reports"]["rda"]["granularity"] == 8
     tensors = meta["pass_reports"]["rda"]["tensors"]
     assert len(tensors) > 20 and all(set(t) >= {"compression_rate", "max_abs_error", "patterns"} for t in tensors)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from tvm import relax
+from tvm import relax, s_tir
 
 from edgebert_tvm.target.targets import lowering_pipeline
 from edgebert_tvm.importer import InputSpec, import_model
@@ -66,6 +66,24 @@ def test_dense_matmul_with_epilogue_on_awkward_shapes(m, k, n):
                     lambda xv, rv: relax.op.add(relax.op.tanh(relax.op.add(relax.op.matmul(xv, relax.const(w)),
                                                                            relax.const(b))), rv))
     np.testing.assert_allclose(_run(mod, x, r), np.tanh(x @ w + b) + r, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_whose_epilogue_reads_a_slice_of_the_product():
+    """FuseOps puts a strided_slice after the product into the matmul's kernel; written back tile
+    by tile, the slice would be written over every row of the tile, past its end."""
+    rng = np.random.default_rng(2)
+    w, b = rng.standard_normal((32, 24), dtype=np.float32), rng.standard_normal(24, dtype=np.float32)
+    x, r = rng.standard_normal((2, 16, 32), dtype=np.float32), rng.standard_normal((2, 16, 24), dtype=np.float32)
+
+    def body(xv, rv):
+        product = relax.op.add(relax.op.matmul(xv, relax.const(w)), relax.const(b))
+        return relax.op.add(relax.op.strided_slice(product, [1], [0], [1]), relax.op.strided_slice(rv, [1], [0], [1]))
+
+    mod = _function({"x": x.shape, "r": r.shape}, body)
+    lowered = _lower(mod)
+    s_tir.analysis.OOBChecker()(tvm.IRModule(  # raises on an access past a buffer's end
+        {gv: f for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}))
+    np.testing.assert_allclose(_run(mod, x, r), (x @ w + b)[:, :1] + r[:, :1], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("batch, m, k, n", [(12, 128, 64, 128), (4, 9, 16, 9), (3, 1, 5, 7)])

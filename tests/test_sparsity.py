@@ -140,7 +140,7 @@ def test_cli_compile_sparse_records_choices(tmp_path, minilm_dir, monkeypatch):
     save(Checkpoint(model, "tiny-pruned", minilm_dir), tmp_path / "ckpt")
     assert cli.main(["compile", str(tmp_path / "ckpt"), "-o", str(tmp_path / "A"), "--seq-len", "16", "--sparse"]) == 0
     meta = json.loads((tmp_path / "A" / "metadata.json").read_text())
-    assert meta["passes"] == ["edgebert.FoldSparsity"]
+    assert meta["passes"] == ["edgebert.NarrowFinalLayer", "edgebert.FoldSparsity"]
     assert sorted({c["choice"] for c in meta["pass_reports"]["sparsity"]}) == ["bsr16x1", "masked_gather"]
     dense_bytes = sum(p.numel() * 4 for p in model.parameters())
     assert meta["constant_bytes"] < 0.8 * dense_bytes

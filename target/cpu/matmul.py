@@ -14,6 +14,8 @@ row of B apart (12 KB for N = 3072: a new page per row). The packing is a separa
 
 from __future__ import annotations
 
+import math
+
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
@@ -101,6 +103,22 @@ def _inline_side_inputs(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV) -> N
             pass  # not inlinable: it stays at the root, as before
 
 
+def _epilogues_cover_the_product(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV) -> bool:
+    """Every block after the product runs over the product's whole domain. An epilogue that reads a
+    part of it (a strided_slice fused after the matmul) cannot be written back tile by tile: its
+    inlined write would run over every row of the tile, past the end of its smaller output."""
+    stmt = sch.get(main)
+    extents = [int(iv.dom.extent) for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.DataPar
+               if isinstance(iv.dom.extent, tirx.IntImm)]
+    blocks = sch.get_child_blocks(get_root_block(sch))
+    after = [sch.get(b) for b in blocks[[sch.get(b).same_as(stmt) for b in blocks].index(True) + 1:]]
+    for block in after:
+        spatial = [int(iv.dom.extent) for iv in block.iter_vars if isinstance(iv.dom.extent, tirx.IntImm)]
+        if math.prod(spatial) < math.prod(extents):
+            return False
+    return True
+
+
 class Matmul(CPUScheduleRule):
     """Register-tiled matmul (dense or batched) with its fused epilogue."""
 
@@ -114,6 +132,8 @@ class Matmul(CPUScheduleRule):
         main = reductions[0]
         stmt = sch.get(main)
         if not _row_major_operands(stmt):  # also M = 1, where dlight's get_index_map gives up
+            return None
+        if not _epilogues_cover_the_product(sch, main):
             return None
         auto_inline_producers(sch, main)
         _inline_side_inputs(sch, main)

@@ -37,11 +37,14 @@ FIELDS: dict[str, str] = {
     "mask_buffer": "bytes",
     "aux_buffer": "bytes",
     "activation_sram": "bytes",
+    "weight_sram": "bytes",
+    "weight_sram_bandwidth": "bandwidth",
     "dram_bandwidth": "bandwidth",
     "envm_bandwidth": "bandwidth",
     "mac_energy": "energy",
     "sram_read_energy": "energy_per_byte",
     "sram_write_energy": "energy_per_byte",
+    "weight_sram_read_energy": "energy_per_byte",
     "envm_read_energy": "energy_per_byte",
     "dram_read_energy": "energy_per_byte",
     "softmax_energy": "energy",
@@ -70,11 +73,14 @@ class AcceleratorConfig:
     mask_buffer: float
     aux_buffer: float
     activation_sram: float
+    weight_sram: float  # holds the task's encoder and exit weights (sentence.memory_map); 0: none
+    weight_sram_bandwidth: float
     dram_bandwidth: float
     envm_bandwidth: float
     mac_energy: float
     sram_read_energy: float
     sram_write_energy: float
+    weight_sram_read_energy: float  # also charged per byte written when a task's weights are loaded
     envm_read_energy: float
     dram_read_energy: float
     softmax_energy: float
@@ -168,7 +174,7 @@ def parse_config(raw: dict[str, Any], path: Path | str) -> AcceleratorConfig:
         if values[key] < 1 or values[key] != int(values[key]):
             raise EdgeBertError(f"{path}: {key} must be a positive integer, got {values[key]:g}")
         values[key] = int(values[key])
-    for key in ("input_buffer", "mask_buffer", "dram_bandwidth", "envm_bandwidth"):
+    for key in ("input_buffer", "mask_buffer", "weight_sram_bandwidth", "dram_bandwidth", "envm_bandwidth"):
         if values[key] <= 0:
             raise EdgeBertError(f"{path}: {key} must be > 0")
     value, sources[DVFS_FIELD] = _entry(raw, DVFS_FIELD, path)

@@ -6,10 +6,12 @@ times per-action energies from the configuration, split by component (MAC array,
 and by memory level (SRAM buffers, ReRAM eNVM, DRAM).
 
 What is modelled, and how:
-- Dense layers (matmul + bias [+ GELU]): weights are AdaptivFloat-8 with a 1-bit-per-weight mask,
-  streamed from DRAM in chunks of whole 16-column tiles that fit one bank of the double-buffered
-  input buffer (and half the mask buffer). The DMA of chunk i+1 overlaps the compute of chunk i; a
-  chunk waits for its bank to be freed. A processing unit does one 16x16 tile times a 16-vector per
+- Dense layers (matmul + bias [+ GELU]): weights are stored in bitmask form (the AdaptivFloat-8
+  codes of the nonzero weights and a 1-bit mask of all of them: `weight_bytes`), in the weight SRAM
+  when the memory map put their block there (sentence.memory_map), else in DRAM. They are streamed
+  from there in chunks of whole 16-column tiles that fit one bank of the double-buffered input
+  buffer (and half the mask buffer) once expanded. The DMA of chunk i+1 overlaps the compute of
+  chunk i; a chunk waits for its bank to be freed. A processing unit does one 16x16 tile times a 16-vector per
   cycle; `processing_units` PUs split the column tiles. Zero weights are clock-gated as in the
   reference PU: they cost no MAC energy but still take their cycle (no cycles are skipped).
 - Activation x activation matmuls (attention): operands already in SRAM, dense.
@@ -134,32 +136,40 @@ def pipeline_cycles(loads: Sequence[int], computes: Sequence[int]) -> int:
     return best
 
 
+def weight_bytes(op: Dense) -> float:
+    """Stored bytes of a dense layer's weights: one AdaptivFloat-8 code per nonzero, a mask bit per weight."""
+    return op.nonzero * WEIGHT_BYTES + op.inner * op.cols * MASK_BITS / 8
+
+
 def dense_chunks(op: Dense, config: AcceleratorConfig) -> list[int]:
     """Column tiles per weight chunk: whole 16-column tiles that fit one input-buffer bank and half
     of the mask buffer (the mask buffer is double-buffered like the input buffer)."""
     n = config.vector_size
     tiles = math.ceil(op.cols / n)
-    weight_bytes = op.inner * n * WEIGHT_BYTES
+    tile_bytes = op.inner * n * WEIGHT_BYTES
     mask_bytes = op.inner * n * MASK_BITS / 8
-    per_chunk = max(1, min(int(config.input_buffer // weight_bytes), int((config.mask_buffer / 2) // mask_bytes)))
+    per_chunk = max(1, min(int(config.input_buffer // tile_bytes), int((config.mask_buffer / 2) // mask_bytes)))
     return [per_chunk] * (tiles // per_chunk) + ([tiles % per_chunk] if tiles % per_chunk else [])
 
 
-def _dense(op: Dense, config: AcceleratorConfig) -> Cost:
+def _dense(op: Dense, config: AcceleratorConfig, weights: str) -> Cost:
     n, pus = config.vector_size, config.processing_units
     k_tiles = math.ceil(op.inner / n)
     chunks = dense_chunks(op, config)
-    chunk_bytes = [c * n * op.inner * (WEIGHT_BYTES + MASK_BITS / 8) for c in chunks]
-    loads = [math.ceil(b / config.dram_bandwidth) for b in chunk_bytes]
+    stored = weight_bytes(op) / (op.inner * op.cols)  # bytes per weight, the mask included
+    chunk_bytes = [c * n * op.inner * stored for c in chunks]
+    bandwidth, per_byte = ((config.weight_sram_bandwidth, config.weight_sram_read_energy) if weights == "weight_sram"
+                           else (config.dram_bandwidth, config.dram_read_energy))
+    loads = [math.ceil(b / bandwidth) for b in chunk_bytes]
     computes = [op.rows * math.ceil(c / pus) * k_tiles for c in chunks]
     tile_ops = op.rows * sum(chunks) * k_tiles
-    weight_bytes = sum(chunk_bytes)
+    expanded = sum(chunks) * n * op.inner * (WEIGHT_BYTES + MASK_BITS / 8)  # written into the input buffer
     act = config.activation_bytes
     energy = Counter({
         "mac": op.rows * op.nonzero * config.mac_energy,
         "sram": tile_ops * (n * n * (WEIGHT_BYTES + MASK_BITS / 8) + n * act) * config.sram_read_energy
-        + (weight_bytes + op.rows * op.cols * act) * config.sram_write_energy,
-        "dram": weight_bytes * config.dram_read_energy,
+        + (expanded + op.rows * op.cols * act) * config.sram_write_energy,
+        weights: sum(chunk_bytes) * per_byte,
     })
     if op.gelu:  # applied as outputs leave the accumulators, overlapped with the next tiles
         energy["gelu"] = op.rows * op.cols * config.gelu_energy
@@ -199,11 +209,12 @@ def _special(elements: int, rows_passes: int, unit: str, per_element: float, con
     return Cost(rows_passes, rows_passes, 0, energy)
 
 
-def op_cost(op: Op, config: AcceleratorConfig) -> Cost:
-    """Cycles and energy of one operation at the nominal operating point."""
+def op_cost(op: Op, config: AcceleratorConfig, weights: str = "dram") -> Cost:
+    """Cycles and energy of one operation at the nominal operating point; a dense layer's weights
+    come from `weights`: "dram" or "weight_sram"."""
     n = config.vector_size
     if isinstance(op, Dense):
-        return _dense(op, config)
+        return _dense(op, config, weights)
     if isinstance(op, ActMatmul):
         return _act_matmul(op, config)
     if isinstance(op, Softmax):  # max, exp + sum, normalise x span
@@ -234,7 +245,7 @@ def total_cost(ops: Iterable[Op], config: AcceleratorConfig) -> Cost:
     return total
 
 
-MEMORY_LEVELS = ("sram", "envm", "dram")
+MEMORY_LEVELS = ("sram", "weight_sram", "envm", "dram")
 
 
 def scale_energy(cost: Cost, point: DvfsPoint, config: AcceleratorConfig) -> float:

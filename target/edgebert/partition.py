@@ -21,7 +21,7 @@ from tvm import IRModule, relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from ...adaptivfloat.quantizer import hw8_decode, hw8_encode
-from ...contract import block_functions, exit_name, layer_name
+from ...contract import ALL_EXITS, EXIT, LAYER, block_calls, block_functions
 from ...passes.canonicalize import Canonicalize
 from . import codegen  # registers relax.ext.edgebert
 from .patterns import edgebert_patterns, pattern
@@ -85,8 +85,9 @@ def partition_for_edgebert(mod: IRModule) -> tuple[IRModule, dict[str, list[dict
     return mod, workload
 
 
-def chip_workload(workload: dict[str, list[dict[str, Any]]], layer_groups: list[int], num_labels: int,
+def chip_workload(mod: IRModule, workload: dict[str, list[dict[str, Any]]], num_labels: int,
                   early_exit: bool) -> ChipWorkload:
-    """The per-sentence view: which block each layer and exit runs."""
-    return ChipWorkload(workload, [layer_name(g) for g in layer_groups],
-                        [exit_name(i + 1) for i in range(len(layer_groups))], num_labels, early_exit)
+    """The per-sentence view: which block each layer and exit runs, in the order `all_exits` calls them."""
+    calls = block_calls(mod[ALL_EXITS], mod)
+    return ChipWorkload(workload, [gv.name_hint for kind, gv in calls if kind == LAYER],
+                        [gv.name_hint for kind, gv in calls if kind == EXIT], num_labels, early_exit)

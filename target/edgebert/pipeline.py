@@ -54,8 +54,7 @@ class EdgebertTarget(LlvmTarget):
         parse_config(raw_config, options.accelerator_config or "default accelerator configuration")
         model = checkpoint.model
         mod, regions = partition_for_edgebert(mod)
-        groups = [model.arch.layer_group(model.config, i) for i in range(model.num_layers)]
-        workload = chip_workload(regions, groups, model.edgebert.num_labels, options.exit_thresholds is not None)
+        workload = chip_workload(mod, regions, model.edgebert.num_labels, options.exit_thresholds is not None)
         accelerator = {"workload": workload.to_dict(), "config": raw_config}
         if options.rda_activations is not None:
             accelerator["activation_storage"] = _measure_activation_storage(checkpoint, options).to_dict()

@@ -2,7 +2,9 @@
 
 In the manner of Timeloop/Accelergy's summaries: per block (embeddings, each layer block, an exit),
 per pattern over a full-depth sentence, then per-sentence totals that follow each sentence's actual
-exit layer, set beside full depth, DVFS, and the embeddings held in DRAM instead of eNVM.
+exit layer, set beside full depth, DVFS, the embeddings held in DRAM instead of eNVM and the weights
+streamed from DRAM instead of held in the weight SRAM; the memory map (what the weight SRAM holds,
+what spilled, the cost of loading a task) and a sweep over the weight SRAM's size.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 
 from .config import RAW_ACTIVATION_BYTES, AcceleratorConfig
 from .cost import MEMORY_LEVELS, Cost, op_cost
-from .sentence import ChipWorkload, run_sentence
+from .sentence import ChipWorkload, MemoryMap, run_sentence
 
 UJ = 1e-6  # pJ -> uJ
 
@@ -27,42 +29,69 @@ def _summary(results: Sequence[Any]) -> dict[str, float]:
             "cycles": float(np.mean([r.cycles for r in results]))}
 
 
-def _by_pattern(workload: ChipWorkload, config: AcceleratorConfig) -> dict[str, dict[str, Any]]:
+SWEEP_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight SRAM sizes, as fractions of the task's weight bytes
+
+
+def _by_pattern(workload: ChipWorkload, config: AcceleratorConfig, memory: MemoryMap) -> dict[str, dict[str, Any]]:
     """Cost per pattern over one full-depth sentence."""
     totals: dict[str, Cost] = {}
     names = ["embeddings", *workload.layer_blocks, *workload.exit_blocks]
     for name in names:
         for region in workload.blocks.get(name, []):
-            totals[region["pattern"]] = totals.get(region["pattern"], Cost()) + op_cost(region["op"], config)
+            cost = op_cost(region["op"], config, memory.weights_of(name))
+            totals[region["pattern"]] = totals.get(region["pattern"], Cost()) + cost
     return {k: v.to_dict(config) for k, v in sorted(totals.items())}
+
+
+def _memory_map(memory: MemoryMap, config: AcceleratorConfig) -> dict[str, Any]:
+    load = memory.load_cost(config)
+    return {"weight_sram_bytes": memory.capacity, "task_weight_bytes": sum(memory.block_bytes.values()),
+            "resident_bytes": memory.resident_bytes, "resident": list(memory.resident), "spilled": list(memory.spilled),
+            "task_switch": {"energy_uj": load.total_energy * UJ,
+                            "latency_us": load.cycles / config.nominal.frequency * 1e6}}
+
+
+def _sweep(workload: ChipWorkload, config: AcceleratorConfig, exit_layers: Sequence[int]) -> list[dict[str, Any]]:
+    """Energy and latency per sentence (actual exits) with weight SRAMs from none to the task's size."""
+    need = sum(workload.memory_map(config).block_bytes.values())
+    rows = []
+    for capacity in sorted({need * f for f in SWEEP_FRACTIONS} | {config.weight_sram}):
+        memory = workload.memory_map(config, capacity)
+        runs = [run_sentence(workload, config, int(layer), memory=memory) for layer in exit_layers]
+        rows.append({"weight_sram_bytes": capacity, "spilled_blocks": len(memory.spilled), **_summary(runs)})
+    return rows
 
 
 def accelerator_report(workload: ChipWorkload, config: AcceleratorConfig, exit_layers: Sequence[int],
                        predicted_layers: Sequence[int] | None = None, latency_target_s: float | None = None) -> dict:
     """The whole report as a JSON-ready dict."""
     full = workload.num_layers
-    full_cost = workload.sentence_cost(full, config, early_exit=False)
+    memory, in_dram = workload.memory_map(config), workload.memory_map(config, 0.0)
+    full_cost = workload.sentence_cost(full, config, early_exit=False, memory=memory)
     target = latency_target_s if latency_target_s is not None else full_cost.cycles / config.nominal.frequency
-    blocks = {name: workload.block_cost(name, config).to_dict(config)
+    blocks = {name: workload.block_cost(name, config, memory=memory).to_dict(config)
               for name in ["embeddings", *dict.fromkeys(workload.layer_blocks), workload.exit_blocks[0]]}
-    embedding_store = {store: workload.block_cost("embeddings", config, store) for store in ("envm", "dram")}
-    actual = [run_sentence(workload, config, int(layer)) for layer in exit_layers]
-    full_depth = [run_sentence(workload, config, full) for _ in exit_layers]
-    dram = [run_sentence(workload, config, int(layer), embedding_store="dram") for layer in exit_layers]
+    embedding_store = {store: workload.block_cost("embeddings", config, store, memory) for store in ("envm", "dram")}
+    actual = [run_sentence(workload, config, int(layer), memory=memory) for layer in exit_layers]
+    full_depth = [run_sentence(workload, config, full, memory=memory) for _ in exit_layers]
+    dram = [run_sentence(workload, config, int(layer), embedding_store="dram", memory=memory) for layer in exit_layers]
+    weights_dram = [run_sentence(workload, config, int(layer), memory=in_dram) for layer in exit_layers]
     report: dict[str, Any] = {
         "config": {"vector_size": config.vector_size, "processing_units": config.processing_units,
                    "nominal_voltage_v": config.nominal.voltage, "nominal_frequency_hz": config.nominal.frequency,
                    "activation_bytes": config.activation_bytes},
         "early_exit_compiled": workload.early_exit,
         "blocks": blocks,
-        "patterns_full_depth": _by_pattern(workload, config),
+        "patterns_full_depth": _by_pattern(workload, config, memory),
+        "memory_map": _memory_map(memory, config),
+        "weight_sram_sweep": _sweep(workload, config, exit_layers),
         "full_depth_sentence": full_cost.to_dict(config),
         "embeddings": {store: {"energy_uj": c.total_energy * UJ, "latency_us": c.cycles / config.nominal.frequency * 1e6,
                                "cycles": c.cycles} for store, c in embedding_store.items()},
         "sentences": len(exit_layers),
         "average_exit_layer": float(np.mean(exit_layers)) if len(exit_layers) else None,
         "per_sentence": {"full_depth": _summary(full_depth), "early_exit": _summary(actual),
-                         "early_exit_dram_embeddings": _summary(dram)},
+                         "early_exit_dram_embeddings": _summary(dram), "early_exit_dram_weights": _summary(weights_dram)},
         "latency_target_us": target * 1e6,
         "rows": [{"exit_layer": r.exit_layer, "cycles": r.cycles, "energy_uj": r.energy_pj * UJ,
                   "latency_us": r.latency_s * 1e6} for r in actual],
@@ -70,9 +99,10 @@ def accelerator_report(workload: ChipWorkload, config: AcceleratorConfig, exit_l
     if config.activation_bytes != RAW_ACTIVATION_BYTES:  # RDA buffers: the same sentences with plain 16-bit ones
         plain = dataclasses.replace(config, activation_bytes=RAW_ACTIVATION_BYTES)
         report["per_sentence"]["early_exit_16bit_activations"] = _summary(
-            [run_sentence(workload, plain, int(layer)) for layer in exit_layers])
+            [run_sentence(workload, plain, int(layer), memory=memory) for layer in exit_layers])
     if predicted_layers is not None:
-        dvfs = [run_sentence(workload, config, int(a), int(p), target) for a, p in zip(exit_layers, predicted_layers)]
+        dvfs = [run_sentence(workload, config, int(a), int(p), target, memory=memory)
+                for a, p in zip(exit_layers, predicted_layers)]
         report["per_sentence"]["early_exit_dvfs"] = {**_summary(dvfs),
                                                      "met_target": float(np.mean([r.met_target for r in dvfs]))}
         for row, r, p in zip(report["rows"], dvfs, predicted_layers):
@@ -106,6 +136,15 @@ def format_report(report: dict[str, Any]) -> str:
                                                                  for c in columns)
                          + f"{cost['total_energy_pj'] / 1e3:>12.1f}")
         lines.append("")
+    mmap = report["memory_map"]
+    load = mmap["task_switch"]
+    lines.append(f"weight SRAM {mmap['weight_sram_bytes'] / 2**20:.2f} MiB holds {mmap['resident_bytes'] / 2**20:.2f} of the "
+                 f"task's {mmap['task_weight_bytes'] / 2**20:.2f} MiB; spilled to DRAM: "
+                 f"{', '.join(mmap['spilled']) or 'nothing'}; loading the task: {load['energy_uj']:.2f} uJ, "
+                 f"{load['latency_us']:.1f} us")
+    lines.append("weight SRAM sweep (per sentence, actual exits): " + "; ".join(
+        f"{row['weight_sram_bytes'] / 2**20:.2f} MiB {row['energy_uj']:.2f} uJ {row['latency_us']:.1f} us"
+        for row in report["weight_sram_sweep"]))
     emb = report["embeddings"]
     lines.append(f"embeddings per sentence: eNVM {emb['envm']['energy_uj']:.3f} uJ, {emb['envm']['latency_us']:.2f} us"
                  f" | DRAM {emb['dram']['energy_uj']:.3f} uJ, {emb['dram']['latency_us']:.2f} us")
@@ -127,7 +166,7 @@ def plot_report(report: dict[str, Any], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (left, right, sweep) = plt.subplots(1, 3, figsize=(17, 4.5))
     runs = report["per_sentence"]
     left.bar(list(runs), [s["energy_uj"] for s in runs.values()], color="tab:blue")
     left.set_ylabel("energy per sentence (uJ)")
@@ -144,6 +183,13 @@ def plot_report(report: dict[str, Any], path: Path, title: str) -> None:
     right.tick_params(axis="x", rotation=30)
     right.set_title("by block and component")
     right.legend(fontsize=8)
+    rows = report["weight_sram_sweep"]
+    sweep.plot([r["weight_sram_bytes"] / 2**20 for r in rows], [r["energy_uj"] for r in rows], "o-")
+    sweep.axvline(report["memory_map"]["weight_sram_bytes"] / 2**20, color="gray", linestyle=":", label="configured")
+    sweep.set_xlabel("weight SRAM (MiB)")
+    sweep.set_ylabel("energy per sentence (uJ)")
+    sweep.set_title("weight SRAM size (the rest from DRAM)")
+    sweep.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
