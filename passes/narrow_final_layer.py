@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..contract import ALL_EXITS, EXIT, LAYER, MAIN, block_kind
+from ..contract import ALL_EXITS, EXIT, LAYER, MAIN, block_calls, block_kind
 
 NARROWED = "_narrowed"  # appended to the name of the layer's narrowed copy
 
@@ -147,16 +148,13 @@ class _Demands:
                 args = list(value.args)
             else:
                 self.of[var], rule, args = WHOLE, [], []
-                relax.analysis.post_order_visit(value, self._whole)
+                for mentioned in _found(value, lambda e: isinstance(e, relax.Var)):
+                    self.of[mentioned] = WHOLE
             if rule:
                 self.operands[var] = rule
             for arg, need in zip(args, rule):
                 if isinstance(arg, relax.Var) and need != "as is":
                     self.of[arg] = _join(self.of[arg], need) if arg in self.of else need
-
-    def _whole(self, expr: relax.Expr) -> None:
-        if isinstance(expr, relax.Var):
-            self.of[expr] = WHOLE
 
 
 class _CannotNarrow(Exception):
@@ -186,7 +184,7 @@ def _remap(expr: relax.Expr, mapping: dict[relax.Var, relax.Expr]) -> relax.Expr
         return relax.Tuple([_remap(f, mapping) for f in expr.fields])
     if isinstance(expr, relax.TupleGetItem):
         return relax.TupleGetItem(_remap(expr.tuple_value, mapping), expr.index)
-    if _mentions_any_var(expr):
+    if _found(expr, lambda e: isinstance(e, relax.Var)):
         raise _CannotNarrow(f"a {type(expr).__name__} binding")
     return expr  # a constant, a shape, an immediate
 
@@ -208,17 +206,14 @@ def narrowed(func: relax.Function, result: Demand, param: Rows | None = None) ->
     bb = relax.BlockBuilder()
 
     def provide(arg: relax.Expr, need: Demand | str) -> relax.Expr:
+        """`arg` as a reader with demand `need` takes it: whole, narrowed, or sliced from either."""
         if need in ("as is", WHOLE):
-            return _remap(arg, whole) if isinstance(arg, relax.Var) else arg
-        if isinstance(arg, relax.Var) and arg in rows:
-            have = demands.of[arg]
-            source = rows[arg]
-            if have == need:
-                return source
-        else:
-            source = whole[arg] if isinstance(arg, relax.Var) else arg
-            if _shape(source)[need.axis] == need.stop:
-                return source
+            return _remap(arg, whole)
+        if arg in rows and demands.of[arg] == need:
+            return rows[arg]
+        source = rows[arg] if arg in rows else _remap(arg, whole)
+        if _shape(source)[need.axis] == need.stop:
+            return source
         return bb.emit(relax.op.strided_slice(source, [need.axis], [0], [need.stop]))
 
     with bb.function(func.attrs["global_symbol"], params, attrs=dict(func.attrs.items()), pure=True):
@@ -275,7 +270,7 @@ def _last_layer(func: relax.Function, mod: tvm.IRModule) -> tuple[relax.Var, rel
         return None
     hidden, layer_call = layers[-1]
     values = [b.value for block in func.body.blocks for b in block.bindings] + [func.body.body]
-    readers = [v for v in values if _mentions(v, hidden)]
+    readers = [v for v in values if _found(v, hidden.same_as)]
     if len(readers) != 1 or not isinstance(readers[0], relax.Call) or not isinstance(readers[0].op, relax.GlobalVar) \
             or block_kind(mod[readers[0].op]) != EXIT or sum(a.same_as(hidden) for a in readers[0].args) != 1:
         return None
@@ -293,7 +288,7 @@ class NarrowFinalLayer:
         if not entries or None in found or len({(f[1], f[2]) for f in found}) != 1:
             return mod  # no plain chain of blocks, or the last layer's result has other readers
         _, layer_gv, exit_gv = found[0]
-        if sum(gv.same_as(layer_gv) for name in entries for gv in _callees(mod[name])) > len(entries):
+        if sum(gv.same_as(layer_gv) for name in entries for _, gv in block_calls(mod[name], mod)) > len(entries):
             return mod  # ALBERT's shared layer: a narrowed copy would store its weights again, in another layout
         try:
             rows = parameter_demand(mod[exit_gv])
@@ -315,19 +310,8 @@ class NarrowFinalLayer:
         return out
 
 
-def _mentions(expr: relax.Expr, var: relax.Var) -> bool:
-    found: list[bool] = []
-    relax.analysis.post_order_visit(expr, lambda e: found.append(True) if e.same_as(var) else None)
-    return bool(found)
-
-
-def _mentions_any_var(expr: relax.Expr) -> bool:
-    found: list[bool] = []
-    relax.analysis.post_order_visit(expr, lambda e: found.append(True) if isinstance(e, relax.Var) else None)
-    return bool(found)
-
-
-def _callees(func: relax.Function) -> list[relax.GlobalVar]:
-    found: list[relax.GlobalVar] = []
-    relax.analysis.post_order_visit(func.body, lambda e: found.append(e) if isinstance(e, relax.GlobalVar) else None)
+def _found(expr: relax.Expr, match: Callable[[relax.Expr], bool]) -> list[relax.Expr]:
+    """The sub-expressions of `expr` that `match`."""
+    found: list[relax.Expr] = []
+    relax.analysis.post_order_visit(expr, lambda e: found.append(e) if match(e) else None)
     return found

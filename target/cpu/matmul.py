@@ -108,8 +108,8 @@ def _epilogues_cover_the_product(sch: s_tir.Schedule, main: s_tir.schedule.SBloc
     part of it (a strided_slice fused after the matmul) cannot be written back tile by tile: its
     inlined write would run over every row of the tile, past the end of its smaller output."""
     stmt = sch.get(main)
-    extents = [int(iv.dom.extent) for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.DataPar
-               if isinstance(iv.dom.extent, tirx.IntImm)]
+    extents = [int(iv.dom.extent) for iv in stmt.iter_vars
+               if iv.iter_type == tirx.IterVar.DataPar and isinstance(iv.dom.extent, tirx.IntImm)]
     blocks = sch.get_child_blocks(get_root_block(sch))
     after = [sch.get(b) for b in blocks[[sch.get(b).same_as(stmt) for b in blocks].index(True) + 1:]]
     for block in after:

@@ -51,9 +51,9 @@ def _memory_map(memory: MemoryMap, config: AcceleratorConfig) -> dict[str, Any]:
                             "latency_us": load.cycles / config.nominal.frequency * 1e6}}
 
 
-def _sweep(workload: ChipWorkload, config: AcceleratorConfig, exit_layers: Sequence[int]) -> list[dict[str, Any]]:
-    """Energy and latency per sentence (actual exits) with weight SRAMs from none to the task's size."""
-    need = sum(workload.memory_map(config).block_bytes.values())
+def _sweep(workload: ChipWorkload, config: AcceleratorConfig, exit_layers: Sequence[int],
+           need: float) -> list[dict[str, Any]]:
+    """Energy and latency per sentence (actual exits) with weight SRAMs from none to the task's `need` bytes."""
     rows = []
     for capacity in sorted({need * f for f in SWEEP_FRACTIONS} | {config.weight_sram}):
         memory = workload.memory_map(config, capacity)
@@ -84,7 +84,7 @@ def accelerator_report(workload: ChipWorkload, config: AcceleratorConfig, exit_l
         "blocks": blocks,
         "patterns_full_depth": _by_pattern(workload, config, memory),
         "memory_map": _memory_map(memory, config),
-        "weight_sram_sweep": _sweep(workload, config, exit_layers),
+        "weight_sram_sweep": _sweep(workload, config, exit_layers, sum(memory.block_bytes.values())),
         "full_depth_sentence": full_cost.to_dict(config),
         "embeddings": {store: {"energy_uj": c.total_energy * UJ, "latency_us": c.cycles / config.nominal.frequency * 1e6,
                                "cycles": c.cycles} for store, c in embedding_store.items()},
