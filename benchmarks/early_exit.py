@@ -3,8 +3,8 @@ sentence's true length.
 
 The default EdgeBERT checkpoint compiled with entropy early exit (at its calibrated threshold, or
 --threshold) against the same checkpoint compiled without exits, ONNX Runtime (exported with dynamic
-axes) and PyTorch running the full model, and PyTorch's layer-by-layer early exit (the EdgeBERT
-reference behaviour); all in one process, batch 1, every dev sentence at its own length (ours at the
+axes), PyTorch eager and torch.compile (dynamic=True: one graph for every length) running the full
+model, and PyTorch's layer-by-layer early exit (the EdgeBERT reference behaviour); all in one process, batch 1, every dev sentence at its own length (ours at the
 shortest compiled length that holds it), interleaved in blocks of sentences. Prints a table per exit
 layer and the medians and means with ratios to ONNX Runtime; writes JSON.
 
@@ -36,7 +36,8 @@ from edgebert_tvm.models.checkpoint import load  # noqa: E402
 from edgebert_tvm.models.modeling import early_exit  # noqa: E402
 
 BLOCK = 50
-PEERS = ("edgebert-tvm exit", "edgebert-tvm full", "onnxruntime full", "pytorch full", "pytorch exit")
+PEERS = ("edgebert-tvm exit", "edgebert-tvm full", "onnxruntime full", "pytorch full", "torch.compile full",
+         "pytorch exit")
 
 
 def main() -> None:
@@ -73,6 +74,7 @@ def main() -> None:
     exit_layer = [0] * len(examples)
     thresholds = [threshold] * (model.num_layers - 1)
     deployed = Deployed(model).eval()
+    compiled_torch = torch.compile(deployed, dynamic=True)  # each row's untimed first call compiles what it needs
 
     def call(peer: str, row: int):
         one = sentences[row]  # at its true length
@@ -87,6 +89,8 @@ def main() -> None:
         tensors = [torch.from_numpy(one[k]) for k in INPUT_ORDER]
         if peer == "pytorch full":
             return lambda: deployed(*tensors)
+        if peer == "torch.compile full":
+            return lambda: compiled_torch(*tensors)
         return lambda: early_exit(model, *tensors, thresholds)
 
     # Interleaved in blocks of sentences: each peer runs a block back to back (its threads warm, as

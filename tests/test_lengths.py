@@ -144,6 +144,39 @@ def test_early_exit_and_spans_at_every_length(tiny_bert_dir):
         np.testing.assert_allclose(logits.numpy(), ref_logits.numpy(), atol=TOLERANCE)
 
 
+@pytest.mark.parametrize("transform", ["sparse", "adaptivfloat8", "rda-at-load"])
+def test_weight_transforms_at_every_length(transform, tmp_path, monkeypatch, minilm_dir, tiny_bert_dir):
+    """Sparse kernels, AdaptivFloat-8 weights and RDA weights decoded at load, compiled at lengths 8
+    and 16: a short and a long sentence each equal PyTorch running the same weights at its length."""
+    from edgebert_tvm.adaptivfloat import quantizer
+    from edgebert_tvm.adaptivfloat.fake_quant import quantize_weights_
+    from edgebert_tvm.models.checkpoint import Checkpoint, save
+    from edgebert_tvm.target.cpu import fold_sparsity
+
+    from .test_sparsity import _forced, _pruned_tiny_bert
+
+    if transform == "sparse":
+        monkeypatch.setattr(fold_sparsity, "load_cost_model", lambda target: _forced("bsr16x1"))
+        save(Checkpoint(_pruned_tiny_bert((16, 1), 0.75), "tiny-pruned", minilm_dir), tmp_path / "ckpt")
+        source, flags = tmp_path / "ckpt", ["--sparse"]
+    else:
+        source = tiny_bert_dir
+        flags = (["--weights", "adaptivfloat8"] if transform == "adaptivfloat8"
+                 else ["--rda-threshold", "0", "--rda-storage", "load"])  # threshold 0: lossless
+    out = tmp_path / "A"
+    assert cli.main(["compile", str(source), "-o", str(out), "--seq-len", "16", "--lengths", "8", "16", *flags]) == 0
+    meta = read_json(out / "metadata.json")
+    assert meta["input"]["lengths"] == [8, 16] and not meta["unscheduled_functions"]
+    reference = load(source).model
+    if transform == "adaptivfloat8":
+        quantize_weights_(reference, lambda w: quantizer.quantize(w, 8, 3))
+    artifact = Artifact.load(out)
+    for length in (5, 13):  # at the 8 and at the 16 copy
+        inputs = random_inputs(1, length, reference.config.vocab_size, seed=length)
+        inputs["attention_mask"][:] = 1
+        np.testing.assert_allclose(artifact.all_exits(inputs), torch_exits(reference, inputs), atol=TOLERANCE)
+
+
 def test_the_library_holds_the_weights_once(tmp_path):
     """Three lengths of ALBERT-base's shape cost at most 10 % more library than one."""
     checkpoint = load("albert-base")
