@@ -1,7 +1,7 @@
 """The edgebert accelerator on SST-2 dev: accuracy of the chip's arithmetic, energy per sentence.
 
-1. The default checkpoint compiled with `--target edgebert` (seq 64, early exit at the checkpoint's
-   calibrated threshold): every exit's logits on SST-2 dev from the compiled artifact (the chip's
+1. The default checkpoint compiled with `--target edgebert` (cap 64 at the default lengths, early
+   exit at the checkpoint's calibrated threshold; each sentence at its own length): every exit's logits on SST-2 dev from the compiled artifact (the chip's
    AdaptivFloat-8 / Q10 arithmetic) against the PyTorch float model: accuracy at full depth and
    with early exit, agreement of the predicted classes.
 2. The cost model over the same sentences, following each sentence's exit layer as the chip
@@ -34,7 +34,7 @@ from edgebert_tvm.exit_predictor import ExitPredictor
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.target.edgebert.config import load_config
 from edgebert_tvm.target.edgebert.report import accelerator_report, plot_report
-from edgebert_tvm.target.edgebert.sentence import ChipWorkload
+from edgebert_tvm.target.edgebert.sentence import chip_workloads
 
 SEQ_LEN = 64
 THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6]
@@ -90,16 +90,19 @@ def main() -> None:
         artifact = compile_to("edgebert-sst2", CompileOptions(target="edgebert", seq_len=SEQ_LEN,
                                                               exit_thresholds=[threshold]), Path(tmp) / "sst2")
         chip = artifact_all_exits(artifact, examples)
-        workload = ChipWorkload.from_dict(artifact.metadata["accelerator"]["workload"])
+        workloads = chip_workloads(artifact.metadata["accelerator"], "edgebert-sst2")
+        tokenizer = load_tokenizer(artifact.tokenizer_path, SEQ_LEN)
+        lengths = artifact.row_lengths(encode(tokenizer, [e.text for e in examples])["attention_mask"])
         predictor = ExitPredictor(**artifact.metadata["exit_predictor"])
-        albert = compile_to("albert-base", CompileOptions(target="edgebert", seq_len=128), Path(tmp) / "albert")
-        albert_workload = ChipWorkload.from_dict(albert.metadata["accelerator"]["workload"])
+        albert = compile_to("albert-base", CompileOptions(target="edgebert", seq_len=128, lengths=(128,)),
+                            Path(tmp) / "albert")
+        albert_workloads = chip_workloads(albert.metadata["accelerator"], "albert-base")
     floats = torch_all_exits(checkpoint.model, checkpoint.tokenizer_dir / "tokenizer.json", examples, SEQ_LEN)
 
     chip_exits, float_exits = exit_layers(chip, threshold), exit_layers(floats, threshold)
     predicted = predictor.predict(entropy(chip[:, 0]))
-    report = accelerator_report(workload, config, chip_exits.tolist(), predicted.tolist())
-    albert_report = accelerator_report(albert_workload, config, [albert_workload.num_layers])
+    report = accelerator_report(workloads, config, chip_exits.tolist(), lengths, predicted.tolist())
+    albert_report = accelerator_report(albert_workloads, config, [albert_workloads[128].num_layers])
     runs = report["per_sentence"]
     results = {
         "command": "benchmarks/edgebert_accelerator.py" + (f" --limit {args.limit}" if args.limit else ""),

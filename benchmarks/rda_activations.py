@@ -26,7 +26,7 @@ from edgebert_tvm.models.inference import torch_all_exits
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.rda.activations import FRACTION_BITS, measure
 from edgebert_tvm.target.edgebert.config import load_config
-from edgebert_tvm.target.edgebert.sentence import ChipWorkload
+from edgebert_tvm.target.edgebert.sentence import chip_workloads
 
 RESULTS = Path(__file__).parent / "results"
 SEQ_LEN = 64
@@ -73,8 +73,8 @@ def main() -> None:
     checkpoint = load("edgebert-sst2")
     model = checkpoint.model.eval()
     tokenizer = checkpoint.tokenizer_dir / "tokenizer.json"
-    compiled = compile_model(checkpoint, CompileOptions(target="edgebert", seq_len=SEQ_LEN))
-    workload = ChipWorkload.from_dict(compiled.accelerator["workload"])
+    compiled = compile_model(checkpoint, CompileOptions(target="edgebert", seq_len=SEQ_LEN, lengths=(SEQ_LEN,)))
+    workload = chip_workloads(compiled.accelerator, "edgebert-sst2")[SEQ_LEN]
     config = load_config(None)
 
     def energy(activation_bytes: float) -> tuple[float, float]:

@@ -185,17 +185,23 @@ class Artifact:
         path = self.directory / TOKENIZER_NAME
         return path if path.is_file() else None
 
+    def _plan(self, attention_mask: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        """Rows in compiled-batch chunks (the last padded by repeating its final row), each with the
+        shortest compiled length that holds its rows."""
+        rows, lengths = len(attention_mask), self.lengths
+        picks = [np.minimum(np.arange(start, start + self.batch), rows - 1) for start in range(0, rows, self.batch)]
+        return [(picked, length_for(attention_mask[picked], lengths)) for picked in picks]
+
+    def row_lengths(self, attention_mask: np.ndarray) -> list[int]:
+        """The compiled length each row runs at (its chunk's)."""
+        lengths = [length for picked, length in self._plan(attention_mask) for _ in picked]
+        return lengths[:len(attention_mask)]
+
     def _chunks(self, inputs: dict[str, np.ndarray]) -> list[tuple[str, list[tvm.runtime.Tensor]]]:
-        """Split rows into compiled-batch chunks (the last padded by repeating its final row), each cut
-        or padded to the shortest compiled length that holds its rows; with the suffix of that length."""
-        rows, lengths = len(inputs["input_ids"]), self.lengths
-        chunks = []
-        for start in range(0, rows, self.batch):
-            picked = np.minimum(np.arange(start, start + self.batch), rows - 1)
-            length = length_for(inputs["attention_mask"][picked], lengths)
-            args = [tvm.runtime.tensor(fit(inputs[name][picked], length), self.device) for name in INPUT_NAMES]
-            chunks.append((suffix(length, self.seq_len), args))
-        return chunks
+        """The chunks of `_plan`, each cut or padded to its length; with the suffix of that length."""
+        return [(suffix(length, self.seq_len),
+                 [tvm.runtime.tensor(fit(inputs[name][picked], length), self.device) for name in INPUT_NAMES])
+                for picked, length in self._plan(inputs["attention_mask"])]
 
     def _call(self, function: str, inputs: dict[str, np.ndarray], repeat: int) -> tuple[list[np.ndarray], list[float]]:
         """Call `function` on every chunk `repeat` times; outputs (rows first) and per-call milliseconds."""

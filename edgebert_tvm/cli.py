@@ -34,7 +34,7 @@ from .models.inference import torch_all_exits
 from .target.registry import TARGET_NAMES
 from .target.edgebert.config import load_config, parse_config
 from .target.edgebert.report import accelerator_report, format_report, plot_report
-from .target.edgebert.sentence import ChipWorkload
+from .target.edgebert.sentence import chip_workloads
 from .training.recipe import RecipeConfig, Trainer, build_default_checkpoint
 from .tuning import report as tuning_report
 from .tuning.measure import Tracker
@@ -167,13 +167,14 @@ def _accelerator_report(args: argparse.Namespace, artifact: Any, inputs: dict[st
               else parse_config(accelerator["config"], f"{artifact.directory}/metadata.json accelerator config"))
     if "activation_storage" in accelerator:
         config = dataclasses.replace(config, activation_bytes=accelerator["activation_storage"]["bytes_per_value"])
-    workload = ChipWorkload.from_dict(accelerator["workload"])
+    workloads = chip_workloads(accelerator, f"{artifact.directory}/metadata.json")
     predicted = None
     if artifact.metadata.get("exit_predictor"):
         predictor = ExitPredictor(**artifact.metadata["exit_predictor"])
         predicted = predictor.predict(entropy(artifact.all_exits(inputs)[:, 0]))
     target = args.latency_target_us * 1e-6 if args.latency_target_us else None
-    report = accelerator_report(workload, config, exit_layer.tolist(), predicted, target)
+    report = accelerator_report(workloads, config, exit_layer.tolist(), artifact.row_lengths(inputs["attention_mask"]),
+                                predicted, target)
     print(format_report(report))
     if args.report_plot:
         plot_report(report, Path(args.report_plot), f"{artifact.metadata['model']['source']} on the edgebert accelerator")

@@ -180,10 +180,11 @@ def import_lengths(model: EdgeBertForSequenceClassification, batch: int, lengths
     model = model.eval()
     cap = max(lengths)
     # A symbolic export costs about 0.7x a static one more: it pays from two lengths on. The span
-    # formula counts from the trained length T, or from the input's end past it: a branch on the
-    # length that one symbolic export cannot take, so such a model is exported at each length.
+    # formula counts from the trained length T, or from the input's end past it (or with no T): a
+    # branch on the length that one symbolic export cannot take, and an offset by the symbolic length
+    # that TVM's frontend mistypes (float tensor minus int64), so such a model is exported at each length.
     trained = model.edgebert.seq_len
-    symbolic = len(set(lengths)) > 1 and (model.span_z is None or trained is None or trained >= cap)
+    symbolic = len(set(lengths)) > 1 and (model.span_z is None or (trained is not None and trained >= cap))
     exporter = _Exporter(cap, symbolic)
     # The cap first: torch.export takes its example length as typical, and a length of 1 as a constant.
     modules = {length: _import_at(model, exporter, InputSpec(batch, length)) for length in sorted(lengths, reverse=True)}

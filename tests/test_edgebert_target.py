@@ -19,7 +19,7 @@ from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.target.edgebert import functional
 from edgebert_tvm.target.edgebert.config import DEFAULT_CONFIG, load_config, read_config_file
 from edgebert_tvm.target.edgebert.cost import ActMatmul, Dense, LayerNorm, Softmax, dense_chunks, op_cost
-from edgebert_tvm.target.edgebert.sentence import ChipWorkload
+from edgebert_tvm.target.edgebert.sentence import ChipWorkload, chip_workloads
 from edgebert_tvm.target.targets import host_target
 
 from .conftest import random_inputs, read_json, run_cli, run_cli_fresh, torch_exits
@@ -186,7 +186,7 @@ def test_weight_sram_sweep_saves_energy_as_it_grows_and_the_report_says_what_spi
 
     workload = _two_layer_workload()
     config = dataclasses.replace(load_config(), weight_sram=2.5 * (64 * 32 + 64 * 64 / 8))
-    report = accelerator_report(workload, config, [1, 2, 2])
+    report = accelerator_report({16: workload}, config, [1, 2, 2])
     sweep = report["weight_sram_sweep"]
     assert [r["weight_sram_bytes"] for r in sweep] == sorted(r["weight_sram_bytes"] for r in sweep)
     assert all(a["energy_uj"] > b["energy_uj"] for a, b in zip(sweep, sweep[1:]) if a["spilled_blocks"] > b["spilled_blocks"])
@@ -397,13 +397,19 @@ def spans_checkpoint(tmp_path_factory, minilm_dir) -> Path:
 @pytest.fixture(scope="module")
 def edgebert_artifact(tmp_path_factory, spans_checkpoint) -> Path:
     out_dir = tmp_path_factory.mktemp("art") / "edgebert"
-    run_cli("compile", str(spans_checkpoint), "--target", "edgebert", "--seq-len", "16", "--exit-threshold", "0.4",
-            "-o", str(out_dir), check=True)
+    run_cli("compile", str(spans_checkpoint), "--target", "edgebert", "--seq-len", "16", "--lengths", "8", "16",
+            "--exit-threshold", "0.4", "-o", str(out_dir), check=True)
     return out_dir
 
 
+def _workloads(artifact: Path) -> dict[int, ChipWorkload]:
+    return chip_workloads(read_json(artifact / "metadata.json")["accelerator"], str(artifact))
+
+
 def test_partition_offloads_every_pattern(edgebert_artifact):
-    workload = ChipWorkload.from_dict(read_json(edgebert_artifact / "metadata.json")["accelerator"]["workload"])
+    workloads = _workloads(edgebert_artifact)
+    assert sorted(workloads) == [8, 16] and workloads[8].layer_blocks == ["layer_0__len8", "layer_1_narrowed__len8"]
+    workload = workloads[16]
     layer = [r["pattern"].split(".")[1] for r in workload.blocks["layer_0"]]
     assert layer == ["dense", "dense", "dense", "attention_scores", "softmax_span", "attention_matmul", "dense",
                      "residual_add", "layernorm", "dense_gelu", "dense", "residual_add", "layernorm"]
@@ -416,6 +422,9 @@ def test_artifact_runs_in_fresh_process_with_report(edgebert_artifact, spans_che
     from edgebert_tvm.models.checkpoint import load
 
     inputs = random_inputs(3, 16, 30522, seed=2)
+    inputs["attention_mask"][0, 5:] = 0  # a short sentence: it runs (and is costed) at length 8
+    inputs["input_ids"] *= inputs["attention_mask"]
+    inputs["token_type_ids"] *= inputs["attention_mask"]
     np.savez(tmp_path / "in.npz", **inputs)
     proc = run_cli_fresh("run", str(edgebert_artifact), "--inputs", str(tmp_path / "in.npz"), "--all-exits", "--json",
                          str(tmp_path / "out.json"), "--report", "--report-json", str(tmp_path / "r.json"),
@@ -425,12 +434,17 @@ def test_artifact_runs_in_fresh_process_with_report(edgebert_artifact, spans_che
     # the accelerator's numbers stay close to the float model
     reference = torch_exits(load(str(spans_checkpoint)).model, inputs)
     assert np.abs(np.array(result["all_exit_logits"]) - reference).max() < 0.05
-    # per-sentence totals follow the exit layer: embeddings + (layer + exit + entropy) per layer taken
+    # per-sentence totals follow the exit layer at the length the sentence ran at: embeddings + (layer +
+    # exit + entropy) per layer taken
     config = load_config()
-    workload = ChipWorkload.from_dict(read_json(edgebert_artifact / "metadata.json")["accelerator"]["workload"])
+    workloads = _workloads(edgebert_artifact)
+    lengths = [8 if inputs["attention_mask"][row].nonzero()[0].max() < 8 else 16 for row in range(3)]
+    assert [row["length"] for row in report["rows"]] == lengths and lengths[0] == 8
     for row, layer in zip(report["rows"], result["exit_layer"]):
         assert row["exit_layer"] == layer
-        assert row["cycles"] == workload.sentence_cost(layer, config).cycles
+        assert row["cycles"] == workloads[row["length"]].sentence_cost(layer, config).cycles
+    assert workloads[8].sentence_cost(2, config).cycles < workloads[16].sentence_cost(2, config).cycles
+    workload = workloads[16]
     one = workload.sentence_cost(1, config)
     two = workload.sentence_cost(2, config, early_exit=True)
     assert two.cycles > one.cycles and report["full_depth_sentence"]["cycles"] == workload.sentence_cost(

@@ -64,11 +64,13 @@ def test_every_length_equals_pytorch_at_that_length(tiny_bert_any_length, tiny_b
     np.testing.assert_allclose(result.logits, reference[:, -1], atol=TOLERANCE)
 
 
-@pytest.mark.parametrize("trained, exports", [(CAP, 4), (16, 8)], ids=["trained-at-cap", "trained-below-cap"])
+@pytest.mark.parametrize("trained, exports", [(CAP, 4), (16, 8), (None, 8)],
+                         ids=["trained-at-cap", "trained-below-cap", "no-trained-length"])
 def test_one_export_bound_to_each_length_equals_an_export_at_that_length(monkeypatch, tiny_bert_dir, trained, exports):
     """With spans trained at the cap, each block shape (embeddings, layer, off-ramp, last exit) is
     exported once for every length and bound to each: the very functions of a static export at that
-    length. Spans trained below the cap switch formula at the trained length: exported per length."""
+    length. Spans trained below the cap switch formula at the trained length, and spans with no
+    trained length count from the input's end: exported per length."""
     model = load(tiny_bert_dir).model
     model.enable_spans(0.5)
     model.edgebert.seq_len = trained
@@ -193,7 +195,6 @@ def test_the_library_holds_the_weights_once(tmp_path):
 @pytest.mark.parametrize("args, match", [
     (["--lengths", "0"], "positive integer"),
     (["--lengths", "16", "64"], "must lie in [1, 24]"),
-    (["--target", "edgebert", "--lengths", "16"], "--lengths is for llvm and cuda"),
 ])
 def test_bad_lengths_are_one_line_errors(capsys, tmp_path, args, match):
     code = None

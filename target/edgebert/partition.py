@@ -21,7 +21,7 @@ from tvm import IRModule, relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from ...adaptivfloat.quantizer import hw8_decode, hw8_encode
-from ...contract import ALL_EXITS, EXIT, LAYER, block_calls, block_functions
+from ...contract import ALL_EXITS, EMBEDDINGS, EXIT, LAYER, block_calls, block_functions
 from ...passes.canonicalize import Canonicalize
 from . import codegen  # registers relax.ext.edgebert
 from .patterns import edgebert_patterns, pattern
@@ -85,9 +85,12 @@ def partition_for_edgebert(mod: IRModule) -> tuple[IRModule, dict[str, list[dict
     return mod, workload
 
 
-def chip_workload(mod: IRModule, workload: dict[str, list[dict[str, Any]]], num_labels: int,
+def chip_workload(mod: IRModule, workload: dict[str, list[dict[str, Any]]], tail: str, num_labels: int,
                   early_exit: bool) -> ChipWorkload:
-    """The per-sentence view: which block each layer and exit runs, in the order `all_exits` calls them."""
-    calls = block_calls(mod[ALL_EXITS], mod)
-    return ChipWorkload(workload, [gv.name_hint for kind, gv in calls if kind == LAYER],
-                        [gv.name_hint for kind, gv in calls if kind == EXIT], num_labels, early_exit)
+    """The per-sentence view at one compiled length (`tail`: its functions' suffix): which block the
+    embeddings, each layer and each exit run, in the order `all_exits` calls them."""
+    calls = block_calls(mod[ALL_EXITS + tail], mod)
+    blocks = {gv.name_hint: workload.get(gv.name_hint, []) for _, gv in calls}
+    return ChipWorkload(blocks, [gv.name_hint for kind, gv in calls if kind == LAYER],
+                        [gv.name_hint for kind, gv in calls if kind == EXIT], num_labels, early_exit,
+                        next(gv.name_hint for kind, gv in calls if kind == EMBEDDINGS))

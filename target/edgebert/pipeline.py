@@ -1,6 +1,6 @@
 """The edgebert target: the host CPU runs what the accelerator does not; before lowering, the module is
-partitioned for the chip (BYOC codegen), and the chip's workload per block and its configuration are
-recorded for `run --report`."""
+partitioned for the chip (BYOC codegen), and the chip's workload per block at each compiled length
+and its configuration are recorded for `run --report`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import tvm
 
 from ...data import builtin_split, read_tsv, task_for
 from ...errors import EdgeBertError
+from ...lengths import suffix
 from ..targets import LlvmTarget
 from ...rda.activations import CALIBRATION_SENTENCES, ActivationStorage, measure
 from .config import parse_config, read_config_file
@@ -26,9 +27,6 @@ class EdgebertTarget(LlvmTarget):
     name = "edgebert"
 
     def check(self, options: CompileOptions) -> None:
-        if options.lengths is not None and set(options.lengths) != {options.seq_len}:
-            raise EdgeBertError("--lengths is for llvm and cuda: the edgebert chip's workload and report are for its "
-                                "one compiled length (--seq-len)")
         if options.fuse_qkv:
             raise EdgeBertError("--fuse-qkv is for llvm and cuda: the edgebert chip's patterns take one matmul per "
                                 "projection")
@@ -43,10 +41,6 @@ class EdgebertTarget(LlvmTarget):
             raise EdgeBertError("--weights is for llvm and cuda: the edgebert chip stores its weights as AdaptivFloat-8 "
                                 "itself (its matmul patterns would not match quantized kernels)")
 
-    def default_lengths(self, cap: int) -> tuple[int, ...]:
-        """One length, the cap: the chip's workload is recorded for the functions of one length."""
-        return (cap,)
-
     def before_lowering(self, mod: tvm.IRModule, checkpoint: Checkpoint,
                         options: CompileOptions) -> tuple[tvm.IRModule, dict]:
         """Partition for the accelerator and record its workload and configuration for `run --report`."""
@@ -54,8 +48,9 @@ class EdgebertTarget(LlvmTarget):
         parse_config(raw_config, options.accelerator_config or "default accelerator configuration")
         model = checkpoint.model
         mod, regions = partition_for_edgebert(mod)
-        workload = chip_workload(mod, regions, model.edgebert.num_labels, options.exit_thresholds is not None)
-        accelerator = {"workload": workload.to_dict(), "config": raw_config}
+        workloads = {length: chip_workload(mod, regions, suffix(length, options.seq_len), model.edgebert.num_labels,
+                                           options.exit_thresholds is not None) for length in options.lengths}
+        accelerator = {"workloads": {str(n): w.to_dict() for n, w in workloads.items()}, "config": raw_config}
         if options.rda_activations is not None:
             accelerator["activation_storage"] = _measure_activation_storage(checkpoint, options).to_dict()
         return mod, accelerator

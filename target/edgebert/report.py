@@ -2,7 +2,7 @@
 
 In the manner of Timeloop/Accelergy's summaries: per block (embeddings, each layer block, an exit),
 per pattern over a full-depth sentence, then per-sentence totals that follow each sentence's actual
-exit layer, set beside full depth, DVFS, the embeddings held in DRAM instead of eNVM and the weights
+exit layer at the compiled length it ran at, set beside full depth, DVFS, the embeddings held in DRAM instead of eNVM and the weights
 streamed from DRAM instead of held in the weight SRAM; the memory map (what the weight SRAM holds,
 what spilled, the cost of loading a task) and a sweep over the weight SRAM's size.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -32,10 +32,28 @@ def _summary(results: Sequence[Any]) -> dict[str, float]:
 SWEEP_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight SRAM sizes, as fractions of the task's weight bytes
 
 
+@dataclasses.dataclass(frozen=True)
+class _Sentences:
+    """Each sentence costed on the workload of the compiled length it ran at."""
+
+    workloads: Mapping[int, ChipWorkload]
+    lengths: Sequence[int]
+    exit_layers: Sequence[int]
+
+    def run(self, config: AcceleratorConfig, capacity: float | None = None, layers: Sequence[int] | None = None,
+            predicted: Sequence[int] | None = None, target: float | None = None,
+            embedding_store: str = "envm") -> list[Any]:
+        maps = {n: w.memory_map(config, capacity) for n, w in self.workloads.items()}
+        layers = self.exit_layers if layers is None else layers
+        predicted = [None] * len(layers) if predicted is None else [int(p) for p in predicted]
+        return [run_sentence(self.workloads[n], config, int(layer), p, target, embedding_store, maps[n])
+                for layer, n, p in zip(layers, self.lengths, predicted)]
+
+
 def _by_pattern(workload: ChipWorkload, config: AcceleratorConfig, memory: MemoryMap) -> dict[str, dict[str, Any]]:
     """Cost per pattern over one full-depth sentence."""
     totals: dict[str, Cost] = {}
-    names = ["embeddings", *workload.layer_blocks, *workload.exit_blocks]
+    names = [workload.embedding_block, *workload.layer_blocks, *workload.exit_blocks]
     for name in names:
         for region in workload.blocks.get(name, []):
             cost = op_cost(region["op"], config, memory.weights_of(name))
@@ -51,31 +69,34 @@ def _memory_map(memory: MemoryMap, config: AcceleratorConfig) -> dict[str, Any]:
                             "latency_us": load.cycles / config.nominal.frequency * 1e6}}
 
 
-def _sweep(workload: ChipWorkload, config: AcceleratorConfig, exit_layers: Sequence[int],
+def _sweep(sentences: _Sentences, config: AcceleratorConfig, workload: ChipWorkload,
            need: float) -> list[dict[str, Any]]:
     """Energy and latency per sentence (actual exits) with weight SRAMs from none to the task's `need` bytes."""
-    rows = []
-    for capacity in sorted({need * f for f in SWEEP_FRACTIONS} | {config.weight_sram}):
-        memory = workload.memory_map(config, capacity)
-        runs = [run_sentence(workload, config, int(layer), memory=memory) for layer in exit_layers]
-        rows.append({"weight_sram_bytes": capacity, "spilled_blocks": len(memory.spilled), **_summary(runs)})
-    return rows
+    return [{"weight_sram_bytes": capacity, "spilled_blocks": len(workload.memory_map(config, capacity).spilled),
+             **_summary(sentences.run(config, capacity))}
+            for capacity in sorted({need * f for f in SWEEP_FRACTIONS} | {config.weight_sram})]
 
 
-def accelerator_report(workload: ChipWorkload, config: AcceleratorConfig, exit_layers: Sequence[int],
-                       predicted_layers: Sequence[int] | None = None, latency_target_s: float | None = None) -> dict:
-    """The whole report as a JSON-ready dict."""
+def accelerator_report(workloads: Mapping[int, ChipWorkload], config: AcceleratorConfig, exit_layers: Sequence[int],
+                       lengths: Sequence[int] | None = None, predicted_layers: Sequence[int] | None = None,
+                       latency_target_s: float | None = None) -> dict:
+    """The whole report as a JSON-ready dict: sentence i ran at compiled length `lengths[i]` (default:
+    the longest); the tables per block and pattern are those of the longest length."""
+    longest = max(workloads)
+    workload = workloads[longest]
+    sentences = _Sentences(workloads, [longest] * len(exit_layers) if lengths is None else list(lengths), exit_layers)
     full = workload.num_layers
-    memory, in_dram = workload.memory_map(config), workload.memory_map(config, 0.0)
+    memory = workload.memory_map(config)
     full_cost = workload.sentence_cost(full, config, early_exit=False, memory=memory)
     target = latency_target_s if latency_target_s is not None else full_cost.cycles / config.nominal.frequency
+    embeddings = workload.embedding_block
     blocks = {name: workload.block_cost(name, config, memory=memory).to_dict(config)
-              for name in ["embeddings", *dict.fromkeys(workload.layer_blocks), workload.exit_blocks[0]]}
-    embedding_store = {store: workload.block_cost("embeddings", config, store, memory) for store in ("envm", "dram")}
-    actual = [run_sentence(workload, config, int(layer), memory=memory) for layer in exit_layers]
-    full_depth = [run_sentence(workload, config, full, memory=memory) for _ in exit_layers]
-    dram = [run_sentence(workload, config, int(layer), embedding_store="dram", memory=memory) for layer in exit_layers]
-    weights_dram = [run_sentence(workload, config, int(layer), memory=in_dram) for layer in exit_layers]
+              for name in [embeddings, *dict.fromkeys(workload.layer_blocks), workload.exit_blocks[0]]}
+    embedding_store = {store: workload.block_cost(embeddings, config, store, memory) for store in ("envm", "dram")}
+    actual = sentences.run(config)
+    full_depth = sentences.run(config, layers=[full] * len(exit_layers))
+    dram = sentences.run(config, embedding_store="dram")
+    weights_dram = sentences.run(config, capacity=0.0)
     report: dict[str, Any] = {
         "config": {"vector_size": config.vector_size, "processing_units": config.processing_units,
                    "nominal_voltage_v": config.nominal.voltage, "nominal_frequency_hz": config.nominal.frequency,
@@ -84,7 +105,7 @@ def accelerator_report(workload: ChipWorkload, config: AcceleratorConfig, exit_l
         "blocks": blocks,
         "patterns_full_depth": _by_pattern(workload, config, memory),
         "memory_map": _memory_map(memory, config),
-        "weight_sram_sweep": _sweep(workload, config, exit_layers, sum(memory.block_bytes.values())),
+        "weight_sram_sweep": _sweep(sentences, config, workload, sum(memory.block_bytes.values())),
         "full_depth_sentence": full_cost.to_dict(config),
         "embeddings": {store: {"energy_uj": c.total_energy * UJ, "latency_us": c.cycles / config.nominal.frequency * 1e6,
                                "cycles": c.cycles} for store, c in embedding_store.items()},
@@ -93,16 +114,14 @@ def accelerator_report(workload: ChipWorkload, config: AcceleratorConfig, exit_l
         "per_sentence": {"full_depth": _summary(full_depth), "early_exit": _summary(actual),
                          "early_exit_dram_embeddings": _summary(dram), "early_exit_dram_weights": _summary(weights_dram)},
         "latency_target_us": target * 1e6,
-        "rows": [{"exit_layer": r.exit_layer, "cycles": r.cycles, "energy_uj": r.energy_pj * UJ,
-                  "latency_us": r.latency_s * 1e6} for r in actual],
+        "rows": [{"exit_layer": r.exit_layer, "length": n, "cycles": r.cycles, "energy_uj": r.energy_pj * UJ,
+                  "latency_us": r.latency_s * 1e6} for r, n in zip(actual, sentences.lengths)],
     }
     if config.activation_bytes != RAW_ACTIVATION_BYTES:  # RDA buffers: the same sentences with plain 16-bit ones
         plain = dataclasses.replace(config, activation_bytes=RAW_ACTIVATION_BYTES)
-        report["per_sentence"]["early_exit_16bit_activations"] = _summary(
-            [run_sentence(workload, plain, int(layer), memory=memory) for layer in exit_layers])
+        report["per_sentence"]["early_exit_16bit_activations"] = _summary(sentences.run(plain))
     if predicted_layers is not None:
-        dvfs = [run_sentence(workload, config, int(a), int(p), target, memory=memory)
-                for a, p in zip(exit_layers, predicted_layers)]
+        dvfs = sentences.run(config, predicted=predicted_layers, target=target)
         report["per_sentence"]["early_exit_dvfs"] = {**_summary(dvfs),
                                                      "met_target": float(np.mean([r.met_target for r in dvfs]))}
         for row, r, p in zip(report["rows"], dvfs, predicted_layers):

@@ -1,8 +1,8 @@
 """Per-sentence cycles and energy on the accelerator, following each sentence's exit layer, the
 memory map of its weights, and DVFS.
 
-The compiled artifact records, per block function, the regions the chip runs (`workload`): a
-sentence that exits after layer L costs the embeddings, layers 1..L and exits 1..L, plus one
+The compiled artifact records, per block function, the regions the chip runs (`workload`), at each
+compiled length (a sentence is costed at the length it ran at, as the host runs it): a sentence that exits after layer L costs the embeddings, layers 1..L and exits 1..L, plus one
 entropy evaluation per exit taken when early exit is compiled in. DVFS (EdgeBERT MICRO'21): the
 entropy predictor turns layer 1's exit entropy into a predicted exit layer before the rest runs;
 the policy picks the lowest-voltage operating point whose frequency still finishes the predicted
@@ -19,12 +19,12 @@ DRAM at every use.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
-from .config import AcceleratorConfig, DvfsPoint
 import math
 from collections import Counter
+from typing import Any
 
+from ...errors import EdgeBertError
+from .config import AcceleratorConfig, DvfsPoint
 from .cost import (ActMatmul, Add, Cost, Dense, Embedding, Entropy, LayerNorm, Op, Softmax, op_cost, scale_energy,
                    seconds, weight_bytes)
 
@@ -75,17 +75,18 @@ class ChipWorkload:
     exit_blocks: list[str]
     num_labels: int
     early_exit: bool
+    embedding_block: str = "embeddings"
 
     def to_dict(self) -> dict[str, Any]:
         blocks = {name: [{**r, "op": op_to_dict(r["op"])} for r in regions] for name, regions in self.blocks.items()}
         return {"blocks": blocks, "layer_blocks": self.layer_blocks, "exit_blocks": self.exit_blocks,
-                "num_labels": self.num_labels, "early_exit": self.early_exit}
+                "num_labels": self.num_labels, "early_exit": self.early_exit, "embedding_block": self.embedding_block}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ChipWorkload":
         blocks = {name: [{**r, "op": op_from_dict(r["op"])} for r in regions] for name, regions in data["blocks"].items()}
         return cls(blocks, list(data["layer_blocks"]), list(data["exit_blocks"]), int(data["num_labels"]),
-                   bool(data["early_exit"]))
+                   bool(data["early_exit"]), str(data["embedding_block"]))
 
     @property
     def num_layers(self) -> int:
@@ -98,7 +99,7 @@ class ChipWorkload:
     def memory_map(self, config: AcceleratorConfig, capacity: float | None = None) -> MemoryMap:
         """Whole blocks into the weight SRAM (`capacity`, default the configuration's) in first-use order."""
         capacity = config.weight_sram if capacity is None else capacity
-        order = ["embeddings", *(name for pair in zip(self.layer_blocks, self.exit_blocks) for name in pair)]
+        order = [self.embedding_block, *(name for pair in zip(self.layer_blocks, self.exit_blocks) for name in pair)]
         block_bytes = {name: sum(weight_bytes(op) for op in self.block_ops(name) if isinstance(op, Dense))
                        for name in dict.fromkeys(order)}
         resident, used = [], 0.0
@@ -122,13 +123,20 @@ class ChipWorkload:
         """Embeddings + layers 1..exit_layer + their exits (+ the entropy unit at each exit checked)."""
         early_exit = self.early_exit if early_exit is None else early_exit
         memory = memory or self.memory_map(config)
-        total = self.block_cost("embeddings", config, embedding_store, memory)
+        total = self.block_cost(self.embedding_block, config, embedding_store, memory)
         for index in range(exit_layer):
             total = total + self.block_cost(self.layer_blocks[index], config, memory=memory)
             total = total + self.block_cost(self.exit_blocks[index], config, memory=memory)
             if early_exit and index < self.num_layers - 1:
                 total = total + op_cost(Entropy(self.num_labels), config)
         return total
+
+
+def chip_workloads(accelerator: dict[str, Any], where: str) -> dict[int, ChipWorkload]:
+    """The workload at each compiled length from an artifact's `accelerator` metadata."""
+    if "workloads" not in accelerator:
+        raise EdgeBertError(f"{where}: the accelerator workload is from an older edgebert-tvm; compile the model again")
+    return {int(length): ChipWorkload.from_dict(data) for length, data in accelerator["workloads"].items()}
 
 
 def dvfs_point(predicted_cycles: int, latency_target: float, config: AcceleratorConfig) -> DvfsPoint:
