@@ -1,6 +1,6 @@
 """One artifact at every length: ALBERT-base and MiniLM-L6 compiled once with --seq-len 128, run at
-16, 32, 64 and 128 tokens, against ONNX Runtime (exported with dynamic axes) and PyTorch eager, each
-fed the input at that length.
+16, 32, 64 and 128 tokens, against ONNX Runtime (exported with dynamic axes), PyTorch eager and
+torch.compile (dynamic=True: one graph for every length), each fed the input at that length.
 
 Batch 1, every peer in this one process with the same thread count, interleaved; prints medians and
 ratios to ONNX Runtime per length, and writes JSON.
@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import tvm
 from tvm import relax
 
@@ -49,6 +50,7 @@ def model_benchmark(name: str, threads: int, rounds: int) -> dict:
     vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
     vocab = checkpoint.model.config.vocab_size
     session = ort_session(deployed, make_inputs(1, CAP, vocab), threads)  # one session, every length
+    compiled_torch = torch.compile(deployed, dynamic=True)  # one graph, every length
     results = {}
     for length in LENGTHS:
         inputs = make_inputs(1, length, vocab, seed=length)
@@ -56,14 +58,16 @@ def model_benchmark(name: str, threads: int, rounds: int) -> dict:
         entry = vm["main" + suffix(length, CAP)]
         runners = {"edgebert-tvm": lambda entry=entry, args=args: entry(*args)[0].numpy(),
                    "onnxruntime": lambda inputs=inputs: session.run(None, inputs)[0],
-                   "pytorch": torch_runner(deployed, inputs)}
+                   "pytorch": torch_runner(deployed, inputs),
+                   "torch.compile": torch_runner(compiled_torch, inputs)}
         reference = runners["pytorch"]()
         diff = {peer: float(np.abs(run() - reference).max()) for peer, run in runners.items()}
         times = {peer: median(t) for peer, t in time_interleaved(runners, rounds).items()}
         results[length] = {"median_ms": times, "max_abs_diff_vs_pytorch": diff,
                            "ours_vs_ort": times["edgebert-tvm"] / times["onnxruntime"]}
         print(f"{name:12s} {length:4d} tokens: ours {times['edgebert-tvm']:7.2f} ms  ORT {times['onnxruntime']:7.2f} ms"
-              f"  PyTorch {times['pytorch']:7.2f} ms  ours/ORT {results[length]['ours_vs_ort']:.2f}x", flush=True)
+              f"  PyTorch {times['pytorch']:7.2f} ms  torch.compile {times['torch.compile']:7.2f} ms"
+              f"  ours/ORT {results[length]['ours_vs_ort']:.2f}x", flush=True)
     return {"lengths": list(compiled.options.lengths), "compile_seconds": compiled.compile_seconds, "by_length": results}
 
 
