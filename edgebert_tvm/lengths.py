@@ -52,6 +52,11 @@ def suffix(length: int, cap: int) -> str:
     return "" if length == cap else f"__len{length}"
 
 
+def unsuffixed(name: str) -> str:
+    """A function's name as at the cap (`suffix` removed)."""
+    return name.split("__len")[0]
+
+
 def attended_length(attention_mask: np.ndarray) -> int:
     """One past the last token that any row of `attention_mask` (rows, tokens) attends to."""
     attended = np.flatnonzero(attention_mask.any(axis=0))

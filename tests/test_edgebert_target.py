@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from tvm import te
 from edgebert_tvm import cli
 from edgebert_tvm.adaptivfloat.quantizer import hw8_decode, hw8_encode
 from edgebert_tvm.errors import EdgeBertError
-from edgebert_tvm.target.edgebert import functional
+from edgebert_tvm.target.edgebert import formats, functional
 from edgebert_tvm.target.edgebert.config import DEFAULT_CONFIG, load_config, read_config_file
 from edgebert_tvm.target.edgebert.cost import ActMatmul, Dense, LayerNorm, Softmax, dense_chunks, op_cost
 from edgebert_tvm.target.edgebert.sentence import ChipWorkload, chip_workloads
@@ -55,10 +56,11 @@ def _write_config(tmp_path: Path, **changes) -> Path:
     ({"dvfs_points": [["0.5 V", "1 GHz"], ["0.8 V", "2 GHz"]]}, "nominal one"),
     ({"dvfs_points": [["0.8 V", "1 Gz"]]}, "unknown unit 'Gz'"),
     ({"clock_typo": "1"}, "unknown key 'clock_typo'"),
+    ({"weight_sram": "100 B"}, "hold one 16x16 weight tile (288 B)"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, changes, match):
     path = _write_config(tmp_path, **changes)
-    with pytest.raises(EdgeBertError, match=match.replace("(", r"\(")):
+    with pytest.raises(EdgeBertError, match=re.escape(match)):
         load_config(path)
     # the CLI refuses before loading or compiling anything
     assert cli.main(["compile", "albert-tiny", "--target", "edgebert", "--accelerator-config", str(path),
@@ -219,21 +221,21 @@ def test_zero_weights_save_energy_and_stored_bytes_not_compute_cycles():
 # ---------------------------------------------------------------- the chip's arithmetic: numpy model
 
 
-def q10(x: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):  # -FLT_MAX padding scores become -inf, then saturate
-        return np.rint(np.clip(np.asarray(x, np.float32) * np.float32(1024), -32768, 32767)).astype(np.int64)
-
-
-def sat(v: np.ndarray) -> np.ndarray:
-    return np.clip(v, -32768, 32767)
+def fixed(x: np.ndarray) -> np.ndarray:
+    """Inputs aligned to Q15, clamped to the widest format's range (+-2048)."""
+    limit = np.float32(2**26)
+    with np.errstate(over="ignore"):  # -FLT_MAX padding scores become -inf, then clamp
+        return np.rint(np.clip(np.asarray(x, np.float32) * np.float32(2**15), -limit, limit)).astype(np.int64)
 
 
 def shift(v: np.ndarray, s: int) -> np.ndarray:
     return (v + (1 << (s - 1))) >> s
 
 
-def out(q: np.ndarray) -> np.ndarray:
-    return q.astype(np.float32) * np.float32(2**-10)
+def stored(v: np.ndarray, frac: int, f: int, bits: int = 16) -> np.ndarray:
+    """v (`frac` fraction bits) in the format with f fraction bits, saturated to `bits`, as float32."""
+    q = shift(v, frac - f) if frac > f else v << (f - frac)
+    return np.clip(q, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1).astype(np.float32) / np.float32(2**f)
 
 
 def np_gelu(q: np.ndarray, table: list[int]) -> np.ndarray:
@@ -243,12 +245,13 @@ def np_gelu(q: np.ndarray, table: list[int]) -> np.ndarray:
     return np.where(q < -limit, 0, np.where(q >= limit, q, inside))
 
 
-def np_dense(x, w, b, gelu=None):
+def np_dense(x, w, b, f, gelu=None):
     mask = w != 0  # the bitmask: zero weights are skipped
     wi = np.rint(w.astype(np.float32) * np.float32(2**14)).astype(np.int64)
-    acc = np.einsum("...k,kn->...n", q10(x), wi * mask)
-    y = sat(shift(acc, 14) + q10(b))
-    return out(np_gelu(y, functional.gelu_table(gelu)) if gelu else y)
+    acc = np.einsum("...k,kn->...n", fixed(x), wi * mask) + (fixed(b) << 14)  # Q29
+    if gelu is None:
+        return stored(acc, 29, f)
+    return stored(np_gelu(shift(acc, 19), functional.gelu_table(gelu)), 10, f)
 
 
 def np_exp_q15(d):
@@ -261,30 +264,35 @@ def np_exp_q15(d):
     return value >> np.minimum(-whole, 62)
 
 
-def np_divide(num, den):
-    return (num * 2048 + den) // (den * 2)
+def np_divide(num, den, f):
+    return ((num << (f + 1)) + den) // (den * 2)
 
 
-def np_softmax(x, span=None):
-    q = q10(x)
+def np_softmax(x, f, span=None):
+    q = shift(fixed(x), 5)  # Q10 differences
     e = np_exp_q15(q - q.max(-1, keepdims=True))
-    p = np_divide(e, e.sum(-1, keepdims=True))
+    p = np_divide(e, e.sum(-1, keepdims=True), f)
     if span is None:
-        return out(p)
-    masked = shift(p * q10(span), 10)
+        return stored(p, f, f)
+    masked = shift(p * fixed(span), 15)
     kept = masked.sum(-1, keepdims=True)
-    return out(np.where(kept > 0, np_divide(masked, np.maximum(kept, 1)), 0))
+    return stored(np.where(kept > 0, np_divide(masked, np.maximum(kept, 1), f), 0), f, f)
 
 
-def np_layernorm(x, gamma, beta, eps):
-    q = q10(x)
+def np_layernorm(x, gamma, beta, eps, f):
+    q = fixed(x)
     width = q.shape[-1]
     mean = (q.sum(-1, keepdims=True) * 2 + width) // (2 * width)
     centred = q - mean
-    var = (centred * centred).sum(-1, keepdims=True) // width
-    inv = np.minimum(np.rint(2.0**20 / np.sqrt(var.astype(np.float64) + eps * 2.0**20)), 2.0**31).astype(np.int64)
-    normed = shift(centred * inv, 10)
-    return out(sat(shift(normed * q10(gamma), 10) + q10(beta)))
+    coarse = shift(centred, 5)
+    var = (coarse * coarse).sum(-1, keepdims=True) // width
+    inv = np.minimum(np.rint(2.0**30 / np.sqrt(var.astype(np.float64) + eps * 2.0**20)), 2.0**35).astype(np.int64)
+    normed = shift(centred * inv, 20)  # Q15
+    return stored(normed * fixed(gamma) + (fixed(beta) << 15), 30, f)
+
+
+def register(f: int, bits: int = 16) -> np.ndarray:
+    return np.array([f, bits, 0], "int64")
 
 
 def _run(kernel_inputs, compute, *arrays):
@@ -310,8 +318,9 @@ def test_dense_kernel_equals_numpy_model(rng, gelu):
     x = (rng.standard_normal((2, 5, 40)) * 3).astype("float32")
     w = hw8_decode(*hw8_encode(rng.standard_normal((40, 24)) * (rng.random((40, 24)) < 0.5) * 0.3))
     b = rng.standard_normal(24).astype("float32")
-    got = _run([_ph(x, "x"), _ph(w, "w"), _ph(b, "b")], lambda *t: functional.dense(*t, gelu), x, w, b)
-    np.testing.assert_array_equal(got, np_dense(x, w, b, gelu))
+    r = register(10)
+    got = _run([_ph(x, "x"), _ph(w, "w"), _ph(b, "b"), _ph(r, "r")], lambda *t: functional.dense(*t, gelu), x, w, b, r)
+    np.testing.assert_array_equal(got, np_dense(x, w, b, 10, gelu))
     reference = x @ w + b  # and it is close to float (Q10 rounding, plus the GELU's PWL error)
     if gelu == "erf":
         reference = 0.5 * reference * (1 + np.vectorize(math.erf)(reference / np.sqrt(2)))
@@ -319,56 +328,93 @@ def test_dense_kernel_equals_numpy_model(rng, gelu):
         assert np.abs(got - reference).max() < 0.02
 
 
+def test_a_format_with_fewer_fraction_bits_holds_what_q10_saturates(rng):
+    """Outputs up to about 150 (as MiniLM's FFN output at [CLS]): Q10 saturates at 32, Q7 holds them."""
+    x = (rng.standard_normal((4, 64)) * 40).astype("float32")
+    w = hw8_decode(*hw8_encode(rng.standard_normal((64, 16)) * 0.3))
+    b = np.zeros(16, "float32")
+    reference = x @ w
+    assert 100 < np.abs(reference).max() < 256
+    for f, error in ((10, 50.0), (7, 0.01), (formats.fraction_bits(float(np.abs(reference).max())), 0.01)):
+        r = register(f)
+        got = _run([_ph(x, "x"), _ph(w, "w"), _ph(b, "b"), _ph(r, "r")], lambda *t: functional.dense(*t, None),
+                   x, w, b, r)
+        np.testing.assert_array_equal(got, np_dense(x, w, b, f))
+        assert (np.abs(got - reference).max() > error) if f == 10 else (np.abs(got - reference).max() < error)
+
+
+def test_fraction_bits_hold_the_peak_with_the_most_precision():
+    assert [formats.fraction_bits(p) for p in (0.0, 0.4, 0.99, 1.0, 31.9, 32.0, 198.0, 5000.0)] == \
+        [15, 15, 15, 14, 10, 9, 7, 4]
+    for peak in (0.3, 1.5, 7.0, 198.0, 2047.0):  # the peak fits, and one bit more would not hold it
+        f = formats.fraction_bits(peak)
+        assert peak <= (2**15 - 1) / 2**f and (f == 15 or peak > (2**15 - 1) / 2 ** (f + 1))
+
+
 def test_attention_matmul_kernel_equals_numpy_model(rng):
     a, b = (rng.standard_normal((4, 6, 20)).astype("float32"), rng.standard_normal((4, 20, 7)).astype("float32"))
-    got = _run([_ph(a, "a"), _ph(b, "b")], functional.attention_matmul, a, b)
-    acc = np.einsum("zik,zkj->zij", q10(a), q10(b))
-    np.testing.assert_array_equal(got, out(sat(shift(acc, 10))))
+    r = register(11)
+    got = _run([_ph(a, "a"), _ph(b, "b"), _ph(r, "r")], functional.attention_matmul, a, b, r)
+    np.testing.assert_array_equal(got, stored(np.einsum("zik,zkj->zij", fixed(a), fixed(b)), 30, 11))
     # Q K^T with the 1/sqrt(d) scale folded in (a scale register in Q16), viewed as (batch, heads, rows, cols)
     a, scale = a * 2, np.array(0.125 ** 0.5, "float32")
-    got = _run([_ph(a, "a"), _ph(b, "b"), _ph(scale, "s")],
-               lambda x, y, s: functional.attention_matmul(x, y, s, [2, 2, 6, 7]), a, b, scale)
+    got = _run([_ph(a, "a"), _ph(b, "b"), _ph(r, "r"), _ph(scale, "s")],
+               lambda x, y, reg, s: functional.attention_matmul(x, y, reg, s, [2, 2, 6, 7]), a, b, r, scale)
     scale_q = int(np.rint(scale * np.float32(2**16)))
-    expected = out(sat(shift(np.einsum("zik,zkj->zij", q10(a), q10(b)) * scale_q, 26))).reshape(2, 2, 6, 7)
-    np.testing.assert_array_equal(got, expected)
-    assert np.abs(got - (a @ b * scale).reshape(2, 2, 6, 7)).max() < 0.02
+    acc = np.einsum("zik,zkj->zij", fixed(a), fixed(b))
+    np.testing.assert_array_equal(got, stored(shift(acc, 15) * scale_q, 31, 11).reshape(2, 2, 6, 7))
+    assert np.abs(got - (a @ b * scale).reshape(2, 2, 6, 7)).max() < 0.002
 
 
 @pytest.mark.parametrize("with_span", [False, True])
 def test_softmax_kernel_equals_numpy_model(rng, with_span):
     x = (rng.standard_normal((1, 3, 5, 16)) * 4).astype("float32")
     x[..., -3:] = np.finfo(np.float32).min  # padding keys, as the attention bias makes them
+    r = register(14)
     if with_span:
         span = rng.random((1, 3, 1, 16)).astype("float32")
         span[0, 1] = 0.0  # a head whose span is zero
-        got = _run([_ph(x, "x"), _ph(span, "s")], functional.softmax, x, span)
-        expected = np_softmax(x, span)
+        got = _run([_ph(x, "x"), _ph(span, "s"), _ph(r, "r")], functional.softmax, x, span, r)
+        expected = np_softmax(x, 14, span)
     else:
-        got = _run([_ph(x, "x")], lambda t: functional.softmax(t, None), x)
-        expected = np_softmax(x)
+        got = _run([_ph(x, "x"), _ph(r, "r")], lambda t, reg: functional.softmax(t, None, reg), x, r)
+        expected = np_softmax(x, 14)
         exact = np.exp(x - x.max(-1, keepdims=True))
         assert np.abs(got - exact / exact.sum(-1, keepdims=True)).max() < 0.01
     np.testing.assert_array_equal(got, expected)
 
 
 def test_layernorm_and_add_kernels_equal_numpy_model(rng):
-    x = (rng.standard_normal((4, 32)) * 2 + 1).astype("float32")
+    x = (rng.standard_normal((4, 32)) * 40 + 1).astype("float32")  # beyond Q10's +-32, as a residual sum can be
     y = rng.standard_normal((4, 32)).astype("float32")
     gamma, beta = rng.standard_normal(32).astype("float32"), rng.standard_normal(32).astype("float32")
-    got = _run([_ph(x, "x"), _ph(gamma, "g"), _ph(beta, "b")],
-               lambda *t: functional.layernorm(*t, 1e-12), x, gamma, beta)
-    np.testing.assert_array_equal(got, np_layernorm(x, gamma, beta, 1e-12))
+    r = register(11)
+    got = _run([_ph(x, "x"), _ph(gamma, "g"), _ph(beta, "b"), _ph(r, "r")],
+               lambda x_, g, b, reg: functional.layernorm(x_, g, b, reg, 1e-12), x, gamma, beta, r)
+    np.testing.assert_array_equal(got, np_layernorm(x, gamma, beta, 1e-12, 11))
     mean, std = x.mean(-1, keepdims=True), x.std(-1, keepdims=True)
-    assert np.abs(got - ((x - mean) / std * gamma + beta)).max() < 0.02
-    got = _run([_ph(x, "x"), _ph(y, "y")], functional.residual_add, x, y)
-    np.testing.assert_array_equal(got, out(sat(q10(x) + q10(y))))
+    assert np.abs(got - ((x - mean) / std * gamma + beta)).max() < 0.002
+    f = formats.fraction_bits(float(np.abs(x + y).max()))
+    got = _run([_ph(x, "x"), _ph(y, "y"), _ph(register(f), "r")], functional.residual_add, x, y, register(f))
+    np.testing.assert_array_equal(got, stored(fixed(x) + fixed(y), 15, f))
+    assert f < 10 and np.abs(got - (x + y)).max() <= 2 ** -(f + 1) + 2**-15  # rounding to f, inputs to Q15
+
+
+def test_calibration_word_holds_what_the_chip_word_saturates(rng):
+    x = (rng.standard_normal((4, 32)) * 40).astype("float32")
+    y = np.zeros_like(x)
+    for bits, holds in ((16, False), (32, True)):
+        r = register(15, bits)
+        got = _run([_ph(x, "x"), _ph(y, "y"), _ph(r, "r")], functional.residual_add, x, y, r)
+        assert np.array_equal(got, stored(fixed(x), 15, 15, bits)) and (np.abs(got - x).max() < 1e-4) == holds
 
 
 def test_embedding_kernel_equals_numpy_model(rng):
     table = hw8_decode(*hw8_encode(rng.standard_normal((50, 8)) * 0.1))
     ids = rng.integers(0, 50, size=9).astype("int32")
-    got = _run([_ph(table, "t"), _ph(ids, "i")], functional.embedding, table, ids)
-    np.testing.assert_array_equal(got, out(q10(table[ids])))
+    r = register(13)
+    got = _run([_ph(table, "t"), _ph(ids, "i"), _ph(r, "r")], functional.embedding, table, ids, r)
+    np.testing.assert_array_equal(got, stored(fixed(table[ids]), 15, 13))
 
 
 # ---------------------------------------------------------------- partition, artifact, CLI
@@ -416,6 +462,20 @@ def test_partition_offloads_every_pattern(edgebert_artifact):
     assert [r["pattern"].split(".")[1] for r in workload.blocks["exit_1"]] == ["dense", "dense"]
     assert "embedding" in [r["pattern"].split(".")[1] for r in workload.blocks["embeddings"]]
     assert workload.early_exit and workload.layer_blocks == ["layer_0", "layer_1_narrowed"]
+
+
+def test_every_region_call_has_its_calibrated_format(edgebert_artifact):
+    """One format per call site, shared by the block's copies at every length; probabilities get the
+    most fraction bits, and nothing is given more range than the widest format."""
+    bits = read_json(edgebert_artifact / "metadata.json")["accelerator"]["fraction_bits"]
+    blocks = _workloads(edgebert_artifact)[16].blocks
+    assert sorted(bits) == sorted(f"{block}/{position}" for block, regions in blocks.items()
+                                  for position in range(len(regions)))
+    for block, regions in blocks.items():
+        for position, region in enumerate(regions):
+            f = bits[f"{block}/{position}"]
+            assert functional.MIN_FRAC <= f <= functional.MAX_FRAC
+            assert f >= 14 or "softmax" not in region["pattern"]
 
 
 def test_artifact_runs_in_fresh_process_with_report(edgebert_artifact, spans_checkpoint, tmp_path):

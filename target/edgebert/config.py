@@ -177,6 +177,10 @@ def parse_config(raw: dict[str, Any], path: Path | str) -> AcceleratorConfig:
     for key in ("input_buffer", "mask_buffer", "weight_sram_bandwidth", "dram_bandwidth", "envm_bandwidth"):
         if values[key] <= 0:
             raise EdgeBertError(f"{path}: {key} must be > 0")
+    tile = values["vector_size"] ** 2 * 9 / 8  # one weight tile: a code and a mask bit per weight
+    if 0 < values["weight_sram"] < tile:
+        raise EdgeBertError(f"{path}: weight_sram must be 0 (none) or hold one {values['vector_size']}x"
+                            f"{values['vector_size']} weight tile ({tile:g} B), got {values['weight_sram']:g} B")
     value, sources[DVFS_FIELD] = _entry(raw, DVFS_FIELD, path)
     return AcceleratorConfig(**values, dvfs_points=_dvfs_points(value, path), sources=sources)
 

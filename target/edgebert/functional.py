@@ -1,21 +1,27 @@
 """The accelerator's arithmetic as TE compute definitions, one per pattern (built by the codegen).
 
-Numbers on the chip: activations are 16-bit fixed point with 10 fraction bits (Q10, saturating);
-weights and embedding tables are AdaptivFloat-8 (the host hands them over already on the 8-bit grid,
-see partition.QuantizeAcceleratorWeights). Any value on that grid times 2^14 is an integer
-(value = +-(16 + man) * 2^(exp + b - 14) with exp, b >= 0), so the MAC array works in integers:
-products of Q10 activations and 2^14-scaled weights summed exactly in 64 bits (wider than the
-reference's accumulators, which we do not model), rounded half-up back to Q10 and saturated.
-A zero weight's bit in the mask clock-gates its multiply (`select` on the mask below).
+Numbers on the chip: every activation tensor is stored as 16-bit fixed point with its own number
+of fraction bits f (4..15: range +-2^(15-f)), chosen at compile time from calibration sentences
+(formats.py) and handed to each kernel in its shift register, an int64 tensor (f, word bits,
+call number): word bits 16 on the chip, 32 while calibrating, so that calibration sees the
+unsaturated range. Weights and embedding tables are AdaptivFloat-8 (the host hands them over already on the
+8-bit grid, see partition.QuantizeForAccelerator); any value on that grid times 2^14 is an integer.
+
+A kernel aligns each input to Q15 in a wide register (`to_fixed`): exact for a tensor another
+kernel stored in any of the formats, since the host passes activations between regions as float32
+holding the 16-bit values exactly. Products and sums run in 64-bit integers (wider than the
+reference's accumulators, which we do not model); the result is rounded half up to the output's
+format and saturated to its word (`store`). A zero weight's bit in the mask clock-gates its
+multiply (`select` on the mask below). Inputs are clamped to +-2^(15 - MIN_FRAC), the widest
+range any format has, which also keeps every product and sum below 2^63 for tensors up to 2^12
+wide and weights below 2^7.
 
 Special units, all in integers except one float64 square root per LayerNorm row:
-- softmax: e^d = 2^(d log2 e), 2^f by an 8-segment piecewise-linear table in Q15, row sum, divide;
-  then the span vector multiply and renormalisation.
+- softmax: e^d = 2^(d log2 e) on Q10 differences, 2^f by an 8-segment piecewise-linear table in
+  Q15, row sum, divide; then the span vector multiply and renormalisation.
 - GELU: 32 linear segments over [-4, 4] in Q10 (0 below, identity above).
-- LayerNorm: integer mean and variance, 1/sqrt in float64 rounded to Q10, gamma/beta in Q10.
+- LayerNorm: integer mean and variance (Q20), 1/sqrt in float64 rounded to Q20, gamma/beta in Q15.
 Rounding everywhere: round half up by (v + 2^(s-1)) >> s, and round-half-even from float (`round`).
-Region inputs and outputs are float32 holding Q10 values exactly (q / 1024), so a value passed
-through the host between two regions is unchanged.
 """
 
 from __future__ import annotations
@@ -26,15 +32,18 @@ from typing import Callable, Sequence
 import tvm
 from tvm import te, tirx
 
-FRAC_BITS = 10
-Q_MIN, Q_MAX = -(2**15), 2**15 - 1
+INPUT_FRAC = 15  # inputs are aligned to Q15: every 16-bit format's values are exact there
+MIN_FRAC, MAX_FRAC = 4, 15  # the formats a tensor may have (+-2048 .. +-1)
+WORD_BITS, CALIBRATION_BITS = 16, 32
 WEIGHT_SHIFT = 14  # AdaptivFloat-8 values times 2^14 are integers
+FRAC_BITS = 10  # the special units' internal fixed point (softmax differences, GELU, 1/std)
 LOG2E_Q10 = round(math.log2(math.e) * 2**FRAC_BITS)
 POW2_SEGMENTS = 8
 POW2_TABLE = [round(2 ** (s / POW2_SEGMENTS) * 2**15) for s in range(POW2_SEGMENTS + 1)]
 GELU_LIMIT_Q = 4 << FRAC_BITS
 GELU_STEP_Q = 256  # 0.25 in Q10: PWL error below 0.01
 GELU_SEGMENTS = 2 * GELU_LIMIT_Q // GELU_STEP_Q
+INPUT_LIMIT = 2 ** (15 - MIN_FRAC + INPUT_FRAC)  # |input| < 2^11, in Q15
 
 
 def gelu_table(kind: str) -> list[int]:
@@ -48,28 +57,37 @@ def gelu_table(kind: str) -> list[int]:
             for k in range(GELU_SEGMENTS + 1)]
 
 
-def _i64(value: int) -> tirx.PrimExpr:
-    return tirx.const(value, "int64")
+def _i64(value: int | tirx.PrimExpr) -> tirx.PrimExpr:
+    return tirx.const(value, "int64") if isinstance(value, int) else value
 
 
-def to_q10(x: tirx.PrimExpr) -> tirx.PrimExpr:
-    """float32 -> Q10 int64: scale by 2^10 (exact), saturate, round half to even."""
-    scaled = tirx.max(tirx.min(x * tirx.const(2.0**FRAC_BITS, "float32"), tirx.const(Q_MAX, "float32")),
-                      tirx.const(Q_MIN, "float32"))
+def to_fixed(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """float32 -> Q15 int64: scale by 2^15 (exact), clamp to the widest format's range, round half to even."""
+    limit = float(INPUT_LIMIT)
+    scaled = tirx.max(tirx.min(x * tirx.const(2.0**INPUT_FRAC, "float32"), tirx.const(limit, "float32")),
+                      tirx.const(-limit, "float32"))
     return tirx.round(scaled).astype("int64")
 
 
-def from_q10(q: tirx.PrimExpr) -> tirx.PrimExpr:
-    return q.astype("float32") * tirx.const(2.0**-FRAC_BITS, "float32")
+def shift_round(v: tirx.PrimExpr, shift: int | tirx.PrimExpr) -> tirx.PrimExpr:
+    """v / 2^shift rounded half up (arithmetic shift), shift >= 1."""
+    shift = _i64(shift)
+    return tirx.shift_right(v + tirx.shift_left(_i64(1), shift - _i64(1)), shift)
 
 
-def saturate(v: tirx.PrimExpr) -> tirx.PrimExpr:
-    return tirx.max(tirx.min(v, _i64(Q_MAX)), _i64(Q_MIN))
+def rescale(v: tirx.PrimExpr, frac: int | tirx.PrimExpr, to_frac: tirx.PrimExpr) -> tirx.PrimExpr:
+    """v with `frac` fraction bits -> `to_frac` fraction bits (rounded half up when bits are dropped)."""
+    drop = _i64(frac) - to_frac
+    return tirx.Select(drop > _i64(0), shift_round(v, tirx.max(drop, _i64(1))),
+                       tirx.shift_left(v, tirx.max(-drop, _i64(0))))
 
 
-def shift_round(v: tirx.PrimExpr, shift: int) -> tirx.PrimExpr:
-    """v / 2^shift rounded half up (arithmetic shift)."""
-    return tirx.shift_right(v + _i64(1 << (shift - 1)), _i64(shift))
+def store(v: tirx.PrimExpr, frac: int | tirx.PrimExpr, register: te.Tensor) -> tirx.PrimExpr:
+    """v (int64, `frac` fraction bits) in the register's format (f, word bits): rounded, saturated, as float32."""
+    to_frac, bits = register[0], register[1]
+    top = tirx.shift_left(_i64(1), bits - _i64(1))
+    q = tirx.max(tirx.min(rescale(v, frac, to_frac), top - _i64(1)), -top)
+    return q.astype("float32") / tirx.shift_left(_i64(1), to_frac).astype("float32")
 
 
 def _lookup(index: tirx.PrimExpr, values: Sequence[int]) -> tirx.PrimExpr:
@@ -81,6 +99,7 @@ def _lookup(index: tirx.PrimExpr, values: Sequence[int]) -> tirx.PrimExpr:
 
 
 def gelu_pwl(q: tirx.PrimExpr, table: Sequence[int]) -> tirx.PrimExpr:
+    """GELU of a Q10 value, in Q10."""
     seg = tirx.floordiv(tirx.max(tirx.min(q, _i64(GELU_LIMIT_Q - 1)), _i64(-GELU_LIMIT_Q)) + _i64(GELU_LIMIT_Q),
                         _i64(GELU_STEP_Q))
     start = _lookup(seg, table[:-1])
@@ -103,27 +122,30 @@ def exp_pwl_q15(d: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.shift_right(value, tirx.min(-whole, _i64(62)))
 
 
-def _divide_round(numerator: tirx.PrimExpr, denominator: tirx.PrimExpr) -> tirx.PrimExpr:
-    """round-half-up(numerator * 2^10 / denominator) for numerator >= 0, denominator > 0."""
-    return tirx.floordiv(numerator * _i64(2 ** (FRAC_BITS + 1)) + denominator, denominator * _i64(2))
+def _divide_round(numerator: tirx.PrimExpr, denominator: tirx.PrimExpr, frac: tirx.PrimExpr) -> tirx.PrimExpr:
+    """round-half-up(numerator * 2^frac / denominator) for numerator >= 0, denominator > 0."""
+    return tirx.floordiv(tirx.shift_left(numerator, frac + _i64(1)) + denominator, denominator * _i64(2))
 
 
-def dense(x: te.Tensor, weight: te.Tensor, bias: te.Tensor, gelu: str | None) -> te.Tensor:
+def dense(x: te.Tensor, weight: te.Tensor, bias: te.Tensor, register: te.Tensor, gelu: str | None) -> te.Tensor:
     """y = x W + b (+ GELU) on the MAC array; x (..., K) float32, W (K, N) on the AF8 grid."""
     *lead, inner = x.shape
     cols = weight.shape[1]
-    xq = te.compute(x.shape, lambda *i: to_q10(x(*i)), name="x_q10")
+    xq = te.compute(x.shape, lambda *i: to_fixed(x(*i)), name="x_q15")
     # column-major integer weights, so the reduction reads both operands contiguously
     wq = te.compute((cols, inner), lambda n, k: tirx.round(weight[k, n] * tirx.const(2.0**WEIGHT_SHIFT, "float32"))
                     .astype("int64"), name="w_int")
     k = te.reduce_axis((0, inner), name="k")
     acc = te.compute((*lead, cols), lambda *i: te.sum(
         tirx.Select(wq[i[-1], k] != _i64(0), xq(*i[:-1], k) * wq[i[-1], k], _i64(0)), axis=k), name="acc")
+    acc_frac = INPUT_FRAC + WEIGHT_SHIFT
     table = gelu_table(gelu) if gelu else None
 
     def out(*i: tirx.PrimExpr) -> tirx.PrimExpr:
-        y = saturate(shift_round(acc(*i), WEIGHT_SHIFT) + to_q10(bias[i[-1]]))
-        return from_q10(gelu_pwl(y, table) if table else y)
+        total = acc(*i) + tirx.shift_left(to_fixed(bias[i[-1]]), _i64(WEIGHT_SHIFT))  # the bias enters the accumulator
+        if table is None:
+            return store(total, acc_frac, register)
+        return store(gelu_pwl(shift_round(total, acc_frac - FRAC_BITS), table), FRAC_BITS, register)
 
     return te.compute((*lead, cols), out, name="dense")
 
@@ -131,18 +153,18 @@ def dense(x: te.Tensor, weight: te.Tensor, bias: te.Tensor, gelu: str | None) ->
 SCALE_BITS = 16  # a folded scalar scale (1/sqrt(head_dim)) in Q16
 
 
-def attention_matmul(a: te.Tensor, b: te.Tensor, scale: te.Tensor | None = None,
+def attention_matmul(a: te.Tensor, b: te.Tensor, register: te.Tensor, scale: te.Tensor | None = None,
                      out_shape: Sequence[int] | None = None) -> te.Tensor:
-    """Batched Q10 x Q10 matmul (P V; Q K^T times a folded scale) on the MAC array; `out_shape`
-    views the (batch, rows, cols) result as the model's shape (a reshape, free on the chip)."""
+    """Batched activation x activation matmul (P V; Q K^T times a folded scale) on the MAC array;
+    `out_shape` views the (batch, rows, cols) result as the model's shape (a reshape, free on the chip)."""
     batch, rows, inner = a.shape
     cols = b.shape[2]
-    aq = te.compute(a.shape, lambda *i: to_q10(a(*i)), name="a_q10")
-    bq = te.compute((batch, cols, inner), lambda z, j, k: to_q10(b[z, k, j]), name="b_q10")
+    aq = te.compute(a.shape, lambda *i: to_fixed(a(*i)), name="a_q15")
+    bq = te.compute((batch, cols, inner), lambda z, j, k: to_fixed(b[z, k, j]), name="b_q15")
     k = te.reduce_axis((0, inner), name="k")
     acc = te.compute((batch, rows, cols), lambda z, i, j: te.sum(aq[z, i, k] * bq[z, j, k], axis=k), name="acc")
     if scale is None:
-        return te.compute((batch, rows, cols), lambda *i: from_q10(saturate(shift_round(acc(*i), FRAC_BITS))),
+        return te.compute((batch, rows, cols), lambda *i: store(acc(*i), 2 * INPUT_FRAC, register),
                           name="attention_matmul")
     scale_q = tirx.round(scale() * tirx.const(2.0**SCALE_BITS, "float32")).astype("int64")  # the scale register
     shape = list(out_shape) if out_shape is not None else [batch, rows, cols]
@@ -152,8 +174,8 @@ def attention_matmul(a: te.Tensor, b: te.Tensor, scale: te.Tensor | None = None,
         for index, extent in zip(i, shape):
             flat = flat * extent + index
         z, rest = tirx.floordiv(flat, rows * cols), tirx.floormod(flat, rows * cols)
-        value = acc[z, tirx.floordiv(rest, cols), tirx.floormod(rest, cols)]
-        return from_q10(saturate(shift_round(value * scale_q, FRAC_BITS + SCALE_BITS)))
+        value = shift_round(acc[z, tirx.floordiv(rest, cols), tirx.floormod(rest, cols)], INPUT_FRAC)  # Q15
+        return store(value * scale_q, INPUT_FRAC + SCALE_BITS, register)
 
     return te.compute(shape, scaled, name="attention_scores")
 
@@ -163,54 +185,63 @@ def _row_reduce(shape: Sequence[tirx.PrimExpr], body: Callable, combine: Callabl
     return te.compute(tuple(shape[:-1]), lambda *i: combine(body(*i, j), axis=j), name=name)
 
 
-def softmax(x: te.Tensor, span: te.Tensor | None) -> te.Tensor:
+def softmax(x: te.Tensor, span: te.Tensor | None, register: te.Tensor) -> te.Tensor:
     """Softmax over the last axis (PWL exp); with `span` (1, heads, 1, keys): times span, renormalised."""
     shape = x.shape
-    q = te.compute(shape, lambda *i: to_q10(x(*i)), name="x_q10")
+    to_frac = register[0]
+    q = te.compute(shape, lambda *i: shift_round(to_fixed(x(*i)), INPUT_FRAC - FRAC_BITS), name="x_q10")
     peak = _row_reduce(shape, lambda *i: q(*i), te.max, "peak")
     e = te.compute(shape, lambda *i: exp_pwl_q15(q(*i) - peak(*i[:-1])), name="exp_q15")
     total = _row_reduce(shape, lambda *i: e(*i), te.sum, "total")
-    p = te.compute(shape, lambda *i: _divide_round(e(*i), total(*i[:-1])), name="probs")
+    p = te.compute(shape, lambda *i: _divide_round(e(*i), total(*i[:-1]), to_frac), name="probs")
     if span is None:
-        return te.compute(shape, lambda *i: from_q10(p(*i)), name="softmax")
-    masked = te.compute(shape, lambda z, h, r, c: shift_round(p[z, h, r, c] * to_q10(span[0, h, 0, c]), FRAC_BITS),
+        return te.compute(shape, lambda *i: store(p(*i), to_frac, register), name="softmax")
+    masked = te.compute(shape, lambda z, h, r, c: shift_round(p[z, h, r, c] * to_fixed(span[0, h, 0, c]), INPUT_FRAC),
                         name="masked")
     kept = _row_reduce(shape, lambda *i: masked(*i), te.sum, "kept")
-    return te.compute(shape, lambda *i: from_q10(tirx.Select(
-        kept(*i[:-1]) > _i64(0), _divide_round(masked(*i), tirx.max(kept(*i[:-1]), _i64(1))), _i64(0))),
-        name="softmax_span")
+    return te.compute(shape, lambda *i: store(tirx.Select(
+        kept(*i[:-1]) > _i64(0), _divide_round(masked(*i), tirx.max(kept(*i[:-1]), _i64(1)), to_frac), _i64(0)),
+        to_frac, register), name="softmax_span")
 
 
-def layernorm(x: te.Tensor, gamma: te.Tensor, beta: te.Tensor, epsilon: float) -> te.Tensor:
-    """LayerNorm over the last axis in Q10 (integer statistics, one float64 rsqrt per row)."""
+INV_STD_BITS = 20  # 1/std in Q20: relative error below 1e-4 for std up to 100
+INV_STD_LIMIT_BITS = 35  # caps 1/std at 2^15 so that centred * 1/std stays below 2^63
+
+
+def layernorm(x: te.Tensor, gamma: te.Tensor, beta: te.Tensor, register: te.Tensor, epsilon: float) -> te.Tensor:
+    """LayerNorm over the last axis: integer statistics (variance in Q20), one float64 rsqrt per row."""
     shape = x.shape
     width = int(shape[-1])
-    q = te.compute(shape, lambda *i: to_q10(x(*i)), name="x_q10")
+    q = te.compute(shape, lambda *i: to_fixed(x(*i)), name="x_q15")
     total = _row_reduce(shape, lambda *i: q(*i), te.sum, "total")
     mean = te.compute(tuple(shape[:-1]), lambda *i: tirx.floordiv(total(*i) * _i64(2) + _i64(width), _i64(2 * width)),
                       name="mean")
     centred = te.compute(shape, lambda *i: q(*i) - mean(*i[:-1]), name="centred")
-    var = _row_reduce(shape, lambda *i: centred(*i) * centred(*i), te.sum, "var_sum")
+    coarse = te.compute(shape, lambda *i: shift_round(centred(*i), INPUT_FRAC - FRAC_BITS), name="centred_q10")
+    var = _row_reduce(shape, lambda *i: coarse(*i) * coarse(*i), te.sum, "var_sum")
     eps_q20 = tirx.const(epsilon * 2.0 ** (2 * FRAC_BITS), "float64")
     inv = te.compute(tuple(shape[:-1]), lambda *i: tirx.min(tirx.round(
-        tirx.const(2.0 ** (2 * FRAC_BITS), "float64")
-        / tirx.sqrt(tirx.floordiv(var(*i), _i64(width)).astype("float64") + eps_q20)), tirx.const(2.0**31, "float64"))
-        .astype("int64"), name="inv_std_q10")
+        tirx.const(2.0 ** (FRAC_BITS + INV_STD_BITS), "float64")
+        / tirx.sqrt(tirx.floordiv(var(*i), _i64(width)).astype("float64") + eps_q20)),
+        tirx.const(2.0**INV_STD_LIMIT_BITS, "float64")).astype("int64"), name="inv_std")
 
     def out(*i: tirx.PrimExpr) -> tirx.PrimExpr:
-        normed = shift_round(centred(*i) * inv(*i[:-1]), FRAC_BITS)
-        return from_q10(saturate(shift_round(normed * to_q10(gamma[i[-1]]), FRAC_BITS) + to_q10(beta[i[-1]])))
+        normed = shift_round(centred(*i) * inv(*i[:-1]), INV_STD_BITS)  # Q15
+        value = normed * to_fixed(gamma[i[-1]]) + tirx.shift_left(to_fixed(beta[i[-1]]), _i64(INPUT_FRAC))
+        return store(value, 2 * INPUT_FRAC, register)
 
     return te.compute(shape, out, name="layernorm")
 
 
-def residual_add(a: te.Tensor, b: te.Tensor) -> te.Tensor:
-    return te.compute(a.shape, lambda *i: from_q10(saturate(to_q10(a(*i)) + to_q10(b(*i)))), name="residual_add")
+def residual_add(a: te.Tensor, b: te.Tensor, register: te.Tensor) -> te.Tensor:
+    return te.compute(a.shape, lambda *i: store(to_fixed(a(*i)) + to_fixed(b(*i)), INPUT_FRAC, register),
+                      name="residual_add")
 
 
-def embedding(table: te.Tensor, ids: te.Tensor) -> te.Tensor:
-    """Rows of the AdaptivFloat-8 table (eNVM) as Q10 activations."""
-    return te.compute((ids.shape[0], table.shape[1]), lambda t, w: from_q10(to_q10(table[ids[t], w])), name="embedding")
+def embedding(table: te.Tensor, ids: te.Tensor, register: te.Tensor) -> te.Tensor:
+    """Rows of the AdaptivFloat-8 table (eNVM) as activations in the register's format."""
+    return te.compute((ids.shape[0], table.shape[1]), lambda t, w: store(to_fixed(table[ids[t], w]), INPUT_FRAC, register),
+                      name="embedding")
 
 
 def build_kernel(name: str, inputs: list[te.Tensor], output: te.Tensor, target: tvm.target.Target) -> tvm.runtime.Module:

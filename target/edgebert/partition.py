@@ -5,7 +5,8 @@ match), fold constants (weights behind permute_dims become plain constants), rou
 embedding tables the chip stores onto the AdaptivFloat-8 grid (the host keeps float32 copies of
 exactly those values), group pattern matches into `Codegen: edgebert` regions with the weights as
 region parameters (`bind_constants=False`: one kernel per distinct region shape, the weights passed
-at run time), read off the workload for the cost model, then run the codegen.
+at run time), read off the workload for the cost model; the target then calibrates each call's
+fixed-point format (formats.py) and runs the codegen.
 
 MergeCompositeFunctions is not used: on the structured module (block functions called from `main`)
 it fails in TVM 0.27 ("Variable ... could not be found in any group"), so each match is one region.
@@ -77,12 +78,11 @@ def block_workloads(mod: IRModule) -> dict[str, list[dict[str, Any]]]:
 
 
 def partition_for_edgebert(mod: IRModule) -> tuple[IRModule, dict[str, list[dict[str, Any]]]]:
-    """Offload what the accelerator runs; returns the module with regions compiled and the workload."""
+    """Group what the accelerator runs into regions; returns the module (its regions not yet given
+    their shift registers nor compiled: formats.py, then RunCodegen) and the workload."""
     mod = tvm.transform.Sequential([Canonicalize(), relax.transform.FoldConstant(), QuantizeForAccelerator()])(mod)
     mod = relax.transform.FuseOpsByPattern(edgebert_patterns(), bind_constants=False, annotate_codegen=True)(mod)
-    workload = block_workloads(mod)
-    mod = relax.transform.RunCodegen()(mod)
-    return mod, workload
+    return mod, block_workloads(mod)
 
 
 def chip_workload(mod: IRModule, workload: dict[str, list[dict[str, Any]]], tail: str, num_labels: int,

@@ -198,6 +198,11 @@ class Region:
     def arg(self, op: str, index: int) -> te.Tensor:
         return self.tensors[self.calls[op].args[index]]
 
+    @property
+    def register(self) -> te.Tensor:
+        """The shift register (output fraction bits, word bits, call number): the last parameter (formats.py)."""
+        return self.tensors[self.composite.params[-1]]
+
 
 def _dense_kernel(region: Region) -> te.Tensor:
     bias = next(a for a in region.calls["relax.add"].args if a in region.tensors)
@@ -206,7 +211,8 @@ def _dense_kernel(region: Region) -> te.Tensor:
         gelu = "tanh"
     elif "relax.nn.gelu" in region.calls:
         gelu = "erf"
-    return functional.dense(region.arg("relax.matmul", 0), region.arg("relax.matmul", 1), region.tensors[bias], gelu)
+    return functional.dense(region.arg("relax.matmul", 0), region.arg("relax.matmul", 1), region.tensors[bias],
+                            region.register, gelu)
 
 
 def _dense_cost(args: list[relax.Expr]) -> Op:
@@ -223,9 +229,10 @@ def _dense_gelu_cost(args: list[relax.Expr]) -> Op:
 def _attention_kernel(region: Region) -> te.Tensor:
     a, b = region.arg("relax.matmul", 0), region.arg("relax.matmul", 1)
     if "relax.multiply" not in region.calls:
-        return functional.attention_matmul(a, b)
+        return functional.attention_matmul(a, b, region.register)
     multiply = region.calls["relax.multiply"]
-    return functional.attention_matmul(a, b, region.arg("relax.multiply", 1), [int(d) for d in multiply.ty.shape])
+    return functional.attention_matmul(a, b, region.register, region.arg("relax.multiply", 1),
+                                       [int(d) for d in multiply.ty.shape])
 
 
 def _attention_cost(args: list[relax.Expr]) -> Op:
@@ -235,7 +242,7 @@ def _attention_cost(args: list[relax.Expr]) -> Op:
 
 def _softmax_kernel(region: Region) -> te.Tensor:
     span = region.arg("relax.multiply", 1) if "relax.multiply" in region.calls else None
-    return functional.softmax(region.arg("relax.nn.softmax", 0), span)
+    return functional.softmax(region.arg("relax.nn.softmax", 0), span, region.register)
 
 
 def _rows_cost(op: type[Softmax] | type[LayerNorm]) -> Callable[[list[relax.Expr]], Op]:
@@ -248,7 +255,7 @@ def _rows_cost(op: type[Softmax] | type[LayerNorm]) -> Callable[[list[relax.Expr
 
 def _layernorm_kernel(region: Region) -> te.Tensor:
     epsilon = float(region.calls["relax.nn.layer_norm"].attrs.epsilon)
-    return functional.layernorm(*(region.arg("relax.nn.layer_norm", i) for i in range(3)), epsilon)
+    return functional.layernorm(*(region.arg("relax.nn.layer_norm", i) for i in range(3)), region.register, epsilon)
 
 
 def _embedding_cost(args: list[relax.Expr]) -> Op:
@@ -271,12 +278,14 @@ class AcceleratorPattern:
 
 
 PATTERNS = [  # priority: later entries win where matches overlap
-    AcceleratorPattern(residual_add_pattern(), lambda r: functional.residual_add(r.arg("relax.add", 0), r.arg("relax.add", 1)),
+    AcceleratorPattern(residual_add_pattern(), lambda r: functional.residual_add(r.arg("relax.add", 0), r.arg("relax.add", 1),
+                                                                                r.register),
                        lambda args: Add(math.prod(static_shape(args[0])))),
     AcceleratorPattern(layernorm_pattern(), _layernorm_kernel, _rows_cost(LayerNorm)),
     AcceleratorPattern(softmax_pattern(), _softmax_kernel, _rows_cost(Softmax)),
     AcceleratorPattern(softmax_span_pattern(), _softmax_kernel, _rows_cost(Softmax)),
-    AcceleratorPattern(embedding_pattern(), lambda r: functional.embedding(r.arg("relax.take", 0), r.arg("relax.take", 1)),
+    AcceleratorPattern(embedding_pattern(), lambda r: functional.embedding(r.arg("relax.take", 0), r.arg("relax.take", 1),
+                                                                           r.register),
                        _embedding_cost),
     AcceleratorPattern(attention_matmul_pattern(), _attention_kernel, _attention_cost),
     AcceleratorPattern(attention_scores_pattern(), _attention_kernel, _attention_cost),

@@ -1,19 +1,28 @@
 """The edgebert target: the host CPU runs what the accelerator does not; before lowering, the module is
-partitioned for the chip (BYOC codegen), and the chip's workload per block at each compiled length
-and its configuration are recorded for `run --report`."""
+partitioned for the chip (BYOC codegen), each region call's fixed-point format calibrated on the
+chip's own arithmetic (formats.py), and the chip's workload per block at each compiled length, its
+formats and its configuration recorded for `run --report`."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
+import numpy as np
 import tvm
+from tqdm import tqdm
+from tvm import relax
 
-from ...data import builtin_split, read_tsv, task_for
-from ...errors import EdgeBertError
-from ...lengths import suffix
+from ...data import Example, builtin_split, read_tsv, task_for
+from ...errors import EdgeBertError, InternalError
+from ...inputs import encode, load_tokenizer
+from ...lengths import fit, suffix
+from ...passes.lower_adaptivfloat import register_pipeline
 from ..targets import LlvmTarget
 from ...rda.activations import CALIBRATION_SENTENCES, ActivationStorage, measure
 from .config import parse_config, read_config_file
+from .formats import Site, add_registers, calibration_module, choose_formats, observe_peaks
+from .functional import WORD_BITS
 from .partition import chip_workload, partition_for_edgebert
 
 if TYPE_CHECKING:  # types only: the compiler imports the targets, not the other way round
@@ -48,12 +57,64 @@ class EdgebertTarget(LlvmTarget):
         parse_config(raw_config, options.accelerator_config or "default accelerator configuration")
         model = checkpoint.model
         mod, regions = partition_for_edgebert(mod)
+        start = time.perf_counter()
+        formats = self._calibrate(mod, checkpoint, options)
+        calibration_seconds = time.perf_counter() - start
+
+        def register(site: Site) -> tuple[int, int]:
+            if site not in formats:
+                raise InternalError(f"edgebert: region call {site} was not seen in calibration")
+            return formats[site], WORD_BITS
+
+        mod = relax.transform.RunCodegen()(add_registers(mod, register)[0])
         workloads = {length: chip_workload(mod, regions, suffix(length, options.seq_len), model.edgebert.num_labels,
                                            options.exit_thresholds is not None) for length in options.lengths}
-        accelerator = {"workloads": {str(n): w.to_dict() for n, w in workloads.items()}, "config": raw_config}
+        accelerator = {"workloads": {str(n): w.to_dict() for n, w in workloads.items()}, "config": raw_config,
+                       "fraction_bits": {f"{block}/{position}": bits for (block, position), bits in sorted(formats.items())},
+                       "calibration_seconds": round(calibration_seconds, 1)}
         if options.rda_activations is not None:
             accelerator["activation_storage"] = _measure_activation_storage(checkpoint, options).to_dict()
         return mod, accelerator
+
+    def _calibrate(self, mod: tvm.IRModule, checkpoint: Checkpoint, options: CompileOptions) -> dict[Site, int]:
+        """Each region call's fraction bits, from a calibration build of `all_exits` at the longest length."""
+        calibration, sites = calibration_module(mod)
+        target = tvm.target.Target.current()
+        lowered = self.lowering(target)(relax.transform.RunCodegen()(calibration))
+        vm = relax.VirtualMachine(tvm.compile(lowered, target, relax_pipeline=None, tir_pipeline=register_pipeline()),
+                                  tvm.cpu())
+        batches = _calibration_batches(checkpoint, options)
+        return choose_formats(observe_peaks(calibration, sites, vm, tqdm(batches, desc="calibrating the chip's formats",
+                                                                  unit="batch", leave=False)))
+
+
+RANDOM_CALIBRATION_ROWS = 8
+
+
+def _calibration_examples(checkpoint: Checkpoint) -> list[Example]:
+    """The first training sentences of the model's task (SST-2's for a model that names none)."""
+    task = task_for(checkpoint.model.edgebert.task or "sst2")
+    return read_tsv(builtin_split(task, "train"), task, limit=CALIBRATION_SENTENCES)
+
+
+def _calibration_batches(checkpoint: Checkpoint, options: CompileOptions) -> list[list[tvm.runtime.Tensor]]:
+    """`all_exits`'s inputs at the longest length, `options.batch` rows each: calibration sentences, or
+    a few rows of seeded random token ids for a model without a tokenizer (random-weight shapes: no
+    text means more, and their ranges settle within a few rows)."""
+    if checkpoint.tokenizer_dir is not None:
+        examples = _calibration_examples(checkpoint)
+        tokenizer = load_tokenizer(checkpoint.tokenizer_dir / "tokenizer.json", options.seq_len)
+        arrays = encode(tokenizer, [e.text for e in examples], [e.text_pair for e in examples])
+    else:
+        rng = np.random.default_rng(0)
+        shape = (RANDOM_CALIBRATION_ROWS, options.seq_len)
+        arrays = {"input_ids": rng.integers(0, checkpoint.model.config.vocab_size, shape), "attention_mask":
+                  np.ones(shape, np.int64), "token_type_ids": np.zeros(shape, np.int64)}
+    rows = len(arrays["input_ids"]) // options.batch * options.batch or options.batch
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    padded = {name: np.resize(fit(arrays[name], options.seq_len), (rows, options.seq_len)) for name in names}
+    return [[tvm.runtime.tensor(padded[name][start:start + options.batch]) for name in names]
+            for start in range(0, rows, options.batch)]
 
 
 def _measure_activation_storage(checkpoint: Checkpoint, options: CompileOptions) -> ActivationStorage:
@@ -62,8 +123,6 @@ def _measure_activation_storage(checkpoint: Checkpoint, options: CompileOptions)
     if edgebert.task is None or checkpoint.tokenizer_dir is None:
         raise EdgeBertError(f"{checkpoint.source}: --rda-activations measures on the model's task's sentences; "
                             "this checkpoint names no task or has no tokenizer")
-    task = task_for(edgebert.task)
-    examples = read_tsv(builtin_split(task, "train"), task, limit=CALIBRATION_SENTENCES)
-    storage, _ = measure(checkpoint.model.eval(), checkpoint.tokenizer_dir / "tokenizer.json", examples,
+    storage, _ = measure(checkpoint.model.eval(), checkpoint.tokenizer_dir / "tokenizer.json", _calibration_examples(checkpoint),
                          options.seq_len, options.rda_activations, options.rda_granularity)
     return storage
