@@ -19,8 +19,9 @@ from edgebert_tvm.adaptivfloat.quantizer import hw8_decode, hw8_encode
 from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.target.edgebert import formats, functional
 from edgebert_tvm.target.edgebert.config import DEFAULT_CONFIG, load_config, read_config_file
-from edgebert_tvm.target.edgebert.cost import ActMatmul, Dense, LayerNorm, Softmax, dense_chunks, op_cost
-from edgebert_tvm.target.edgebert.sentence import ChipWorkload, chip_workloads
+from edgebert_tvm.target.edgebert.cost import (ActMatmul, Add, Dense, Entropy, LayerNorm, Softmax, dense_chunks, op_cost,
+                                               seconds)
+from edgebert_tvm.target.edgebert.sentence import ChipWorkload, chip_workloads, dvfs_point, run_sentence
 from edgebert_tvm.target.targets import host_target
 
 from .conftest import random_inputs, read_json, run_cli, run_cli_fresh, torch_exits
@@ -183,6 +184,25 @@ def test_memory_map_holds_whole_blocks_in_first_use_order_and_spills_the_rest():
     assert load.cycles == math.ceil(3 * block / config.dram_bandwidth)
 
 
+def test_dvfs_picks_the_lowest_voltage_that_meets_the_target_and_counts_misses():
+    workload, config = _two_layer_workload(), load_config()
+    full, one = workload.sentence_cost(2, config), workload.sentence_cost(1, config)
+    target = seconds(full.cycles, config.nominal)  # the full-depth latency at the nominal point
+    # predicted and actual exit 1: the lowest voltage whose frequency runs layer 1 within the target
+    early = run_sentence(workload, config, 1, predicted_layer=1, latency_target=target)
+    feasible = [p for p in config.dvfs_points if one.cycles / p.frequency <= target]
+    assert early.point == min(feasible, key=lambda p: p.voltage) != config.nominal and early.met_target
+    assert early.energy_pj == pytest.approx(one.total_energy * (early.point.voltage / config.nominal.voltage) ** 2)
+    assert early.latency_s == pytest.approx(one.cycles / early.point.frequency)
+    # predicted 1 but exits at 2: runs on at the point chosen for 1 and misses the target (counted)
+    late = run_sentence(workload, config, 2, predicted_layer=1, latency_target=target)
+    assert late.point == early.point and late.met_target is False and late.latency_s > target
+    # predicted right at full depth: nominal, on target; no predictor or an unreachable target: nominal
+    assert run_sentence(workload, config, 2, predicted_layer=2, latency_target=target).point == config.nominal
+    assert run_sentence(workload, config, 2).point == config.nominal and run_sentence(workload, config, 2).met_target is None
+    assert dvfs_point(full.cycles, target / 10, config) == config.nominal
+
+
 def test_weight_sram_sweep_saves_energy_as_it_grows_and_the_report_says_what_spilled():
     from edgebert_tvm.target.edgebert.report import accelerator_report, format_report
 
@@ -206,6 +226,26 @@ def test_attention_matmul_cycles_equal_loop_count():
                  for _ in range(math.ceil(op.inner / 16)))
     cost = op_cost(op, config)
     assert cost.cycles == cycles and cost.useful_macs == 3 * 5 * 40 * 33
+
+
+@pytest.mark.parametrize("op, rows, width, passes, unit, reads", [
+    (Softmax(5, 37), 5, 37, 3, "softmax", 1), (LayerNorm(4, 40), 4, 40, 2, "layernorm", 1),
+    (Add(70), 1, 70, 1, "add", 2), (Entropy(3), 1, 3, 2, "entropy", 1)])
+def test_special_unit_cycles_and_energy_equal_a_loop_over_its_datapath(op, rows, width, passes, unit, reads):
+    """Each pass streams a row through the unit one 16-wide vector per cycle; every element is read
+    `reads` times per op (both operands of an add) and written once."""
+    config = load_config()
+    cycles = elements = 0
+    for _ in range(rows):
+        for _ in range(passes):
+            for _ in range(0, width, config.vector_size):
+                cycles += 1
+        elements += width
+    cost = op_cost(op, config)
+    assert cost.cycles == cost.compute_cycles == cycles and cost.memory_cycles == 0
+    assert cost.energy[unit] == pytest.approx(elements * getattr(config, f"{unit}_energy"))
+    assert cost.energy["sram"] == pytest.approx(elements * config.activation_bytes
+                                                * (reads * config.sram_read_energy + config.sram_write_energy))
 
 
 def test_zero_weights_save_energy_and_stored_bytes_not_compute_cycles():
@@ -476,6 +516,33 @@ def test_every_region_call_has_its_calibrated_format(edgebert_artifact):
             f = bits[f"{block}/{position}"]
             assert functional.MIN_FRAC <= f <= functional.MAX_FRAC
             assert f >= 14 or "softmax" not in region["pattern"]
+
+
+def test_one_encoder_layer_counted_by_hand(edgebert_artifact):
+    """Layer 1 of the 2-layer test model at 16 tokens (hidden 32, 4 heads of 8, FFN 64), from its
+    shapes alone: compute cycles are 16x16 tiles per row plus the special units' vectors, MACs those of
+    the nonzero weights and of the attention products."""
+    config = load_config()
+    workload = _workloads(edgebert_artifact)[16]
+    tokens, hidden, heads, head_dim, ffn, n = 16, 32, 4, 8, 64, config.vector_size
+
+    def tiles(inner: int, cols: int) -> int:
+        return tokens * math.ceil(cols / n) * math.ceil(inner / n)
+
+    dense = 4 * tiles(hidden, hidden) + tiles(hidden, ffn) + tiles(ffn, hidden)  # Q, K, V, output; FFN in and out
+    attention = 2 * heads * tokens * math.ceil(tokens / n) * math.ceil(head_dim / n)  # Q K^T, P V (one tile each way)
+    specials = (3 * heads * tokens * math.ceil(tokens / n)  # softmax: 3 passes per row of scores
+                + 2 * 2 * tokens * math.ceil(hidden / n)  # two LayerNorms, 2 passes
+                + 2 * math.ceil(tokens * hidden / n))  # two residual adds
+    cost = workload.block_cost("layer_0", config)
+    assert cost.compute_cycles == dense + attention + specials == 1024
+    weights = [r["op"] for r in workload.blocks["layer_0"] if isinstance(r["op"], Dense)]
+    assert sorted((w.inner, w.cols) for w in weights) == sorted([(hidden, hidden)] * 4 + [(hidden, ffn), (ffn, hidden)])
+    macs = tokens * sum(w.nonzero for w in weights) + 2 * heads * tokens * tokens * head_dim
+    assert cost.useful_macs == macs and cost.energy["mac"] == pytest.approx(macs * config.mac_energy)
+    # the weights come from the weight SRAM (8 MiB holds this model), each stored byte read once per call
+    stored = sum(w.nonzero + w.inner * w.cols / 8 for w in weights)
+    assert "dram" not in cost.energy and cost.energy["weight_sram"] == pytest.approx(stored * config.weight_sram_read_energy)
 
 
 def test_artifact_runs_in_fresh_process_with_report(edgebert_artifact, spans_checkpoint, tmp_path):
