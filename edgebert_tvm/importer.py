@@ -7,7 +7,10 @@ off-ramps) are exported with torch.export and translated by TVM's Relax torch fr
 weights kept as parameters; each block is that function with its own weights bound as constants, the
 same function a separate export would give, at a fraction of the cost (an export and translation
 takes about 0.4 s a block). Several compiled lengths (`import_lengths`) share one export per block
-shape, its sequence length symbolic and bound to each. Two entry points call the blocks in order:
+shape, its sequence length symbolic and bound to each, and the translations are kept for the
+process (`_TRANSLATED`, keyed by everything a block's forward reads besides its weights), so a
+second compile of one model, with other options, exports nothing. Two entry points call the blocks
+in order:
 
 - `main(input_ids, attention_mask, token_type_ids) -> (logits, exit_layer)`: the deployed model;
   without early exit folded in, it runs every layer and reports the last one as the exit layer.
@@ -17,6 +20,8 @@ shape, its sequence length symbolic and bound to each. Two entry points call the
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -108,8 +113,30 @@ def _translate(program: torch.export.ExportedProgram) -> relax.Function:
     return _ClipTakes(mod).visit_expr(mod["main"])
 
 
+# Translated blocks, for the process: a block's translation (its weights unbound) depends on its
+# code, its parameters' names and shapes, the model's configurations and buffers, and the input
+# shapes; `_model_key` and `_Exporter.function`'s key hold all of them. Bounded: a long-lived process
+# compiling many models keeps the most recent.
+_TRANSLATED: dict[tuple, tuple[relax.Function, dict[str, str]]] = {}
+_TRANSLATED_LIMIT = 64
+
+
+def _model_key(model: EdgeBertForSequenceClassification) -> str:
+    """What, besides a block's own parameters, its forward can read: the model's class, both
+    configurations and its buffers' contents."""
+    digest = hashlib.sha256()
+    digest.update(type(model).__name__.encode())
+    digest.update(model.config.to_json_string(use_diff=False).encode())
+    digest.update(json.dumps(model.edgebert.to_dict(), sort_keys=True, default=str).encode())
+    for name, buffer in model.named_buffers():
+        digest.update(name.encode())
+        digest.update(buffer.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 class _Exporter:
-    """Relax functions of blocks, one export and translation per block shape, for every length.
+    """Relax functions of blocks, one export and translation per block shape (and model, for the
+    process: `_TRANSLATED`), for every length.
 
     The shape of a `_LayerBlock` or `_OffRampBlock` is its class, its modules' types and its
     parameters' names, shapes and dtypes; its forward depends on nothing else (the model's
@@ -122,9 +149,9 @@ class _Exporter:
     length.
     """
 
-    def __init__(self, cap: int, symbolic: bool) -> None:
+    def __init__(self, model: EdgeBertForSequenceClassification, cap: int, symbolic: bool) -> None:
         self._seq = torch.export.Dim("seq", min=1, max=cap) if symbolic else None
-        self._translated: dict[tuple, tuple[relax.Function, dict[str, str]]] = {}
+        self._model = _model_key(model)
         # By parameter, which the entry keeps alive (a freed parameter's id could be reused by another
         # block's): every length binds the same tensors.
         self._weights: dict[int, tuple[torch.Tensor, tvm.runtime.Tensor]] = {}
@@ -138,10 +165,13 @@ class _Exporter:
             type(block).__name__, tuple(type(m).__name__ for m in block.modules()),
             tuple((n, tuple(p.shape), p.dtype) for n, p in params.items()))
         length = args[0].shape[seq_dims[0]]
-        key = shape if self._seq is not None else (*shape, length)
-        if key not in self._translated:
-            self._translated[key] = self._export(block, args, seq_dims)
-        func, names = self._translated[key]
+        inputs = tuple((tuple(a.shape[:d]) + tuple(a.shape[d + 1:]), a.dtype) for a, d in zip(args, seq_dims))
+        key = (self._model, inputs, *shape, ("symbolic", self._seq.max) if self._seq is not None else length)
+        if key not in _TRANSLATED:
+            while len(_TRANSLATED) >= _TRANSLATED_LIMIT:
+                del _TRANSLATED[next(iter(_TRANSLATED))]
+            _TRANSLATED[key] = self._export(block, args, seq_dims)
+        func, names = _TRANSLATED[key]
         if self._seq is not None:
             (seq,) = relax.analysis.defined_symbolic_vars(func)
             func = func.bind_symbolic_vars({seq: length})
@@ -185,7 +215,7 @@ def import_lengths(model: EdgeBertForSequenceClassification, batch: int, lengths
     # that TVM's frontend mistypes (float tensor minus int64), so such a model is exported at each length.
     trained = model.edgebert.seq_len
     symbolic = len(set(lengths)) > 1 and (model.span_z is None or (trained is not None and trained >= cap))
-    exporter = _Exporter(cap, symbolic)
+    exporter = _Exporter(model, cap, symbolic)
     # The cap first: torch.export takes its example length as typical, and a length of 1 as a constant.
     modules = {length: _import_at(model, exporter, InputSpec(batch, length)) for length in sorted(lengths, reverse=True)}
     return [modules[length] for length in lengths]

@@ -9,7 +9,7 @@ import torch
 import tvm_ffi
 from tvm import relax, runtime
 
-from edgebert_tvm import cli
+from edgebert_tvm import cli, importer
 from edgebert_tvm.artifact import Artifact
 from edgebert_tvm.compiler import CompileOptions, compile_model
 from edgebert_tvm.errors import EdgeBertError
@@ -64,6 +64,38 @@ def test_every_length_equals_pytorch_at_that_length(tiny_bert_any_length, tiny_b
     np.testing.assert_allclose(result.logits, reference[:, -1], atol=TOLERANCE)
 
 
+def _count_exports(monkeypatch) -> list[int]:
+    """Calls of torch.export.export from now on, with the process's translations forgotten."""
+    calls = []
+    export = torch.export.export
+    monkeypatch.setattr(torch.export, "export", lambda *args, **kwargs: calls.append(1) or export(*args, **kwargs))
+    monkeypatch.setattr(importer, "_TRANSLATED", {})
+    return calls
+
+
+def test_a_second_import_of_one_architecture_exports_nothing_and_binds_its_own_weights(monkeypatch, tiny_bert_dir):
+    """The process keeps its translations: another model of the same configuration (other weights)
+    exports nothing and gets the functions a fresh export gives it; another configuration exports."""
+    calls = _count_exports(monkeypatch)
+    first = load(tiny_bert_dir).model
+    import_model(first, InputSpec(1, 8))
+    exported = len(calls)
+    second = load(tiny_bert_dir).model
+    with torch.no_grad():
+        for param in second.parameters():
+            param.mul_(0.5)
+    cached = import_model(second, InputSpec(1, 8))
+    assert exported == 4 and len(calls) == exported  # embeddings, layer, off-ramp, last exit
+    monkeypatch.setattr(importer, "_TRANSLATED", {})
+    fresh = import_model(second, InputSpec(1, 8))
+    assert len(calls) == 2 * exported
+    for gv, func in fresh.functions_items():
+        assert tvm_ffi.structural_equal(func, cached[gv.name_hint], map_free_vars=True), gv.name_hint
+    second.config.layer_norm_eps = 1e-5  # read by the forward, not a weight
+    import_model(second, InputSpec(1, 8))
+    assert len(calls) == 3 * exported
+
+
 @pytest.mark.parametrize("trained, exports", [(CAP, 4), (16, 8), (None, 8)],
                          ids=["trained-at-cap", "trained-below-cap", "no-trained-length"])
 def test_one_export_bound_to_each_length_equals_an_export_at_that_length(monkeypatch, tiny_bert_dir, trained, exports):
@@ -74,9 +106,7 @@ def test_one_export_bound_to_each_length_equals_an_export_at_that_length(monkeyp
     model = load(tiny_bert_dir).model
     model.enable_spans(0.5)
     model.edgebert.seq_len = trained
-    calls = []
-    export = torch.export.export
-    monkeypatch.setattr(torch.export, "export", lambda *args, **kwargs: calls.append(1) or export(*args, **kwargs))
+    calls = _count_exports(monkeypatch)
     lengths = [1, CAP]
     modules = import_lengths(model, 2, lengths)
     assert len(calls) == exports
