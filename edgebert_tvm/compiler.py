@@ -26,11 +26,10 @@ from .passes.fold_attention_span import LEVELS as SPAN_LEVELS
 from .passes.fold_attention_span import FoldAttentionSpan, check_spans
 from .passes.fold_entropy_exit import FoldEntropyExit, check_thresholds
 from .passes.fuse_qkv import FuseQKV
-from .passes.lower_adaptivfloat import register_pipeline
 from .passes.narrow_final_layer import NarrowFinalLayer
 from .passes.quantize_weights_adaptivfloat import QuantizeWeightsAdaptivFloat
 from .target.registry import compile_target
-from .target.targets import run_device
+from .target.targets import build, run_device
 from .target.cpu import unscheduled_functions
 from .target.cpu.host import size_thread_pool
 from .target.cpu.fold_sparsity import FoldSparsity
@@ -253,7 +252,7 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
         mod = chosen.lowering(target, options.tuning_records)(mod)
     seconds["lower"] = time.perf_counter() - start
     start = time.perf_counter()
-    executable = tvm.compile(mod, target, relax_pipeline=None, tir_pipeline=register_pipeline())
+    executable = build(mod, target)
     seconds["build"] = time.perf_counter() - start
     tuned = tuned_functions(mod) if options.tuning_records is not None else []
     device = run_device(target.kind.name)

@@ -20,7 +20,7 @@ from ..errors import EdgeBertError
 from ..lengths import default_lengths
 from ..passes.canonicalize import Canonicalize
 from ..passes.fold_constant_transposes import FoldConstantTransposes
-from ..passes.lower_adaptivfloat import LowerAdaptivFloat
+from ..passes.lower_adaptivfloat import LowerAdaptivFloat, register_pipeline
 from ..tuning.records import apply_records
 from .cpu import cpu_passes
 from .gpu import cuda_passes
@@ -71,6 +71,12 @@ def lowering_pipeline(target: tvm.target.Target, tuning_records: Path | None = N
     if tuning_records is not None:
         passes = apply_records(passes, tuning_records)
     return tvm.transform.Sequential(passes)
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Executable:
+    """A lowered module built: its Relax pipeline has run (`lowering_pipeline`), the TIR pipeline is
+    the registered `edgebert` one (docs/ARCHITECTURE.md, "Where Canonicalize and LowerAdaptivFloat run")."""
+    return tvm.compile(mod, target, relax_pipeline=None, tir_pipeline=register_pipeline())
 
 
 class CompileTarget:

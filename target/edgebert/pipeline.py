@@ -17,8 +17,7 @@ from ...data import Example, builtin_split, read_tsv, task_for
 from ...errors import EdgeBertError, InternalError
 from ...inputs import encode, load_tokenizer
 from ...lengths import fit, suffix
-from ...passes.lower_adaptivfloat import register_pipeline
-from ..targets import LlvmTarget
+from ..targets import LlvmTarget, build
 from ...rda.activations import CALIBRATION_SENTENCES, ActivationStorage, measure
 from .config import parse_config, read_config_file
 from .formats import Site, add_registers, calibration_module, choose_formats, observe_peaks
@@ -81,8 +80,7 @@ class EdgebertTarget(LlvmTarget):
         calibration, sites = calibration_module(mod)
         target = tvm.target.Target.current()
         lowered = self.lowering(target)(relax.transform.RunCodegen()(calibration))
-        vm = relax.VirtualMachine(tvm.compile(lowered, target, relax_pipeline=None, tir_pipeline=register_pipeline()),
-                                  tvm.cpu())
+        vm = relax.VirtualMachine(build(lowered, target), tvm.cpu())
         batches = _calibration_batches(checkpoint, options)
         return choose_formats(observe_peaks(calibration, sites, vm, tqdm(batches, desc="calibrating the chip's formats",
                                                                   unit="batch", leave=False)))
