@@ -33,7 +33,7 @@ from harness import (  # noqa: E402
     torch_runner,
     write_report,
 )
-from gemm import gemm_benchmark  # noqa: E402
+from gemm import BLOCK_MS, gemm_benchmark  # noqa: E402
 
 from edgebert_tvm.models.checkpoint import load  # noqa: E402
 
@@ -62,7 +62,7 @@ def model_benchmark(name: str, batch: int, seq_len: int, threads: int, rounds: i
         max_diff[peer] = float(np.abs(run() - reference).max())
         first_ms[peer] = (time.perf_counter() - start) * 1e3
     slow = frozenset(peer for peer, ms in first_ms.items() if ms > SINGLE_SHOT_MS)
-    times = time_interleaved(runners, rounds, single_shot=slow)
+    times = time_interleaved(runners, rounds, single_shot=slow, block_ms=BLOCK_MS)
     medians = {peer: median(t) for peer, t in times.items()}
     return {
         "model": name, "batch": batch, "seq_len": seq_len,
@@ -107,7 +107,7 @@ def main() -> None:
             results.append(model_benchmark(name, batch, seq_len, args.threads, args.rounds, stock))
             print_table(results[-1:])
     print_table(results)
-    gemms = [] if args.skip_gemm else gemm_benchmark(args.threads, args.rounds * 4)
+    gemms = [] if args.skip_gemm else gemm_benchmark(args.threads, args.rounds)
     write_report(args.json, {"machine": machine(args.threads), "threads": args.threads, "models": results,
                              "gemm": gemms})
 

@@ -27,6 +27,7 @@ from .errors import EdgeBertError
 from .fileio import atomic_directory
 from .contract import ALL_EXITS, INPUT_NAMES, MAIN
 from .lengths import fit, length_for, suffix
+from .target.cpu import schedule_parameters
 from .target.cpu.host import size_thread_pool
 from .target.targets import run_device
 
@@ -88,6 +89,7 @@ def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", out_dir:
         "exit_predictor": _predictor_for(model.edgebert.extra.get("exit_predictor"), options.exit_thresholds),
         "edgebert": model.edgebert.to_dict(),
         "constant_bytes": compiled.constant_bytes,
+        "cpu_schedule": schedule_parameters(compiled.target),
         "unscheduled_functions": compiled.unscheduled,
         "pass_reports": compiled.reports,
         "tuning_records": str(options.tuning_records) if options.tuning_records is not None else None,

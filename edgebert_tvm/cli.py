@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,6 +56,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def _kernel_pattern(text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as err:
+        raise argparse.ArgumentTypeError(f"not a regular expression ({err})") from None
 
 
 def _compile_options(args: argparse.Namespace) -> CompileOptions:
@@ -123,6 +131,10 @@ def cmd_tune(args: argparse.Namespace) -> None:
     open_for_tuning(work_dir)  # a corrupt database fails here, untouched, before the long work
     checkpoint = load(args.model)
     tasks, target = model_tasks(checkpoint, _compile_options(args))
+    if args.kernels is not None:
+        tasks = [t for t in tasks if args.kernels.search(t.name)]
+        if not tasks:
+            raise EdgeBertError(f"no kernel of {checkpoint.source} matches --kernels {args.kernels.pattern!r}")
     tasks = tasks[: args.top_kernels]  # heaviest (calls x FLOPs) first
     print(f"{checkpoint.source}: {len(tasks)} kernels to tune for {args.target}, {args.trials} trials each "
           f"-> {work_dir}", flush=True)
@@ -344,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop starting new rounds after this many minutes (rerun to continue)")
     p.add_argument("--top-kernels", type=_positive_int, metavar="N",
                    help="only the N kernels with the most work per run (calls x FLOPs); the rest keep defaults")
+    p.add_argument("--kernels", type=_kernel_pattern, metavar="REGEX",
+                   help="only kernels whose name matches (e.g. 'layer_norm|softmax'); the rest keep defaults")
     p.add_argument("--population", type=_positive_int, default=512,
                    help="evolutionary search population per round (default 512; smaller searches faster, worse)")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on the devices of this TVM RPC tracker")

@@ -323,6 +323,11 @@ def test_corrupt_tuning_record_file(capsys, tmp_path):
                    "--tuning-records", str(records), match="database_tuning_record.json:1: corrupt tuning database")
 
 
+def test_tune_kernels_that_match_nothing(capsys, tmp_path):
+    _fails_cleanly(capsys, "tune", "albert-tiny", "--seq-len", "16", "--trials", "1", "--kernels", "no_such_kernel",
+                   "-o", str(tmp_path / "T"), match="no kernel of albert-tiny matches --kernels 'no_such_kernel'")
+
+
 @pytest.mark.parametrize("state", ['{"progress": [1]}', "{half", '{"progress": {"stage": 1, "step": 3}}'])
 def test_corrupt_training_state(capsys, tiny_bert_dir, tmp_path, state):
     """A state a kill or another run left behind is named, never half-loaded or trained on top of."""

@@ -199,6 +199,7 @@ def test_weight_transforms_at_every_length(transform, tmp_path, monkeypatch, min
     assert cli.main(["compile", str(source), "-o", str(out), "--seq-len", "16", "--lengths", "8", "16", *flags]) == 0
     meta = read_json(out / "metadata.json")
     assert meta["input"]["lengths"] == [8, 16] and not meta["unscheduled_functions"]
+    assert meta["cpu_schedule"]["l2_bytes"] > 0 and meta["cpu_schedule"]["l2_from"]
     reference = load(source).model
     if transform == "adaptivfloat8":
         quantize_weights_(reference, lambda w: quantizer.quantize(w, 8, 3))

@@ -94,6 +94,69 @@ def test_batched_matmul(batch, m, k, n):
     np.testing.assert_allclose(_run(mod, a, b), a @ b, rtol=1e-5, atol=1e-5)
 
 
+def _layer_norm_then_scale(n: int):
+    gamma, beta = (relax.const(np.linspace(lo, hi, n, dtype=np.float32)) for lo, hi in ((0.5, 1.5), (-1, 1)))
+    return lambda x, scale: relax.op.multiply(relax.op.nn.layer_norm(x, gamma, beta, axes=[-1]), scale)
+
+
+def _masked_softmax(x, mask):
+    return relax.op.nn.softmax(relax.op.add(x, mask), axis=-1)
+
+
+@pytest.mark.parametrize("shape", [(1, 128, 384), (2, 25, 40), (3, 7, 13), (1, 4, 8), (1, 1, 384), (1, 1, 13)])
+@pytest.mark.parametrize("kind", ["layer_norm", "softmax"])
+def test_row_normalization_with_fused_neighbours(kind, shape):
+    """Row lengths that split into 16, 8 and no vector partials (13, 8: reduced serially); one row."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape, dtype=np.float32) * 4 + 2).astype(np.float32)
+    other = rng.standard_normal(shape[-1:], dtype=np.float32)
+    body = _layer_norm_then_scale(shape[-1]) if kind == "layer_norm" else _masked_softmax
+    mod = _function({"x": shape, "o": other.shape}, body)
+    lowered = _lower(mod)
+    s_tir.analysis.OOBChecker()(tvm.IRModule(
+        {gv: f for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}))
+    assert unscheduled_functions(lowered) == []
+    if kind == "layer_norm":
+        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        gamma, beta = np.linspace(0.5, 1.5, shape[-1], dtype=np.float32), np.linspace(-1, 1, shape[-1], dtype=np.float32)
+        expected = ((x - mean) / np.sqrt(var + 1e-5) * gamma + beta) * other
+    else:
+        z = x + other
+        expected = np.exp(z - z.max(-1, keepdims=True))
+        expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose(_run(mod, x, other), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_row_reductions_run_in_vector_partials():
+    """A LayerNorm row of 384 is summed in 16 partial sums (one AVX-512 vector) or 8 (AVX2)."""
+    lowered = _lower(_function({"x": (1, 32, 384), "o": (384,)}, _layer_norm_then_scale(384)))
+    script = "\n".join(f.script() for _, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert "_rf_update" in script and "T.vectorized" in script
+
+
+@pytest.mark.parametrize("l2, depth, panels, expected", [
+    (2 << 20, 768, 24, 4),     # 5 panels of 96 KB fit in 25 % of 2 MB; 4 divides 24
+    (2 << 20, 384, 24, 8),     # 10 of 48 KB fit
+    (2 << 20, 3072, 24, 1),    # one panel of 384 KB is already most of the share
+    (1 << 20, 768, 96, 2),
+    (2 << 20, 768, 5, 5),      # all panels fit
+    (2 << 20, 768, 13, 1),     # 5 would fit, but 13 is prime
+])
+def test_weight_blocks_fill_a_share_of_l2(monkeypatch, l2, depth, panels, expected):
+    from edgebert_tvm.target.cpu import matmul
+    monkeypatch.setattr(matmul, "l2_bytes", lambda mcpu: (l2, "test"))
+    monkeypatch.setattr(matmul, "L2_SHARE_FOR_B", 0.25)
+    assert matmul._panels_per_block(panels, depth, 32, 4, make_target("llvm")) == expected
+
+
+def test_l2_is_this_machines_only_when_compiling_for_it():
+    from tvm.target import codegen
+    from edgebert_tvm.target.cpu.host import DEFAULT_L2_BYTES, host_l2_bytes, l2_bytes
+    assert l2_bytes("a-cpu-that-is-not-this-one") == (DEFAULT_L2_BYTES, "default (not this machine's CPU)")
+    if host_l2_bytes():
+        assert l2_bytes(codegen.llvm_get_system_cpu())[0] == host_l2_bytes()
+
+
 def test_fast_math_error_is_small():
     x = np.linspace(-8, 8, 4096, dtype=np.float32).reshape(4, 1024)
     import math

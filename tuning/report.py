@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..target.cpu.host import describe_host
 from .records import FAILED_SECONDS
 from .tune import TaskResult, TuneOptions
 
@@ -44,7 +45,7 @@ def format_table(results: list[TaskResult], name_width: int = 48) -> str:
 
 def report_json(model: str, target: str, options: TuneOptions, results: list[TaskResult]) -> dict[str, Any]:
     return {
-        "model": model, "target": target, "trials_per_task": options.trials,
+        "model": model, "target": target, "machine": describe_host(), "trials_per_task": options.trials,
         "time_budget_min": options.time_budget_min,
         "rpc_tracker": dataclasses.asdict(options.tracker) if options.tracker else None,
         "model_kernel_ms": {"default": model_ms(results, False), "tuned": model_ms(results, True)},

@@ -27,6 +27,36 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
+# The L2 a schedule assumes when it cannot read the target's: the smallest per-core L2 of the
+# x86-64 server and desktop cores we meet (Zen 2/3: 512 KB; Zen 4/5 1 MB; recent Intel 1.25-2 MB).
+DEFAULT_L2_BYTES = 512 * 1024
+
+
+def host_l2_bytes() -> int | None:
+    """This CPU's per-core L2 in bytes, from sysfs (None where the kernel does not say)."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() != "2" or (index / "type").read_text().strip() == "Instruction":
+                continue
+            text = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)
+        digits = text.rstrip("KMB")
+        return int(digits) * scale if digits.isdigit() else None
+    return None
+
+
+def l2_bytes(mcpu: str) -> tuple[int, str]:
+    """The per-core L2 to block for on `mcpu`, and where the number came from: this machine's when
+    compiling for it, else DEFAULT_L2_BYTES (a block sized to a larger L2 thrashes a smaller one)."""
+    if mcpu == codegen.llvm_get_system_cpu():
+        found = host_l2_bytes()
+        if found:
+            return found, "this machine's L2 (sysfs)"
+    return DEFAULT_L2_BYTES, "default (not this machine's CPU)"
+
+
 def physical_cores() -> int:
     """Cores (not hyper-threads) among the CPUs this process may run on."""
     cpus = os.sched_getaffinity(0)

@@ -13,6 +13,7 @@ from .fast_math import FastMath
 from .fold_constant_calls import FoldConstantCalls
 from .matmul import Matmul
 from .reduction import RowReduction
+from .row_normalization import RowNormalization
 from .small import SmallKernel
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
@@ -20,7 +21,7 @@ SCHEDULED_ATTR = "tirx.is_scheduled"
 
 def schedule_rules() -> list[dlight.ScheduleRule]:
     """Rules in priority order; the first that applies to a PrimFunc schedules it."""
-    return [Matmul(), dlight.cpu.Reduction(), RowReduction(), Elementwise(), SmallKernel()]
+    return [Matmul(), RowNormalization(), dlight.cpu.Reduction(), RowReduction(), Elementwise(), SmallKernel()]
 
 
 def cpu_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
