@@ -16,6 +16,11 @@ def vector_lanes(target: Target, dtype_bits: int = 32) -> int:
     return max((bits if bits > 0 else 128) // dtype_bits, 1)
 
 
+def dividing_lanes(extent: int, lanes: int) -> int:
+    """The widest of a full, half or quarter vector that divides `extent` (1 if none does)."""
+    return next((v for v in (lanes, lanes // 2, lanes // 4) if v >= 1 and extent % v == 0), 1)
+
+
 def const_extent(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> int | None:
     extent = sch.get(loop).extent
     return int(extent) if isinstance(extent, tirx.IntImm) else None
@@ -30,8 +35,8 @@ def parallelize_and_vectorize(sch: s_tir.Schedule, block: s_tir.schedule.SBlockR
     extent = const_extent(sch, fused)
     if extent is not None and extent < 2:
         return
-    if extent is not None and extent % lanes != 0:
-        lanes = next(v for v in (lanes // 2, lanes // 4, 1) if v >= 1 and extent % v == 0)
+    if extent is not None:
+        lanes = dividing_lanes(extent, lanes)
     if lanes > 1:
         fused, vector = sch.split(fused, factors=[None, lanes])
         try:

@@ -4,6 +4,7 @@ and its theoretical fp32 peak (what a kernel's GFLOP/s is a fraction of)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
@@ -32,8 +33,10 @@ def _cpuinfo() -> dict[str, str]:
 DEFAULT_L2_BYTES = 512 * 1024
 
 
+@functools.cache
 def host_l2_bytes() -> int | None:
-    """This CPU's per-core L2 in bytes, from sysfs (None where the kernel does not say)."""
+    """This CPU's per-core L2 in bytes, from sysfs (None where the kernel does not say); read once
+    per process, not once per matmul kernel scheduled."""
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
             if (index / "level").read_text().strip() != "2" or (index / "type").read_text().strip() == "Instruction":
@@ -50,11 +53,10 @@ def host_l2_bytes() -> int | None:
 def l2_bytes(mcpu: str) -> tuple[int, str]:
     """The per-core L2 to block for on `mcpu`, and where the number came from: this machine's when
     compiling for it, else DEFAULT_L2_BYTES (a block sized to a larger L2 thrashes a smaller one)."""
-    if mcpu == codegen.llvm_get_system_cpu():
-        found = host_l2_bytes()
-        if found:
-            return found, "this machine's L2 (sysfs)"
-    return DEFAULT_L2_BYTES, "default (not this machine's CPU)"
+    if mcpu != codegen.llvm_get_system_cpu():
+        return DEFAULT_L2_BYTES, "default (not this machine's CPU)"
+    found = host_l2_bytes()
+    return (found, "this machine's L2 (sysfs)") if found else (DEFAULT_L2_BYTES, "default (sysfs gives no L2 size)")
 
 
 def physical_cores() -> int:

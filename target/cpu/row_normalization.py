@@ -17,7 +17,7 @@ from tvm.s_tir.dlight.analysis import SBlockInfo, get_root_block, normalize_prim
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from .common import MIN_PARALLEL_ELEMENTS, const_extent, vector_lanes
+from .common import MIN_PARALLEL_ELEMENTS, const_extent, dividing_lanes, vector_lanes
 
 
 def _leading_spatial(block: SBlockInfo) -> int:
@@ -43,8 +43,8 @@ def _vectorize_inner(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes:
     extent = const_extent(sch, loop)
     if extent is None or extent < 2:
         return
-    width = next((v for v in (lanes, lanes // 2, lanes // 4, 2) if v >= 2 and extent % v == 0), None)
-    if width is None:
+    width = dividing_lanes(extent, lanes)
+    if width == 1:
         return
     if extent > width:
         loop = sch.split(loop, factors=[None, width])[1]
