@@ -82,8 +82,9 @@ def main() -> None:
             print(f"{level:8s} {row['flops_per_layer'] / 1e9:12.4f} {row['flops_per_layer'] / base['flops_per_layer']:7.3f} "
                   f"{row['median_ms']:10.2f} {row['median_ms'] / median(times['off']):7.3f}")
         kept = [len(g["heads_kept"]) for g in rows["keys"]["plan"]]
-        starts = [sorted({r["first_key"] for r in g["key_ranges"]}) for g in rows["keys"]["plan"]]
-        print(f"heads kept per layer {kept}; first keys read per layer {starts}")
+        field = "reach" if checkpoint.model.edgebert.span_form == "distance" else "first_key"
+        reads = [sorted({str(r[field]) for r in g["key_ranges"]}) for g in rows["keys"]["plan"]]
+        print(f"heads kept per layer {kept}; {field.replace('_', ' ')}s per layer {reads} (reach None: every key)")
         print(f"SST-2 dev accuracy of the folded artifact at seq {seq_len}: {rows['keys']['dev_accuracy']:.2%}")
         results.append({"seq_len": seq_len, "levels": rows})
     write_report(args.json, {"model": args.model, "sentences": args.sentences, "results": results})

@@ -45,11 +45,14 @@ SHAPES = [(128, 384, 384), (128, 384, 1536), (128, 1536, 384), (128, 768, 768), 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 PATTERNS = (None, (16, 1), (32, 32))  # CSR, BSR 16x1, BSR 32x32
 RESULTS = Path(__file__).parent / "results"
+BLOCK_MS = 20.0  # each kernel's calls back to back for this long per round (harness.time_interleaved)
 
 
 def predicted_crossover(cost, m: int, k: int, n: int, block: tuple[int, int] | None) -> float | None:
     """Sparsity above which the cost model predicts the kernel beats dense (kept fraction = density)."""
     kind = kind_name(block)
+    if kind not in cost.coefficients:  # a pattern the compiler's cost model does not choose between
+        return None
     dense = cost.predict("dense", m, k, n, m * n * k)
     fixed = cost.predict(kind, m, k, n, 0)
     per_density = cost.predict(kind, m, k, n, m * n * k) - fixed
@@ -57,15 +60,25 @@ def predicted_crossover(cost, m: int, k: int, n: int, block: tuple[int, int] | N
     return None if density <= 0 else max(0.0, 1.0 - density)
 
 
-def kernel_sweep(threads: int, rounds: int, shapes: list[tuple[int, int, int]]) -> list[dict]:
+def parse_pattern(text: str) -> tuple[int, int] | None:
+    """'csr' -> None (unstructured); '16x1' -> (16, 1) blocks of [out, in]."""
+    if text == "csr":
+        return None
+    rows, _, cols = text.partition("x")
+    return (int(rows), int(cols))
+
+
+def kernel_sweep(threads: int, rounds: int, shapes: list[tuple[int, int, int]],
+                 patterns: tuple[tuple[int, int] | None, ...] = PATTERNS,
+                 sparsities: tuple[float, ...] = SPARSITIES) -> list[dict]:
     target = make_target("llvm", threads)
     cost = load_cost_model(target)
     rng = np.random.default_rng(0)
     rows = []
     for m, k, n in shapes:
         x = rng.standard_normal((m, k)).astype("float32")
-        weights = {(block, s): block_pruned(rng, (n, k), block or (1, 1), 1.0 - s) for block in PATTERNS for s in SPARSITIES}
-        dense_w = weights[(None, SPARSITIES[0])]
+        weights = {(block, s): block_pruned(rng, (n, k), block or (1, 1), 1.0 - s) for block in patterns for s in sparsities}
+        dense_w = weights[(None, sparsities[0])]
         xt, wt = torch.from_numpy(x), torch.from_numpy(dense_w)
         runners = {"ours dense": dense_runner(x, dense_w, target),
                    "torch dense": lambda: torch.nn.functional.linear(xt, wt)}
@@ -73,25 +86,25 @@ def kernel_sweep(threads: int, rounds: int, shapes: list[tuple[int, int, int]]) 
             run, _ = sparse_runner(x, w, block, target)
             runners[f"{kind_name(block)} {s:.2f}"] = run
         np.testing.assert_allclose(runners["ours dense"](), x @ dense_w.T, rtol=1e-3, atol=1e-3)
-        times = time_interleaved(runners, rounds)
+        times = time_interleaved(runners, rounds, block_ms=BLOCK_MS)
         dense_ms, torch_ms = median(times["ours dense"]), median(times["torch dense"])
-        for block in PATTERNS:
+        for block in patterns:
             kind = kind_name(block)
-            per_sparsity = {s: median(times[f"{kind} {s:.2f}"]) for s in SPARSITIES}
-            wins = [s for s in SPARSITIES if per_sparsity[s] < dense_ms]
+            per_sparsity = {s: median(times[f"{kind} {s:.2f}"]) for s in sparsities}
+            wins = [s for s in sparsities if per_sparsity[s] < dense_ms]
             rows.append({
                 "shape": [m, k, n], "kernel": kind, "dense_ms": dense_ms, "torch_ms": torch_ms,
                 "sparse_ms": {f"{s:.2f}": t for s, t in per_sparsity.items()},
                 "speedup_over_our_dense": {f"{s:.2f}": dense_ms / t for s, t in per_sparsity.items()},
                 "speedup_over_torch": {f"{s:.2f}": torch_ms / t for s, t in per_sparsity.items()},
                 "min_ms": {"dense": min(times["ours dense"]), "torch": min(times["torch dense"]),
-                           **{f"{s:.2f}": min(times[f"{kind} {s:.2f}"]) for s in SPARSITIES}},
+                           **{f"{s:.2f}": min(times[f"{kind} {s:.2f}"]) for s in sparsities}},
                 "measured_crossover_sparsity": min(wins) if wins else None,
                 "predicted_crossover_sparsity": predicted_crossover(cost, m, k, n, block),
             })
         print(f"\n{m} x {k} x {n}: our dense / torch dense = {dense_ms / torch_ms:.2f} (time ratio)")
-        print(f"{'kernel':>10s} " + " ".join(f"{f'{s:.0%}':>7s}" for s in SPARSITIES) + "   crossover measured / predicted")
-        for row in rows[-len(PATTERNS):]:
+        print(f"{'kernel':>10s} " + " ".join(f"{f'{s:.0%}':>7s}" for s in sparsities) + "   crossover measured / predicted")
+        for row in rows[-len(patterns):]:
             crossover = row["measured_crossover_sparsity"]
             predicted = row["predicted_crossover_sparsity"]
             print(f"{row['kernel']:>10s} " + " ".join(f"{v:7.2f}" for v in row["speedup_over_our_dense"].values())
@@ -229,6 +242,9 @@ def main() -> None:
     parser.add_argument("--skip-kernels", action="store_true")
     parser.add_argument("--shapes", nargs="+", metavar="MxKxN", help="only these kernel shapes (rows replace "
                         "those of the same shape in an existing --json)")
+    parser.add_argument("--patterns", nargs="+", default=["csr", "16x1", "32x32"],
+                        help="csr (unstructured) or RxC blocks of the [out, in] weight (default csr 16x1 32x32)")
+    parser.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--json", default=str(RESULTS / "sparsity.json"))
     parser.add_argument("--plot", default=str(RESULTS / "sparsity.png"))
@@ -240,9 +256,11 @@ def main() -> None:
     results.update({"threads": args.threads, "rounds": args.rounds})
     if not args.skip_kernels:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
-        rows = kernel_sweep(args.threads, args.rounds, shapes)
+        rows = kernel_sweep(args.threads, args.rounds, shapes, tuple(map(parse_pattern, args.patterns)),
+                            tuple(args.sparsities))
+        results["machine"] = machine(args.threads)
         kept = [r for r in results.get("kernels", []) if tuple(r["shape"]) not in shapes]
-        results["kernels"] = sorted(kept + rows, key=lambda r: SHAPES.index(tuple(r["shape"])))
+        results["kernels"] = sorted(kept + rows, key=lambda r: (r["shape"][0] != 128, r["shape"]))
         plot(results["kernels"], Path(args.plot))
         print(f"plot: {args.plot}")
     if not args.skip_end_to_end:

@@ -36,7 +36,8 @@ from .target.registry import TARGET_NAMES
 from .target.edgebert.config import load_config, parse_config
 from .target.edgebert.report import accelerator_report, format_report, plot_report
 from .target.edgebert.sentence import chip_workloads
-from .training.recipe import RecipeConfig, Trainer, build_default_checkpoint
+from .training.config import DEFAULT_BUILTIN, TRAINED_BUILTINS
+from .training.recipe import RecipeConfig, Trainer, build_trained_builtin
 from .tuning import report as tuning_report
 from .tuning.measure import Tracker
 from .tuning.records import open_for_tuning, read_database
@@ -239,12 +240,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         backbone=args.backbone, task=args.task, train_file=args.train_file, teacher=args.teacher,
         max_examples=args.max_examples, max_seq_len=args.max_seq_len, batch_size=args.batch_size,
         epochs=args.epochs, lr=args.lr, sparsity=args.sparsity, pruning=args.pruning, pruning_block=args.pruning_block,
-        embedding_keep=args.embedding_keep, spans=not args.no_spans, offramp_epochs=args.offramp_epochs,
-        seed=args.seed, save_every=args.save_every,
+        embedding_keep=args.embedding_keep, spans=not args.no_spans, span_form=args.span_form, span_max=args.span_max,
+        span_ramp=args.span_ramp, span_coeff=args.span_coeff, offramp_epochs=args.offramp_epochs,
+        offramp_lr=args.offramp_lr, offramp_distill_alpha=args.offramp_distill_alpha, seed=args.seed,
+        save_every=args.save_every,
     )
     checkpoint = Trainer(config, Path(args.output)).run()
     extra = checkpoint.model.edgebert.extra
-    print(f"wrote {args.output}: encoder sparsity {extra['encoder_sparsity']:.1%}, "
+    dev = "" if extra["dev_accuracy"] is None else f"final-exit dev accuracy {extra['dev_accuracy']:.2%}, "
+    print(f"wrote {args.output}: encoder sparsity {extra['encoder_sparsity']:.1%}, {dev}"
           f"trained in {extra['train_seconds'] / 60:.1f} min")
 
 
@@ -282,7 +286,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_build_default(args: argparse.Namespace) -> None:
-    print(f"edgebert-sst2: {build_default_checkpoint()}")
+    print(f"{args.name}: {build_trained_builtin(args.name)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -396,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--epochs", type=_number, default=1.0, help="stage-1 epochs (default 1)")
     p.add_argument("--offramp-epochs", type=_number, default=1.0, help="stage-2 epochs (default 1)")
+    p.add_argument("--offramp-lr", type=_number, default=5e-4, help="stage-2 learning rate (default 5e-4)")
+    p.add_argument("--offramp-distill-alpha", type=_number, default=0.9,
+                   help="stage 2: weight of distillation from the final exit, the rest CE (default 0.9; 0: CE only)")
     p.add_argument("--lr", type=_number, default=5e-5)
     p.add_argument("--sparsity", type=_number, default=0.5, help="final encoder sparsity (default 0.5)")
     p.add_argument("--pruning", default="movement", help="movement, magnitude or none (default movement)")
@@ -404,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-keep", type=_number, default=0.4,
                    help="fraction of word-embedding weights kept by magnitude pruning (default 0.4)")
     p.add_argument("--no-spans", action="store_true", help="do not learn attention spans")
+    p.add_argument("--span-form", default="distance", help="distance (by query-key distance, the default) or key "
+                                                           "(EdgeBERT's reference code: from the end of the padding)")
+    p.add_argument("--span-max", type=_positive_int, help="S, the largest span (default: --max-seq-len + --span-ramp "
+                                                          "for distance spans, 512 for key spans)")
+    p.add_argument("--span-ramp", type=_positive_int, default=16, help="R, the span mask's ramp (default 16)")
+    p.add_argument("--span-coeff", type=_number, default=5e-6, help="span penalty per unit of S (default 5e-6)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=_positive_int, default=200, help="steps between resumable saves")
     p.set_defaults(func=cmd_train)
@@ -428,10 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sentences", type=_positive_int, default=None, help="only the first N dev sentences")
     p.set_defaults(func=cmd_demo)
 
-    p = commands.add_parser("build-default", help="train the built-in edgebert-sst2 checkpoint into the cache (once)",
-                            description="Train the default EdgeBERT SST-2 checkpoint (about 12 minutes on 2 cores) "
-                                        "into $EDGEBERT_TVM_CACHE or ~/.cache/edgebert-tvm; resumes if interrupted, "
-                                        "does nothing if it is already built.")
+    p = commands.add_parser("build-default", help="train a built-in checkpoint (default edgebert-sst2) into the cache (once)",
+                            description="Train a built-in checkpoint: the default EdgeBERT SST-2 checkpoint (about 12 "
+                                        "minutes on 2 cores) or the dense teacher minilm-sst2-teacher (about 13), into "
+                                        "$EDGEBERT_TVM_CACHE or ~/.cache/edgebert-tvm; resumes if interrupted, does "
+                                        "nothing if it is already built.")
+    p.add_argument("name", nargs="?", default=DEFAULT_BUILTIN, help=f"one of {', '.join(TRAINED_BUILTINS)} "
+                                                                     f"(default {DEFAULT_BUILTIN})")
     p.set_defaults(func=cmd_build_default)
     return parser
 

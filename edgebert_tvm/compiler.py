@@ -169,7 +169,7 @@ def edgebert_passes(options: CompileOptions, edgebert: EdgeBertConfig) -> list[t
     spans = folded_spans(options, edgebert)
     if spans is not None:
         passes.append(FoldAttentionSpan(spans, edgebert.span_max, edgebert.span_ramp, edgebert.seq_len,
-                                        options.span_level))
+                                        options.span_level, edgebert.span_form))
     if options.fuse_qkv:
         passes.append(FuseQKV())
     if options.narrow_final_layer:

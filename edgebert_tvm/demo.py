@@ -28,7 +28,7 @@ from .inputs import encode, load_tokenizer, unpadded
 from .models.checkpoint import Checkpoint, load
 from .models.modeling import early_exit
 from .target.cpu.host import describe_host
-from .training.recipe import build_default_checkpoint
+from .training.recipe import build_trained_builtin
 
 DEFAULT_MODEL = "edgebert-sst2"
 SWEEP = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
@@ -45,7 +45,7 @@ def _compile(checkpoint: Checkpoint, directory: Path, seq_len: int, thresholds: 
 def run_demo(workdir: Path, model: str = DEFAULT_MODEL, sentences: int | None = None) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     if model == DEFAULT_MODEL:
-        build_default_checkpoint()  # announces itself when it has work to do
+        build_trained_builtin()  # announces itself when it has work to do
     checkpoint = load(model)
     edgebert = checkpoint.model.edgebert
     seq_len = edgebert.seq_len or 128
@@ -67,7 +67,9 @@ def run_demo(workdir: Path, model: str = DEFAULT_MODEL, sentences: int | None = 
         scores = score_predictor(ExitPredictor(**predictor), all_logits)
         print(f"exit-layer predictor (layer-1 entropy lookup table, threshold {predictor['threshold']:g}): "
               f"exact {100 * scores['exact']:.1f}%, within one layer {100 * scores['within_one']:.1f}%, "
-              f"mean abs error {scores['mean_abs_error']:.2f} layers")
+              f"mean abs error {scores['mean_abs_error']:.2f} layers; always layer {scores['most_common_layer']}: "
+              f"{100 * scores['most_common_exact']:.1f}%, {100 * scores['most_common_within_one']:.1f}%, "
+              f"{scores['most_common_mean_abs_error']:.2f}")
     plot = workdir / "accuracy_vs_exit_layer.png"
     plot_accuracy_vs_depth(results, plot, f"{model} on {task.name} dev")
 

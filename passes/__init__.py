@@ -3,7 +3,8 @@
 Graph passes in pipeline order (docs/ARCHITECTURE.md, "Pipeline order"), then the lowering passes
 every target runs first (and DeduplicatePrimFuncs, which the CPU lowering runs). Passes tied to one
 target live under it: FoldSparsity, FastMath and FoldConstantCalls in `target/cpu/`,
-QuantizeForAccelerator in `target/edgebert/`; ApplyTuningRecords in `tuning/`.
+QuantizeForAccelerator in `target/edgebert/`; ApplyTuningRecords in `tuning/`. `banded_attention` holds
+the TE kernels FoldAttentionSpan emits for distance spans.
 """
 
 from .fold_attention_span import FoldAttentionSpan

@@ -2,17 +2,21 @@
 
 The imported layer builds each head's span mask at run time (arange, clamp), multiplies the
 softmax output by it and renormalises the rows, and computes every head over every key. With the
-spans known at compile time (docs/ARCHITECTURE.md, "Attention spans": m_j = clamp(((j - (T - 1)) + z S) / R + 1, 0, 1)
-by key index j) this pass re-emits the layer's attention in three steps, each a `level`:
+spans known at compile time (docs/ARCHITECTURE.md, "Attention spans"; models/span.py: by key
+index j, m_j = clamp(((j - (T - 1)) + z S) / R + 1, 0, 1), or by distance, m = clamp((z S - |i - j|) / R, 0, 1))
+this pass re-emits the layer's attention in three steps, each a `level`:
 
 - "mask": the mask is a constant multiplied into the softmax output; nothing is built at run time.
 - "heads": heads whose mask is all zero (they output zero) are removed: their rows of the Q, K, V
   weights and their columns of the attention-output weight are sliced away at compile time.
-- "keys": heads whose mask is zero on a prefix of the keys score and read only the keys from the
-  first non-zero one on. Heads are grouped by that first key, one batched attention per group, and
-  the mask enters as log(m) added to the scores: softmax(s + log m) is the renormalised p * m. A
-  group that starts past key 0 may see only padding for a short sentence, where the reference
-  outputs zero; an indicator (any real key left) keeps that so.
+- "keys": key spans: heads whose mask is zero on a prefix of the keys score and read only the
+  keys from the first non-zero one on. Heads are grouped by that first key, one batched attention
+  per group, and the mask enters as log(m) added to the scores: softmax(s + log m) is the
+  renormalised p * m. A group that starts past key 0 may see only padding for a short sentence,
+  where the reference outputs zero; an indicator (any real key left) keeps that so.
+  Distance spans: heads are grouped by their reach (the largest distance their mask keeps), and
+  each group's queries read only the 2 reach + 1 keys around them (passes/banded_attention.py), in
+  place from the layer's Q, K and V; log(m) enters the band's scores the same way.
 
 The attention is found from the softmax: the scores are `matmul(q, k) * scale + bias`, q, k and v
 trace back through views to `bias + matmul(x, permute_dims(W))` with constant W, and the output
@@ -36,7 +40,8 @@ from tvm import relax
 
 from ..errors import EdgeBertError, InternalError
 from ..contract import GROUP_ATTR, LAYER, block_functions, with_report
-from ..models.span import SPAN_RENORM_EPS, key_offsets, span_mask
+from ..models.span import SPAN_FORMS, SPAN_RENORM_EPS, distance_offsets, key_offsets, span_mask
+from .banded_attention import BAND_OUTSIDE, banded_context, banded_scores
 
 LEVELS = ("mask", "heads", "keys")
 VIEW_OPS = frozenset({"relax.reshape", "relax.permute_dims", "relax.broadcast_to", "relax.expand_dims",
@@ -59,9 +64,12 @@ def check_spans(spans: object, num_groups: int, num_heads: int) -> np.ndarray:
     return z
 
 
-def span_masks(z: np.ndarray, seq_len: int, span_max: int, span_ramp: int, padded_len: int | None) -> np.ndarray:
-    """(heads, seq_len) masks of one layer group, the same function the PyTorch model applies."""
-    return span_mask(np.asarray(z, dtype=np.float32), key_offsets(seq_len, padded_len), span_max, span_ramp)
+def span_masks(z: np.ndarray, seq_len: int, span_max: int, span_ramp: int, padded_len: int | None,
+               form: str = "key") -> np.ndarray:
+    """Masks of one layer group, the same function the PyTorch model applies: (heads, keys) for key
+    spans, (heads, queries, keys) for distance spans."""
+    offsets = distance_offsets(seq_len) if form == "distance" else key_offsets(seq_len, padded_len)
+    return span_mask(np.asarray(z, dtype=np.float32), offsets, span_max, span_ramp, form)
 
 
 @dataclasses.dataclass
@@ -190,10 +198,18 @@ def find_attention(func: relax.Function) -> Attention:
 
 @dataclasses.dataclass(frozen=True)
 class HeadGroup:
-    """Heads (original indices) that attend to the same key range [first_key, seq_len)."""
+    """Heads (original indices) that attend to the same keys: the range [first_key, seq_len) (key
+    spans), or with `reach` the band of keys within that distance of each query (distance spans)."""
 
     heads: tuple[int, ...]
-    first_key: int
+    first_key: int = 0
+    reach: int | None = None
+
+
+def _reach(mask: np.ndarray) -> int:
+    """The largest query-key distance a (queries, keys) distance mask keeps."""
+    queries, keys = np.indices(mask.shape)
+    return int(np.abs(queries - keys)[mask > 0].max())
 
 
 def head_groups(masks: np.ndarray, level: str) -> list[HeadGroup]:
@@ -202,21 +218,28 @@ def head_groups(masks: np.ndarray, level: str) -> list[HeadGroup]:
     if level != "mask":
         heads = [h for h in heads if masks[h].any()]
     if level != "keys":
-        return [HeadGroup(tuple(heads), 0)] if heads else []
+        return [HeadGroup(tuple(heads))] if heads else []
+    if masks.ndim == 3:  # distance spans: a band per reach; a band as wide as the sequence is no band
+        seq_len = masks.shape[-1]
+        reach = {h: r if 2 * (r := _reach(masks[h])) + 1 < seq_len else None for h in heads}
+        ordered = sorted(heads, key=lambda h: (reach[h] is None, reach[h] or 0, h))
+        return [HeadGroup(tuple(g), reach=r) for r, g in itertools.groupby(ordered, key=reach.get)]
     first = {h: int(np.flatnonzero(masks[h])[0]) for h in heads}
     ordered = sorted(heads, key=lambda h: (first[h], h))
     return [HeadGroup(tuple(g), k) for k, g in itertools.groupby(ordered, key=first.get)]
 
 
 def span_plan(z: np.ndarray, seq_len: int, span_max: int, span_ramp: int, padded_len: int | None,
-              level: str) -> list[dict[str, object]]:
-    """Per layer group: the heads kept and the key range each group of them reads (for metadata)."""
+              level: str, form: str = "key") -> list[dict[str, object]]:
+    """Per layer group: the heads kept and the keys each group of them reads (for metadata)."""
     plan = []
     for row in z:
-        groups = head_groups(span_masks(row, seq_len, span_max, span_ramp, padded_len), level)
+        groups = head_groups(span_masks(row, seq_len, span_max, span_ramp, padded_len, form), level)
         kept = sorted(h for g in groups for h in g.heads)
+        ranges = [{"heads": list(g.heads), "first_key": g.first_key} if form == "key" else
+                  {"heads": list(g.heads), "reach": g.reach} for g in groups]
         plan.append({"heads_kept": kept, "heads_removed": [h for h in range(len(row)) if h not in kept],
-                     "key_ranges": [{"heads": list(g.heads), "first_key": g.first_key} for g in groups]})
+                     "key_ranges": ranges})
     return plan
 
 
@@ -245,7 +268,24 @@ class _AttentionEmitter:
             return x
         return self.bb.emit(relax.op.strided_slice(x, axes, begin, end))
 
+    def _band(self, q: relax.Expr, k: relax.Expr, v: relax.Expr, start: int, group: HeadGroup) -> relax.Expr:
+        """Each query against only the keys within `group.reach` of it, read in place from q, k, v."""
+        reach, width = group.reach, 2 * group.reach + 1
+        queries = np.arange(self.seq_len)[:, None]
+        keys = queries - reach + np.arange(width)[None, :]  # (queries, band slots)
+        inside = (keys >= 0) & (keys < self.seq_len)
+        masks = self.masks[list(group.heads)][:, queries, keys.clip(0, self.seq_len - 1)]
+        with np.errstate(divide="ignore"):
+            log_mask = np.where(inside & (masks > 0), np.log(masks), BAND_OUTSIDE).astype("float32")
+        bias = self.attn.attention_bias
+        scores = self.bb.emit_te(banded_scores, q, k, bias, relax.const(log_mask), start, reach, self.attn.scale,
+                                 primfunc_name_hint="banded_scores")
+        probs = self.bb.emit(relax.op.nn.softmax(scores, axis=-1))
+        return self.bb.emit_te(banded_context, probs, v, bias, start, reach, primfunc_name_hint="banded_context")
+
     def _group(self, q: relax.Expr, k: relax.Expr, v: relax.Expr, start: int, group: HeadGroup) -> relax.Expr:
+        if group.reach is not None:
+            return self._band(q, k, v, start, group)
         stop, first, seq = start + len(group.heads), group.first_key, self.seq_len
         q = self._slice(q, [1], [start], [stop])
         k = self._slice(k, [1, 2], [start, first], [stop, seq])
@@ -254,10 +294,15 @@ class _AttentionEmitter:
         scores = self.bb.emit(relax.op.multiply(scores, relax.const(self.attn.scale, "float32")))
         bias = self._slice(self.attn.attention_bias, [3], [first], [seq])
         scores = self.bb.emit(relax.op.add(scores, bias))
-        masks = self.masks[list(group.heads), first:][None, :, None, :].astype("float32")
+        if self.masks.ndim == 3:  # distance spans, every key: (1, heads, queries, keys)
+            masks = self.masks[list(group.heads)][None].astype("float32")
+        else:
+            masks = self.masks[list(group.heads), first:][None, :, None, :].astype("float32")
         if self.level == "keys":
             if (masks < 1).any():
-                scores = self.bb.emit(relax.op.add(scores, relax.const(np.log(masks))))
+                with np.errstate(divide="ignore"):
+                    log_mask = np.where(masks > 0, np.log(masks), BAND_OUTSIDE).astype("float32")
+                scores = self.bb.emit(relax.op.add(scores, relax.const(log_mask)))
             probs = self.bb.emit(relax.op.nn.softmax(scores, axis=-1))
         else:
             probs = self.bb.emit(relax.op.nn.softmax(scores, axis=-1))
@@ -328,13 +373,15 @@ class FoldAttentionSpan:
     """
 
     def __init__(self, spans: object, span_max: int, span_ramp: int, padded_len: int | None = None,
-                 level: str = "keys") -> None:
+                 level: str = "keys", form: str = "key") -> None:
         if level not in LEVELS:
             raise EdgeBertError(f"span folding level must be one of {', '.join(LEVELS)}, got {level!r}")
         if span_max < 1 or span_ramp < 1:
             raise EdgeBertError("span_max and span_ramp must be >= 1")
-        self.spans, self.span_max, self.span_ramp, self.padded_len, self.level = (
-            spans, span_max, span_ramp, padded_len, level)
+        if form not in SPAN_FORMS:
+            raise EdgeBertError(f"span form must be one of {', '.join(SPAN_FORMS)}, got {form!r}")
+        self.spans, self.span_max, self.span_ramp, self.padded_len, self.level, self.form = (
+            spans, span_max, span_ramp, padded_len, level, form)
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         layers = block_functions(mod, LAYER)
@@ -344,9 +391,15 @@ class FoldAttentionSpan:
         z = check_spans(self.spans, len(layers), next(iter(found.values())).num_heads)
         seq_len = int(next(iter(found.values())).hidden.ty.shape[1])
         for gv, func in layers.items():
-            masks = span_masks(z[int(func.attrs[GROUP_ATTR])], seq_len, self.span_max, self.span_ramp, self.padded_len)
-            rewritten = _LayerRewriter(mod, found[gv], masks, self.level).visit_expr(func)
+            masks = span_masks(z[int(func.attrs[GROUP_ATTR])], seq_len, self.span_max, self.span_ramp, self.padded_len,
+                               self.form)
+            rewriter = _LayerRewriter(mod, found[gv], masks, self.level)
+            rewritten = rewriter.visit_expr(func)
+            for kernel, prim_func in rewriter.builder_.get().functions_items():  # the banded kernels
+                if isinstance(prim_func, tvm.tirx.PrimFunc) and kernel not in mod:
+                    mod[kernel] = prim_func
             mod[gv] = relax.analysis.remove_all_unused(rewritten)
         return with_report(mod, "attention_spans", {
-            "level": self.level, "spans": z.tolist(),
-            "layer_groups": span_plan(z, seq_len, self.span_max, self.span_ramp, self.padded_len, self.level)})
+            "level": self.level, "form": self.form, "spans": z.tolist(),
+            "layer_groups": span_plan(z, seq_len, self.span_max, self.span_ramp, self.padded_len, self.level,
+                                      self.form)})

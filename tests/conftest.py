@@ -21,7 +21,7 @@ from edgebert_tvm.models.checkpoint import Checkpoint, save
 from edgebert_tvm.models.config import EdgeBertConfig
 from edgebert_tvm.models.modeling import EdgeBertForSequenceClassification
 from edgebert_tvm.target.cpu.host import physical_cores
-from edgebert_tvm.training.recipe import build_default_checkpoint
+from edgebert_tvm.training.recipe import build_trained_builtin
 
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -76,7 +76,7 @@ def default_checkpoint_dir(request) -> Path:
             # stderr: an xdist worker's stdout never reaches the terminal (its progress bars do)
             print("tests: the default checkpoint is not in the cache; building it once for the real_model "
                   "tests (a second worker waits for it)", file=sys.stderr, flush=True)
-            build_default_checkpoint()
+            build_trained_builtin()
     return BUILTIN_DIRS["edgebert-sst2"]()
 
 

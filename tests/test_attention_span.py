@@ -17,7 +17,7 @@ from tvm import relax
 from edgebert_tvm.target.targets import lowering_pipeline
 from benchmarks.flops import matmul_flops
 from edgebert_tvm.importer import InputSpec, import_model
-from edgebert_tvm.models.checkpoint import load
+from edgebert_tvm.models.checkpoint import load, save
 from edgebert_tvm.models.modeling import EdgeBertForSequenceClassification, early_exit
 
 from .conftest import INPUT_ORDER, random_inputs, read_json, run_cli, torch_exits
@@ -73,6 +73,63 @@ def test_every_level_matches_pytorch_and_removes_work(name, tiny_bert_dir):
         flops[level] = matmul_flops(mod["layer_0"])
         np.testing.assert_allclose(_all_exits(_vm(mod), inputs), reference, atol=1e-4)
     assert flops["heads"] < flops["mask"] and flops["keys"] < flops["heads"]
+
+
+# Distance spans: S 16, R 4 at 16 tokens make dead heads (z = 0), bands of every reach, and full heads.
+DISTANCE_SETTINGS = {"span_max": 16, "span_ramp": 4, "span_form": "distance"}
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "albert-tiny"])
+def test_distance_spans_at_every_level_match_pytorch_and_band_the_work(name, tiny_bert_dir):
+    model = load(tiny_bert_dir if name == "tiny-bert" else name).model
+    rows, heads = model.arch.num_distinct_layers(model.config), model.config.num_attention_heads
+    _with_spans(model, _random_spans(rows, heads, seed=11), **DISTANCE_SETTINGS)
+    inputs = random_inputs(3, SEQ, 30000, seed=4)
+    reference = torch_exits(model, inputs)
+    work, flops = {}, {}
+    for level in LEVELS:
+        mod = FoldAttentionSpan(model.edgebert.attention_spans, 16, 4, level=level,
+                                form="distance")(import_model(model, InputSpec(3, SEQ)))
+        work[level], flops[level] = _attention_products(mod["layer_0"]), matmul_flops(mod["layer_0"])
+        np.testing.assert_allclose(_all_exits(_vm(mod), inputs), reference, atol=1e-4)
+    assert work["heads"] < work["mask"] and work["keys"] < work["heads"]
+    assert flops["heads"] < flops["mask"] and flops["keys"] < flops["heads"]
+
+
+def _attention_products(func: relax.Function) -> int:
+    """Query-key scores a layer computes: the size of its softmax inputs, dense (B, H, T, T) or banded."""
+    return sum(int(np.prod([int(d) for d in b.var.ty.shape])) for block in func.body.blocks for b in block.bindings
+               if isinstance(b.value, relax.Call) and b.value.op.name == "relax.nn.softmax")
+
+
+def test_distance_spans_mean_the_same_at_any_padding(tiny_bert_dir):
+    """A sentence gives the same logits alone and padded into a longer batch (key spans do not)."""
+    model = load(tiny_bert_dir).model.eval()
+    _with_spans(model, _random_spans(3, 4, seed=2), **DISTANCE_SETTINGS)
+    inputs = random_inputs(1, 12, 30000, seed=3)
+    inputs["attention_mask"][:] = 1
+    padded = {k: np.pad(v, ((0, 0), (0, 8))) for k, v in inputs.items()}
+    np.testing.assert_allclose(torch_exits(model, padded), torch_exits(model, inputs), atol=1e-5)
+
+
+def test_cli_compiles_a_distance_span_checkpoint_into_bands(tmp_path, tiny_bert_dir):
+    checkpoint = load(tiny_bert_dir)
+    _with_spans(checkpoint.model, [[0.0, 0.25, 0.5, 1.0]] * 3, **DISTANCE_SETTINGS)
+    save(checkpoint, tmp_path / "ckpt")
+    run_cli("compile", str(tmp_path / "ckpt"), "-o", str(tmp_path / "art"), "--seq-len", "16", check=True)
+    plan = read_json(tmp_path / "art" / "metadata.json")["pass_reports"]["attention_spans"]
+    assert plan["form"] == "distance"
+    assert plan["layer_groups"][0]["heads_removed"] == [0]
+    assert plan["layer_groups"][0]["key_ranges"] == [{"heads": [1], "reach": 3}, {"heads": [2], "reach": 7},
+                                                     {"heads": [3], "reach": None}]
+
+
+def test_distance_plan_removes_dead_heads_and_bands_by_reach():
+    z = np.array([0.0, 0.25, 0.5, 1.0])  # reach ceil(z S) - 1 at S 16: dead, 3, 7, full
+    masks = span_masks(z, SEQ, 16, 4, None, "distance")
+    groups = head_groups(masks, "keys")
+    assert [(g.heads, g.reach) for g in groups] == [((1,), 3), ((2,), 7), ((3,), None)]
+    assert [g.heads for g in head_groups(masks, "heads")] == [(1, 2, 3)]
 
 
 def test_plan_has_dead_partial_and_full_heads(tiny_bert_dir):

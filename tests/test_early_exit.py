@@ -110,3 +110,25 @@ def test_bad_thresholds_exit_2(capsys, tmp_path, values, match):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and match in err, err
     assert not (tmp_path / "A").exists()
+
+
+def _exit_logits(exits: np.ndarray, first_margin: np.ndarray, layers: int = 6) -> np.ndarray:
+    """Two-class logits for every exit: uncertain (margin 0.1) before a row's exit layer, sure (margin 8)
+    from it on; layer 1's margin is `first_margin` unless the row exits there."""
+    margins = np.where(np.arange(1, layers + 1)[None, :] < exits[:, None], 0.1, 8.0)
+    margins[:, 0] = np.where(exits == 1, 8.0, first_margin)
+    return np.stack([margins, np.zeros_like(margins)], axis=-1)
+
+
+def test_exit_predictor_beats_the_most_common_layer_only_when_layer_1_tells():
+    from edgebert_tvm.exit_predictor import held_out_score
+
+    rng = np.random.default_rng(0)
+    exits = rng.integers(2, 7, size=4000)
+    # informative: layer 1's confidence falls with the exit layer (margins 2.0 .. 0.0, above the threshold)
+    told = held_out_score(_exit_logits(exits, 3.0 - exits / 2.0), threshold=0.3)
+    assert told["exact"] > 0.95 and told["most_common_exact"] < 0.3
+    assert told["mean_abs_error"] < told["most_common_mean_abs_error"]
+    # uninformative: layer 1's margin is noise (never confident enough to exit there)
+    noise = held_out_score(_exit_logits(exits, rng.uniform(0.1, 1.5, size=4000)), threshold=0.3)
+    assert noise["exact"] < noise["most_common_exact"] + 0.05

@@ -406,13 +406,13 @@ def test_attention_matmul_kernel_equals_numpy_model(rng):
     assert np.abs(got - (a @ b * scale).reshape(2, 2, 6, 7)).max() < 0.002
 
 
-@pytest.mark.parametrize("with_span", [False, True])
+@pytest.mark.parametrize("with_span", [False, "key", "distance"])
 def test_softmax_kernel_equals_numpy_model(rng, with_span):
     x = (rng.standard_normal((1, 3, 5, 16)) * 4).astype("float32")
     x[..., -3:] = np.finfo(np.float32).min  # padding keys, as the attention bias makes them
     r = register(14)
     if with_span:
-        span = rng.random((1, 3, 1, 16)).astype("float32")
+        span = rng.random((1, 3, 1 if with_span == "key" else 5, 16)).astype("float32")
         span[0, 1] = 0.0  # a head whose span is zero
         got = _run([_ph(x, "x"), _ph(span, "s"), _ph(r, "r")], functional.softmax, x, span, r)
         expected = np_softmax(x, 14, span)
@@ -576,6 +576,31 @@ def test_artifact_runs_in_fresh_process_with_report(edgebert_artifact, spans_che
     two = workload.sentence_cost(2, config, early_exit=True)
     assert two.cycles > one.cycles and report["full_depth_sentence"]["cycles"] == workload.sentence_cost(
         2, config, early_exit=False).cycles
+
+
+def test_distance_spans_run_in_the_softmax_unit(spans_checkpoint, tmp_path):
+    """Distance spans (a mask per query row) are offloaded with the softmax, and the chip stays close to float."""
+    import torch
+
+    from edgebert_tvm.models.checkpoint import load, save
+
+    checkpoint = load(str(spans_checkpoint))
+    model = checkpoint.model
+    model.edgebert.span_form, model.edgebert.span_max, model.edgebert.span_ramp = "distance", 16, 4
+    with torch.no_grad():
+        model.span_z.copy_(torch.tensor([[0.0, 0.3, 0.6, 1.0], [0.2, 0.4, 0.0, 0.8]]))
+    model.edgebert.attention_spans = model.span_z.tolist()
+    save(checkpoint, tmp_path / "distance")
+    run_cli("compile", str(tmp_path / "distance"), "--target", "edgebert", "--seq-len", "16", "-o", str(tmp_path / "A"),
+            check=True)
+    layer = [r["pattern"] for r in _workloads(tmp_path / "A")[16].blocks["layer_0"]]
+    assert "edgebert.softmax_span" in layer
+    inputs = random_inputs(2, 16, 30522, seed=6)
+    np.savez(tmp_path / "in.npz", **inputs)
+    run_cli("run", str(tmp_path / "A"), "--inputs", str(tmp_path / "in.npz"), "--all-exits", "--json",
+            str(tmp_path / "out.json"), check=True)
+    got = np.array(read_json(tmp_path / "out.json")["all_exit_logits"])
+    assert np.abs(got - torch_exits(load(str(tmp_path / "distance")).model, inputs)).max() < 0.05
 
 
 def test_report_needs_an_edgebert_artifact(tiny_artifact, tmp_path):

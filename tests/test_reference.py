@@ -319,7 +319,7 @@ def test_demo_reports_accuracy_exits_and_cpu_without_library_warnings(default_ch
                            str(tmp_path / "demo")], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "building the default checkpoint" not in out
+    assert "building the built-in checkpoint" not in out
     assert "sst2 dev, 24 sentences, compiled edgebert-sst2 (every exit evaluated):" in out
     assert re.search(r"^\s*full depth\s+\d+\.\d\d%\s+6\.00\s+1\.00\s+0 0 0 0 0 24$", out, re.M)
     threshold = load(default_checkpoint_dir).model.edgebert.exit_thresholds[0]

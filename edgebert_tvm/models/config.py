@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import EdgeBertError
+from .span import SPAN_FORMS
 
 EDGEBERT_CONFIG_NAME = "edgebert.json"
 
@@ -33,6 +34,7 @@ FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
                         "a list of rows of numbers or null"),
     "span_max": (_is_int, "an integer"),
     "span_ramp": (_is_int, "an integer"),
+    "span_form": (lambda v: v in SPAN_FORMS, f"one of {', '.join(map(json.dumps, SPAN_FORMS))}"),
     "task": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "seq_len": (lambda v: v is None or _is_int(v), "an integer or null"),
 }
@@ -44,9 +46,10 @@ class EdgeBertConfig:
 
     `attention_spans` holds the learned span fraction z in [0, 1] per head, one row per distinct
     encoder layer (one row for ALBERT's shared layer); None means no span mask. `span_max` (S) and
-    `span_ramp` (R) are the adaptive-span hyper-parameters of the mask (docs/ARCHITECTURE.md, "Attention spans").
-    `seq_len` is the sequence length the model was trained at: span masks are measured from the
-    end of the padded sequence, so a model with spans should be compiled at that length.
+    `span_ramp` (R) are the adaptive-span hyper-parameters of the mask (docs/ARCHITECTURE.md, "Attention spans"),
+    `span_form` how it measures a key's distance (models/span.py; "key" in checkpoints that predate
+    the field). `seq_len` is the sequence length the model was trained at: "key" spans are measured
+    from the end of the padded sequence, so such a model should be compiled at that length.
     """
 
     num_labels: int = 2
@@ -54,6 +57,7 @@ class EdgeBertConfig:
     attention_spans: list[list[float]] | None = None
     span_max: int = 512
     span_ramp: int = 256
+    span_form: str = "key"
     task: str | None = None
     seq_len: int | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -63,6 +67,8 @@ class EdgeBertConfig:
             raise EdgeBertError(f"{source}: num_labels must be >= 1, got {self.num_labels}")
         if self.span_max < 1 or self.span_ramp < 1:
             raise EdgeBertError(f"{source}: span_max and span_ramp must be >= 1")
+        if self.span_form not in SPAN_FORMS:
+            raise EdgeBertError(f"{source}: span_form must be one of {', '.join(SPAN_FORMS)}, got {self.span_form!r}")
         for t in self.exit_thresholds or []:
             if not math.isfinite(t) or t < 0:
                 raise EdgeBertError(f"{source}: exit threshold {t} must be a finite number >= 0")

@@ -21,14 +21,20 @@ from .span import SPAN_RENORM_EPS
 from .span import span_mask as span_formula
 
 
-def span_mask(span_z: torch.Tensor, seq_len: int, span_max: int, span_ramp: int, padded_len: int | None = None) -> torch.Tensor:
-    """Adaptive attention span mask (heads, seq_len) by key index (models/span.py), differentiable in z.
+def span_mask(span_z: torch.Tensor, seq_len: int, span_max: int, span_ramp: int, padded_len: int | None = None,
+              form: str = "key") -> torch.Tensor:
+    """Adaptive attention span mask (models/span.py), differentiable in z: (heads, keys) by key index,
+    or (heads, queries, keys) by query-key distance.
 
-    The offsets are `span.key_offsets` made with torch.arange, so an exporter that traces the
-    sequence length (ONNX with dynamic axes) keeps them dynamic."""
-    padded = padded_len if padded_len is not None and padded_len >= seq_len else seq_len
-    offsets = torch.arange(seq_len, device=span_z.device, dtype=span_z.dtype) - (padded - 1)
-    return span_formula(span_z, offsets, span_max, span_ramp)
+    The offsets are `span.key_offsets` / `span.distance_offsets` made with torch.arange, so an
+    exporter that traces the sequence length (ONNX with dynamic axes) keeps them dynamic."""
+    positions = torch.arange(seq_len, device=span_z.device, dtype=span_z.dtype)
+    if form == "distance":
+        offsets = -(positions[:, None] - positions[None, :]).abs()
+    else:
+        padded = padded_len if padded_len is not None and padded_len >= seq_len else seq_len
+        offsets = positions - (padded - 1)
+    return span_formula(span_z, offsets, span_max, span_ramp, form)
 
 
 def encoder_layer(
@@ -39,7 +45,8 @@ def encoder_layer(
     span: torch.Tensor | None,
     dropout: float,
 ) -> torch.Tensor:
-    """One post-LayerNorm transformer layer; `span` (heads, seq) multiplies the softmax output."""
+    """One post-LayerNorm transformer layer; `span` (heads, keys) or (heads, queries, keys) multiplies
+    the softmax output."""
     batch, seq, width = hidden.shape
     head_dim = width // num_heads
 
@@ -50,7 +57,7 @@ def encoder_layer(
     scores = torch.matmul(q, k.transpose(2, 3)) * head_dim**-0.5 + attn_bias
     probs = F.softmax(scores, dim=-1)
     if span is not None:
-        probs = probs * span[None, :, None, :]
+        probs = probs * (span[None, :, None, :] if span.dim() == 2 else span[None])
         probs = probs / (probs.sum(dim=-1, keepdim=True) + SPAN_RENORM_EPS)
     probs = F.dropout(probs, p=dropout, training=dropout > 0)
     context = torch.matmul(probs, v).transpose(1, 2).reshape(batch, seq, width)
@@ -129,9 +136,10 @@ class EdgeBertForSequenceClassification(nn.Module):
         return None if self.span_z is None else self.span_of(self.span_z[group], seq_len)
 
     def span_of(self, span_z: torch.Tensor, seq_len: int) -> torch.Tensor:
-        """The (heads, seq_len) span mask of one layer group's spans `span_z` (heads,)."""
+        """The span mask of one layer group's spans `span_z` (heads,): (heads, seq_len) by key or
+        (heads, seq_len, seq_len) by distance."""
         edgebert = self.edgebert
-        return span_mask(span_z, seq_len, edgebert.span_max, edgebert.span_ramp, edgebert.seq_len)
+        return span_mask(span_z, seq_len, edgebert.span_max, edgebert.span_ramp, edgebert.seq_len, edgebert.span_form)
 
     def layer(self, index: int, hidden: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
         """Encoder layer `index` (0-based); ALBERT's layers map onto their shared group."""

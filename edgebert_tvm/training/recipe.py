@@ -4,7 +4,8 @@ The word embeddings are magnitude-pruned in one shot first: they stay frozen, so
 the encoder to them. Stage 1 fine-tunes the backbone and the final classifier: distillation from a
 fine-tuned teacher (0.9 KL at T=2, times T^2, plus 0.1 CE) or plain CE without one, the adaptive
 span penalty, and movement or magnitude pruning of the encoder on a cubic schedule. Stage 2 trains
-only the off-ramps (sum of CE over exits 1..L-1) with the backbone frozen. An off-ramp reads only
+only the off-ramps (over exits 1..L-1, each distilled from the final exit as stage 1 is from the
+teacher, 0.9 KL + 0.1 CE) with the backbone frozen. An off-ramp reads only
 its layer's [CLS] vector, so stage 2 runs the frozen backbone once, in eval mode, keeps those vectors,
 and trains the off-ramps on them for several epochs (seconds per epoch instead of minutes).
 Progress is saved every `save_every` steps and a rerun with the same output directory resumes from
@@ -31,15 +32,15 @@ from tokenizers import Tokenizer
 from ..data import Example, Task, builtin_split, read_tsv, task_for
 from ..evaluate import evaluate_exits
 from ..models.inference import torch_all_exits
-from ..exit_predictor import ExitPredictor, build_predictor
+from ..exit_predictor import ExitPredictor, build_predictor, held_out_score
 from ..errors import EdgeBertError
 from ..fileio import exclusive_lock
-from ..models.builtins import default_checkpoint_built, default_checkpoint_dir
+from ..models.builtins import trained_built, trained_dir
 from ..models.checkpoint import Checkpoint, load, save
 from ..models.config import EdgeBertConfig
 from ..models.modeling import EdgeBertForSequenceClassification
 from .batches import batches, batches_by_length, encode_examples, num_batches
-from .config import DEFAULT_RECIPE, RecipeConfig, parse_block
+from .config import DEFAULT_BUILTIN, TRAINED_BUILTINS, RecipeConfig, parse_block
 from .pruning import EncoderPruner, cubic_sparsity, encoder_sparsity, prune_embeddings
 from .state import load_state, read_progress, save_state
 
@@ -79,19 +80,22 @@ def _split_examples(config: RecipeConfig, task: Task) -> tuple[list[Example], li
 
 
 def calibrate_exits(model: torch.nn.Module, tokenizer: Path, held_out: list[Example], seq_len: int,
-                    max_drop: float = CALIBRATION_MAX_DROP) -> tuple[float | None, ExitPredictor | None]:
+                    max_drop: float = CALIBRATION_MAX_DROP,
+                    statistic: str = "mode") -> tuple[float | None, ExitPredictor | None, dict | None]:
     """On held-out training sentences (so dev numbers stay honest): the largest entropy threshold
-    whose accuracy is within `max_drop` of full depth, and the exit-layer predictor for it."""
+    whose accuracy is within `max_drop` of full depth, the exit-layer predictor for it, and how the
+    predictor scores against always predicting the most common layer (exit_predictor.held_out_score)."""
     if not held_out:
-        return None, None
+        return None, None, None
     logits = torch_all_exits(model, tokenizer, held_out, seq_len)
     results = evaluate_exits(logits, np.array([e.label for e in held_out]), CALIBRATION_THRESHOLDS)
     budget = round(max_drop * len(held_out))  # in sentences: no float rounding at the boundary
     full = round(results[0].accuracy * len(held_out))
     good = [r.threshold for r in results[1:] if full - round(r.accuracy * len(held_out)) <= budget]
     if not good:
-        return None, None
-    return max(good), build_predictor(logits, max(good))
+        return None, None, None
+    threshold = max(good)
+    return threshold, build_predictor(logits, threshold, statistic), held_out_score(logits, threshold, statistic)
 
 
 def _lr_factor(step: int, total: int, warmup: float) -> float:
@@ -109,6 +113,14 @@ def _final_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tor
     for index in range(model.num_layers):
         hidden = model.layer(index, hidden, bias)
     return model.exit_logits(model.num_layers - 1, hidden)
+
+
+def _distilled_loss(logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, config: RecipeConfig,
+                    alpha: float) -> torch.Tensor:
+    """alpha * KL(student || teacher at temperature t) * t^2 + (1 - alpha) * CE with the labels."""
+    t = config.distill_temperature
+    kl = F.kl_div(F.log_softmax(logits / t, -1), F.softmax(teacher / t, -1), reduction="batchmean") * t * t
+    return alpha * kl + (1 - alpha) * F.cross_entropy(logits, labels)
 
 
 def _loss_summary(log: list[dict[str, Any]], window: int = 20) -> dict[str, float]:
@@ -152,8 +164,9 @@ class Trainer:
         self.state_dir = output.parent / f".{output.name}{STATE_DIR}"
         self.task = task_for(config.task)
         _seed_everything(config.seed)
-        edgebert = EdgeBertConfig(num_labels=len(self.task.labels), span_max=config.span_max,
-                                  span_ramp=config.span_ramp, task=self.task.name, seq_len=config.max_seq_len)
+        edgebert = EdgeBertConfig(num_labels=len(self.task.labels), span_max=config.resolved_span_max,
+                                  span_ramp=config.span_ramp, span_form=config.span_form, task=self.task.name,
+                                  seq_len=config.max_seq_len)
         self.checkpoint = load(config.backbone, edgebert)
         self.model = self.checkpoint.model
         _check_positions(self.model, config.max_seq_len, config.backbone)
@@ -190,15 +203,14 @@ class Trainer:
     def _stage1_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         config, model = self.config, self.model
         logits = _final_logits(model, batch)
-        loss = F.cross_entropy(logits, batch["labels"])
         if self.teacher is not None:
             with torch.no_grad():
                 teacher = _final_logits(self.teacher, batch)
-            t = config.distill_temperature
-            kl = F.kl_div(F.log_softmax(logits / t, -1), F.softmax(teacher / t, -1), reduction="batchmean") * t * t
-            loss = config.distill_alpha * kl + (1 - config.distill_alpha) * loss
+            loss = _distilled_loss(logits, teacher, batch["labels"], config, config.distill_alpha)
+        else:
+            loss = F.cross_entropy(logits, batch["labels"])
         if model.span_z is not None:
-            loss = loss + config.span_coeff * config.span_max * model.span_z.mean()
+            loss = loss + config.span_coeff * config.resolved_span_max * model.span_z.mean()
         return loss
 
     # -- stage 2 -----------------------------------------------------------------------------
@@ -211,34 +223,42 @@ class Trainer:
                                    "weight_decay": self.config.weight_decay, "name": "offramps"}])
 
     @torch.no_grad()
-    def _exit_inputs(self) -> torch.Tensor:
-        """[CLS] vector after each of layers 1..L-1 for every training example, (N, L-1, hidden), in
-        float16 (half the memory; far below the off-ramps' training noise)."""
+    def _exit_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """For every training example: the [CLS] vector after each of layers 1..L-1, (N, L-1, hidden),
+        in float16 (half the memory; far below the off-ramps' training noise), and the final exit's
+        logits (N, labels), which the off-ramps are distilled from."""
         model = self.model.eval()
         features = torch.empty((len(self.data.labels), model.num_layers - 1, model.backbone.config.hidden_size),
                                dtype=torch.float16)
+        final = torch.empty((len(self.data.labels), model.edgebert.num_labels))
         total = num_batches(self.data, FEATURE_BATCH)
         for rows, batch in tqdm(batches_by_length(self.data, FEATURE_BATCH), total=total, desc="stage 2 inputs",
                                 unit="batch"):
             ids, mask, types = _inputs(batch)
             hidden, bias = model.embed(ids, types, mask)
-            for index in range(model.num_layers - 1):
+            for index in range(model.num_layers):
                 hidden = model.layer(index, hidden, bias)
-                features[rows, index] = hidden[:, 0].half()
-        return features
+                if index < model.num_layers - 1:
+                    features[rows, index] = hidden[:, 0].half()
+            final[rows] = model.exit_logits(model.num_layers - 1, hidden)
+        return features, final
 
-    def _stage2_batches(self, features: torch.Tensor):
+    def _stage2_batches(self, features: torch.Tensor, final: torch.Tensor):
         def draw(seed: int, skip: int):
             order = torch.from_numpy(np.random.default_rng(seed).permutation(len(self.data.labels)))
             labels = torch.from_numpy(self.data.labels)
             for start in range(skip * self.config.batch_size, len(order), self.config.batch_size):
                 rows = order[start:start + self.config.batch_size]
-                yield {"exit_inputs": features[rows].float(), "labels": labels[rows]}
+                yield {"exit_inputs": features[rows].float(), "final_logits": final[rows], "labels": labels[rows]}
         return draw
 
     def _stage2_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each off-ramp: distillation from the final exit (as stage 1 distils from the teacher) plus CE,
+        or CE alone with `offramp_distill_alpha` 0."""
         states = batch["exit_inputs"].unsqueeze(2)  # (batch, L-1, 1 token, hidden): the off-ramps read token 0
-        return sum(F.cross_entropy(ramp(states[:, i]), batch["labels"]) for i, ramp in enumerate(self.model.offramps))
+        alpha, labels = self.config.offramp_distill_alpha, batch["labels"]
+        return sum(_distilled_loss(ramp(states[:, i]), batch["final_logits"], labels, self.config, alpha) if alpha > 0
+                   else F.cross_entropy(ramp(states[:, i]), labels) for i, ramp in enumerate(self.model.offramps))
 
     # -- driver ------------------------------------------------------------------------------
     def _token_batches(self, seed: int, skip: int):
@@ -312,19 +332,33 @@ class Trainer:
             progress = {"stage": 2, "step": 0, "log": self.log}
             save_state(self.state_dir, self.model, stage2, progress)
         if self.config.offramp_epochs > 0:
-            draw = self._stage2_batches(self._exit_inputs())
+            draw = self._stage2_batches(*self._exit_inputs())
             self._run_stage(2, self.config.offramp_epochs, stage2, self._stage2_loss, progress, draw)
         self.model.eval()
-        threshold, predictor = calibrate_exits(self.model, self.tokenizer, self.held_out, self.config.max_seq_len)
+        threshold, predictor, score = calibrate_exits(self.model, self.tokenizer, self.held_out, self.config.max_seq_len,
+                                                      statistic=self.config.exit_predictor)
         self.model.edgebert.exit_thresholds = None if threshold is None else [threshold]
         self.model.edgebert.extra["exit_predictor"] = None if predictor is None else dataclasses.asdict(predictor)
+        self.model.edgebert.extra["exit_predictor_held_out"] = score
         self.model.edgebert.extra["recipe"] = dataclasses.asdict(self.config)
         self.model.edgebert.extra["encoder_sparsity"] = encoder_sparsity(self.model)
+        self.model.edgebert.extra["dev_accuracy"] = self._dev_accuracy(self.model)
+        if self.teacher is not None:
+            self.model.edgebert.extra["teacher"] = {"name": self.config.teacher,
+                                                    "dev_accuracy": self.teacher.edgebert.extra.get("dev_accuracy")}
         self.model.edgebert.extra["train_seconds"] = time.perf_counter() - started
         self.model.edgebert.extra["loss"] = _loss_summary(self.log)
         save(self.checkpoint, self.output)
         shutil.rmtree(self.state_dir, ignore_errors=True)
         return self.checkpoint
+
+    def _dev_accuracy(self, model: EdgeBertForSequenceClassification) -> float | None:
+        """Final-exit accuracy on the task's built-in dev split (None if it has none or trained on it)."""
+        if "dev" not in self.task.splits or self.config.train_file is not None:
+            return None
+        examples = read_tsv(builtin_split(self.task, "dev"), self.task)
+        logits = torch_all_exits(model, self.tokenizer, examples, self.config.max_seq_len)
+        return float((logits[:, -1].argmax(-1) == np.array([e.label for e in examples])).mean())
 
     def _finish_stage1(self) -> None:
         """Bake the pruning masks into the encoder weights."""
@@ -333,17 +367,17 @@ class Trainer:
             self.pruner.finalize()
 
 
-DEFAULT_BUILD_MINUTES = 12  # measured on 2 cores (AMD EPYC, idle machine); the announcement quotes it
-
-
-def build_default_checkpoint() -> Path:
-    """Train the built-in `edgebert-sst2` into the cache, saying so first (it takes minutes); resumable,
-    a no-op when it is already built, and one build at a time (a second waits, then finds it built)."""
-    directory = default_checkpoint_dir()
+def build_trained_builtin(name: str = DEFAULT_BUILTIN) -> Path:
+    """Train a trained built-in (default `edgebert-sst2`) into the cache, saying so first (it takes
+    minutes); resumable, a no-op when it is already built, and one build at a time (a second waits,
+    then finds it built)."""
+    if name not in TRAINED_BUILTINS:
+        raise EdgeBertError(f"{name!r} is not a trained built-in (choose from: {', '.join(TRAINED_BUILTINS)})")
+    builtin, directory = TRAINED_BUILTINS[name], trained_dir(name)
     directory.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(directory.parent / f".{directory.name}.build.lock", "building it", wait=True):
-        if not default_checkpoint_built():
-            print(f"building the default checkpoint edgebert-sst2 once (about {DEFAULT_BUILD_MINUTES} minutes on 2 "
+        if not trained_built(name):
+            print(f"building the built-in checkpoint {name} once (about {builtin.minutes} minutes on 2 "
                   f"cores; an interrupted build resumes) -> {directory}", flush=True)
-            Trainer(DEFAULT_RECIPE, directory).run()
+            Trainer(builtin.recipe, directory).run()
     return directory

@@ -70,6 +70,8 @@ class RowNormalization(CPUScheduleRule):
         rows = 0 if one_row else min(_leading_spatial(b) for b in blocks)
         if len({tuple(str(it.dom) for it in b.iters[:rows]) for b in blocks}) != 1:
             return None  # not one row space (a matmul with a sliced epilogue, say)
+        if len(blocks[-1].iters) <= rows:
+            return None  # the last block has no row of elements: reductions into single values, not rows
         lanes = vector_lanes(target, sch.get(blocks[-1].block_rv).writes[0].source.dtype.bits)
 
         partials = []

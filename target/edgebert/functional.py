@@ -186,7 +186,7 @@ def _row_reduce(shape: Sequence[tirx.PrimExpr], body: Callable, combine: Callabl
 
 
 def softmax(x: te.Tensor, span: te.Tensor | None, register: te.Tensor) -> te.Tensor:
-    """Softmax over the last axis (PWL exp); with `span` (1, heads, 1, keys): times span, renormalised."""
+    """Softmax over the last axis (PWL exp); with `span` (1, heads, 1 or rows, keys): times span, renormalised."""
     shape = x.shape
     to_frac = register[0]
     q = te.compute(shape, lambda *i: shift_round(to_fixed(x(*i)), INPUT_FRAC - FRAC_BITS), name="x_q10")
@@ -196,8 +196,9 @@ def softmax(x: te.Tensor, span: te.Tensor | None, register: te.Tensor) -> te.Ten
     p = te.compute(shape, lambda *i: _divide_round(e(*i), total(*i[:-1]), to_frac), name="probs")
     if span is None:
         return te.compute(shape, lambda *i: store(p(*i), to_frac, register), name="softmax")
-    masked = te.compute(shape, lambda z, h, r, c: shift_round(p[z, h, r, c] * to_fixed(span[0, h, 0, c]), INPUT_FRAC),
-                        name="masked")
+    by_row = int(span.shape[2]) > 1  # distance spans: a mask per query row
+    masked = te.compute(shape, lambda z, h, r, c: shift_round(
+        p[z, h, r, c] * to_fixed(span[0, h, r if by_row else 0, c]), INPUT_FRAC), name="masked")
     kept = _row_reduce(shape, lambda *i: masked(*i), te.sum, "kept")
     return te.compute(shape, lambda *i: store(tirx.Select(
         kept(*i[:-1]) > _i64(0), _divide_round(masked(*i), tirx.max(kept(*i[:-1]), _i64(1)), to_frac), _i64(0)),

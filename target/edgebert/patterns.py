@@ -116,7 +116,8 @@ def softmax_pattern():
 
 def softmax_span_pattern():
     """softmax(x) * span, renormalised: probs / (sum(probs) + eps), as the model writes it (the span
-    vector is computed on the host from the learned z and loaded into the aux buffer)."""
+    vector, or distance spans' mask per row, is computed on the host from the learned z and loaded
+    into the aux buffer)."""
     x, span, eps = wildcard(), wildcard(), is_const()
     softmax = is_op("relax.nn.softmax")(x)
     masked = is_op("relax.multiply")(softmax, span)
@@ -127,9 +128,10 @@ def softmax_span_pattern():
         shape, span_shape = static_shape(context.annotated_expr["softmax"]), static_shape(context.annotated_expr["span"])
         if not _float32(context.annotated_expr["span"]):
             return False
-        # the span vector broadcasts over rows: (1, heads, 1, keys) against (batch, heads, rows, keys)
+        # (1, heads, 1, keys) against (batch, heads, rows, keys): key spans' vector broadcasts over rows;
+        # distance spans have a row per query
         return (_check_softmax(context) and len(shape) == 4 and len(span_shape) == 4
-                and span_shape[2] == 1 and span_shape[3] == shape[3] and span_shape[1] == shape[1])
+                and span_shape[2] in (1, shape[2]) and span_shape[3] == shape[3] and span_shape[1] == shape[1])
 
     annotations = {"input": x, "softmax": softmax, "span": span, "eps": eps, "masked": masked, "root": out}
     return (f"{PREFIX}.softmax_span", out, annotations, check)
