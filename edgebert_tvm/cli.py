@@ -29,15 +29,16 @@ from .evaluate import artifact_all_exits, entropy, evaluate_exits, format_table,
 from .exit_predictor import ExitPredictor
 from .fileio import check_output_directory, write_json_atomic
 from .inputs import check_inputs, check_texts, load_npz, load_tokenizer, to_arrays
-from .models.builtins import BUILTIN_NAMES
-from .models.checkpoint import load
+from .models.builtins import BUILTIN_NAMES, shipped_dir
+from .models.checkpoint import load, save
+from .models.packed import PACKED_WEIGHTS_NAME, round_weights_
 from .models.inference import torch_all_exits
 from .target.registry import TARGET_NAMES
 from .target.edgebert.config import load_config, parse_config
 from .target.edgebert.report import accelerator_report, format_report, plot_report
 from .target.edgebert.sentence import chip_workloads
 from .training.config import DEFAULT_BUILTIN, TRAINED_BUILTINS
-from .training.recipe import RecipeConfig, Trainer, build_trained_builtin
+from .training.recipe import RecipeConfig, Trainer, build_trained_builtin, recalibrate_exits
 from .tuning import report as tuning_report
 from .tuning.measure import Tracker
 from .tuning.records import open_for_tuning, read_database
@@ -81,16 +82,20 @@ def _compile_options(args: argparse.Namespace) -> CompileOptions:
                           sparse=args.sparse, fuse_qkv=args.fuse_qkv)
 
 
-def cmd_compile(args: argparse.Namespace) -> None:
+def _check_replaceable(out: Path, marker: str, what: str, force: bool) -> None:
     """The output rule, checked before the long work: a new or empty directory is written; an existing
-    artifact is replaced only with --force; any other directory is never replaced (it is not ours)."""
-    out = Path(args.output)
+    `what` (it holds `marker`) is replaced only with --force; any other directory is never replaced."""
     check_output_directory(out)
     if out.is_dir() and any(out.iterdir()):
-        if not (out / "metadata.json").is_file():
-            raise EdgeBertError(f"{out}: exists and is not an artifact (no metadata.json); not replacing it")
-        if not args.force:
-            raise EdgeBertError(f"{out}: an artifact is already there; pass --force to replace it")
+        if not (out / marker).is_file():
+            raise EdgeBertError(f"{out}: exists and is not {what} (no {marker}); not replacing it")
+        if not force:
+            raise EdgeBertError(f"{out}: {what} is already there; pass --force to replace it")
+
+
+def cmd_compile(args: argparse.Namespace) -> None:
+    out = Path(args.output)
+    _check_replaceable(out, "metadata.json", "an artifact", args.force)
     options = _compile_options(args)
     if args.tuning_records:
         read_database(Path(args.tuning_records))  # a bad directory fails before the long work
@@ -286,7 +291,27 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_build_default(args: argparse.Namespace) -> None:
-    print(f"{args.name}: {build_trained_builtin(args.name)}")
+    directory = build_trained_builtin(args.name)
+    shipped = shipped_dir(args.name)
+    ships = "" if shipped is None else (f" (the name {args.name} loads the packed copy in {shipped}; "
+                                        f"`edgebert-tvmc pack {directory} -o {shipped} --force` replaces it)")
+    print(f"{args.name}: {directory}{ships}")
+
+
+def cmd_pack(args: argparse.Namespace) -> None:
+    out = Path(args.output)
+    _check_replaceable(out, "config.json", "a checkpoint", args.force)
+    checkpoint = load(args.model)
+    before = checkpoint.model.edgebert.exit_thresholds
+    round_weights_(checkpoint.model)
+    if recalibrate_exits(checkpoint):  # the deployed weights are the AF8 ones: calibrate on those
+        print(f"exit threshold recalibrated for the AF8 weights on the recipe's held-out sentences: {before} -> "
+              f"{checkpoint.model.edgebert.exit_thresholds}")
+    save(checkpoint, out, pack=True)
+    fp32 = sum(v.numel() * 4 for k, v in checkpoint.model.state_dict().items() if k != "span_z")
+    packed_bytes = (out / PACKED_WEIGHTS_NAME).stat().st_size
+    print(f"packed {checkpoint.source} -> {out}: {packed_bytes / 1e6:.1f} MB of weights "
+          f"({fp32 / packed_bytes:.1f}x smaller than float32's {fp32 / 1e6:.1f} MB)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -435,15 +460,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = commands.add_parser("demo", help="the main job: the default EdgeBERT checkpoint, compiled, on SST-2 dev",
-                            description="Build (once) the default EdgeBERT SST-2 checkpoint, compile it with early "
+                            description="Load the default EdgeBERT SST-2 checkpoint (shipped), compile it with early "
                                         "exit, and report accuracy, exit layers and latency against PyTorch.")
     p.add_argument("--workdir", default="edgebert-demo", help="where artifacts and the plot go (default edgebert-demo)")
     p.add_argument("--sentences", type=_positive_int, default=None, help="only the first N dev sentences")
     p.set_defaults(func=cmd_demo)
 
-    p = commands.add_parser("build-default", help="train a built-in checkpoint (default edgebert-sst2) into the cache (once)",
-                            description="Train a built-in checkpoint: the default EdgeBERT SST-2 checkpoint (about 12 "
-                                        "minutes on 2 cores) or the dense teacher minilm-sst2-teacher (about 13), into "
+    p = commands.add_parser("pack", help="write a checkpoint with AdaptivFloat-8 weights plus nonzero masks",
+                            description="Pack a checkpoint: every matmul and embedding weight as AdaptivFloat-8 codes "
+                                        "of its nonzero values plus a bit mask (the form edgebert-sst2 ships in); it "
+                                        "loads as the float model whose weights sit on the AF8 grid. A trained "
+                                        "checkpoint's exit threshold and predictor are calibrated again for those "
+                                        "weights, on its recipe's held-out sentences.")
+    p.add_argument("model", help=f"checkpoint directory or built-in name ({', '.join(BUILTIN_NAMES)})")
+    p.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
+    p.add_argument("--force", action="store_true", help="replace the checkpoint already at -o")
+    p.set_defaults(func=cmd_pack)
+
+    p = commands.add_parser("build-default", help="train a built-in checkpoint's recipe (default edgebert-sst2) into "
+                                                  "the cache (once)",
+                            description="Train a built-in checkpoint from its recipe: the default EdgeBERT SST-2 "
+                                        "checkpoint (about 12 minutes on 2 cores; its packed copy ships, so this "
+                                        "only reproduces it) or the dense teacher minilm-sst2-teacher (about 13), into "
                                         "$EDGEBERT_TVM_CACHE or ~/.cache/edgebert-tvm; resumes if interrupted, does "
                                         "nothing if it is already built.")
     p.add_argument("name", nargs="?", default=DEFAULT_BUILTIN, help=f"one of {', '.join(TRAINED_BUILTINS)} "

@@ -16,12 +16,11 @@ import torch
 from transformers import BertConfig
 
 from edgebert_tvm import cli
-from edgebert_tvm.models.builtins import BUILTIN_DIRS, default_checkpoint_built
+from edgebert_tvm.models.builtins import BUILTIN_DIRS
 from edgebert_tvm.models.checkpoint import Checkpoint, save
 from edgebert_tvm.models.config import EdgeBertConfig
 from edgebert_tvm.models.modeling import EdgeBertForSequenceClassification
 from edgebert_tvm.target.cpu.host import physical_cores
-from edgebert_tvm.training.recipe import build_trained_builtin
 
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -68,15 +67,8 @@ def tiny_artifact(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def default_checkpoint_dir(request) -> Path:
-    """The built-in `edgebert-sst2`: reused from the user's cache, else built once here, visibly (its
-    announcement and progress bars go to the terminal, not into pytest's capture)."""
-    if not default_checkpoint_built():
-        with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-            # stderr: an xdist worker's stdout never reaches the terminal (its progress bars do)
-            print("tests: the default checkpoint is not in the cache; building it once for the real_model "
-                  "tests (a second worker waits for it)", file=sys.stderr, flush=True)
-            build_trained_builtin()
+def default_checkpoint_dir() -> Path:
+    """The built-in `edgebert-sst2`: the packed copy the repository ships (nothing trains)."""
     return BUILTIN_DIRS["edgebert-sst2"]()
 
 

@@ -145,13 +145,16 @@ def _span_attention(spans: torch.Tensor, span_max: int, span_ramp: int):
 
 @pytest.mark.real_model
 def test_compiled_default_checkpoint_equals_huggingface_with_spans(default_checkpoint_dir, sst2_dev, tmp_path):
-    """HuggingFace's BertModel reads the checkpoint's own file (backbone keys under `bert.`, stripped by
-    its base_model_prefix) but knows no attention spans: its attention function is swapped (through
+    """HuggingFace's BertModel reads the checkpoint's weights (unpacked by our save into
+    model.safetensors: backbone keys under `bert.`, stripped by its base_model_prefix) but knows no
+    attention spans: its attention function is swapped (through
     AttentionInterface) for eager attention times the span mask. The spans are learned and do cut
     attention, so plain HuggingFace computes another model; that is checked too."""
-    ours = load(default_checkpoint_dir).model
-    edgebert = ours.edgebert
+    checkpoint = load(default_checkpoint_dir)
+    ours, edgebert = checkpoint.model, checkpoint.model.edgebert
     assert edgebert.attention_spans is not None and edgebert.seq_len is not None
+    unpacked = tmp_path / "unpacked"
+    save(checkpoint, unpacked)
     encoded = encode(load_tokenizer(default_checkpoint_dir / "tokenizer.json", edgebert.seq_len),
                      [e.text for e in sst2_dev])
     # padded to the length the spans were trained at, as the reference counts them; the artifact cuts
@@ -160,7 +163,7 @@ def test_compiled_default_checkpoint_equals_huggingface_with_spans(default_check
     AttentionInterface.register(SPAN_ATTENTION, _span_attention(
         torch.tensor(edgebert.attention_spans), edgebert.span_max, edgebert.span_ramp))
     AttentionMaskInterface.register(SPAN_ATTENTION, eager_mask)
-    hf, loading = BertModel.from_pretrained(default_checkpoint_dir, attn_implementation=SPAN_ATTENTION,
+    hf, loading = BertModel.from_pretrained(unpacked, attn_implementation=SPAN_ATTENTION,
                                             output_loading_info=True)
     assert not loading["missing_keys"]  # HuggingFace drew no weight of its own
     reference = huggingface_exits(hf.eval(), ours, inputs)
@@ -169,7 +172,7 @@ def test_compiled_default_checkpoint_equals_huggingface_with_spans(default_check
     assert np.abs(reference).max() > 1.0  # trained heads: logits of a few units
     assert_matches_huggingface(torch_exits(ours, inputs), reference)
     assert_matches_huggingface(exits, reference)
-    plain = huggingface_exits(BertModel.from_pretrained(default_checkpoint_dir).eval(), ours, inputs)
+    plain = huggingface_exits(BertModel.from_pretrained(unpacked).eval(), ours, inputs)
     assert _max_diff(plain, reference) > 10 * HF_TOLERANCE
 
 

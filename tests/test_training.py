@@ -22,7 +22,7 @@ from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.training.config import DEFAULT_RECIPE, recipe_id
 from edgebert_tvm.training.pruning import cubic_sparsity, encoder_sparsity
 from edgebert_tvm.fileio import exclusive_lock
-from edgebert_tvm.models.builtins import default_checkpoint_dir
+from edgebert_tvm.models.builtins import trained_dir
 from edgebert_tvm.training import recipe
 from edgebert_tvm.training.recipe import STATE_DIR, RecipeConfig, Trainer, build_trained_builtin
 from edgebert_tvm.training.state import load_state, save_state
@@ -148,15 +148,17 @@ def test_key_spans_that_cannot_cut_are_warned_about(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_default_checkpoint_is_never_built_silently(tmp_path, monkeypatch, capsys):
-    """Naming the built-in default in an empty cache is an error that says how to build it; nothing trains."""
+def test_trained_builtins_are_never_built_silently(tmp_path, monkeypatch, capsys):
+    """In an empty cache the default loads from its shipped packed copy, and the teacher, which does
+    not ship, is an error that says how to build it; nothing trains."""
     monkeypatch.setenv("EDGEBERT_TVM_CACHE", str(tmp_path))
-    with pytest.raises(EdgeBertError, match="edgebert-tvmc build-default"):
-        load("edgebert-sst2")
-    assert cli.main(["compile", "edgebert-sst2", "-o", str(tmp_path / "A")]) == 2
-    assert "build-default" in capsys.readouterr().err
+    monkeypatch.setattr(recipe, "Trainer", lambda *args: pytest.fail("a built-in was trained"))
+    default = load("edgebert-sst2")
+    assert default.source == "edgebert-sst2" and default.model.edgebert.exit_thresholds
     with pytest.raises(EdgeBertError, match="edgebert-tvmc build-default minilm-sst2-teacher"):
         load("minilm-sst2-teacher")
+    assert cli.main(["compile", "minilm-sst2-teacher", "-o", str(tmp_path / "A")]) == 2
+    assert "build-default minilm-sst2-teacher" in capsys.readouterr().err
     assert cli.main(["build-default", "minilm"]) == 2
     assert "not a trained built-in" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -189,7 +191,7 @@ def test_two_trainers_of_one_output_do_not_share_its_state(capsys, tiny_bert_dir
 
 def test_a_second_default_build_waits_for_the_first_and_reuses_it(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEBERT_TVM_CACHE", str(tmp_path))
-    directory = default_checkpoint_dir()
+    directory = trained_dir()
     holding = threading.Event()
 
     def first_build() -> None:
@@ -205,3 +207,27 @@ def test_a_second_default_build_waits_for_the_first_and_reuses_it(tmp_path, monk
     monkeypatch.setattr(recipe, "Trainer", lambda *args: pytest.fail("the default checkpoint was built twice"))
     assert build_trained_builtin() == directory
     builder.join()
+
+
+def test_pack_calibrates_the_exits_again_for_the_af8_weights(trained_tiny, tmp_path, capsys):
+    """What compile deploys is the packed model, so its threshold is calibrated on that model, on the
+    recipe's held-out sentences, as training calibrated the float one."""
+    assert cli.main(["pack", str(trained_tiny), "-o", str(tmp_path / "P")]) == 0
+    assert "exit threshold recalibrated for the AF8 weights" in capsys.readouterr().out
+    packed = load(tmp_path / "P").model
+    config = RecipeConfig.from_dict(packed.edgebert.extra["recipe"])
+    assert config == RecipeConfig.from_dict(load(trained_tiny).model.edgebert.extra["recipe"])
+    _, held_out = recipe._split_examples(config, task_for("sst2"))
+    threshold, _, score = recipe.calibrate_exits(packed, tmp_path / "P" / "tokenizer.json", held_out,
+                                                 config.max_seq_len, statistic=config.exit_predictor)
+    assert packed.edgebert.exit_thresholds == (None if threshold is None else [threshold])
+    assert packed.edgebert.extra["exit_predictor_held_out"] == score
+
+
+def test_a_recorded_recipe_reads_back_with_the_values_it_predates():
+    recorded = dataclasses.asdict(DEFAULT_RECIPE)
+    for field in ("span_form", "offramp_distill_alpha", "exit_predictor"):
+        del recorded[field]
+    assert RecipeConfig.from_dict(recorded) == DEFAULT_RECIPE
+    with pytest.raises(EdgeBertError, match="fields this edgebert-tvm does not know: warp_drive"):
+        RecipeConfig.from_dict({**recorded, "warp_drive": 1})

@@ -1,6 +1,7 @@
 """Checkpoint directories (HuggingFace layout + edgebert.json) and the built-in models.
 
-A checkpoint is `config.json`, `model.safetensors`, tokenizer files and an optional `edgebert.json`.
+A checkpoint is `config.json`, `model.safetensors` (or its packed form, models/packed.py), tokenizer
+files and an optional `edgebert.json`.
 Backbone weights may be stored bare (as HuggingFace's BertModel saves them) or under the
 `bert.` / `albert.` prefix (as its *ForSequenceClassification models and this project save them).
 Weights are read with safetensors only: pickle checkpoints are refused, never unpickled.
@@ -21,8 +22,10 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from transformers import PretrainedConfig
 
+from ..adaptivfloat.fake_quant import QUANTIZED_MODULES
 from ..errors import EdgeBertError
 from ..fileio import atomic_directory
+from . import packed
 from .architectures import architecture_for
 from .builtins import BUILTIN_CONFIGS, BUILTIN_DIRS, BUILTIN_NAMES
 from .config import EdgeBertConfig
@@ -102,9 +105,18 @@ def _check_fits_in_memory(config: PretrainedConfig, edgebert: EdgeBertConfig, pa
                             f"{have / 2**30:.1f} GiB of memory")
 
 
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+def _read_weights(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """(the weights file read, its tensors): model.safetensors, else the packed form."""
     path = directory / WEIGHTS_NAME
-    if not path.is_file():
+    if path.is_file():
+        try:
+            weights = load_file(path)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise EdgeBertError(f"{path}: unreadable safetensors file ({err})") from None
+    elif (directory / packed.PACKED_WEIGHTS_NAME).is_file():
+        path = directory / packed.PACKED_WEIGHTS_NAME
+        weights = packed.read(path)
+    else:
         pickled = [name for name in PICKLE_WEIGHTS if (directory / name).exists()]
         if pickled:
             raise EdgeBertError(
@@ -112,14 +124,10 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
                 f"convert it to {WEIGHTS_NAME}"
             )
         raise EdgeBertError(f"{directory}: no {WEIGHTS_NAME}")
-    try:
-        weights = load_file(path)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise EdgeBertError(f"{path}: unreadable safetensors file ({err})") from None
     for name, tensor in weights.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise EdgeBertError(f"{path}: weight {name} holds NaN or Inf")
-    return weights
+    return path, weights
 
 
 def _tokenizer_dir(directory: Path) -> Path | None:
@@ -162,7 +170,7 @@ def load_directory(directory: Path, edgebert: EdgeBertConfig | None = None) -> C
     new_heads = edgebert is not None  # the caller asks for its own exits (a new task): fresh heads
     edgebert = edgebert or EdgeBertConfig.load(directory)
     _check_fits_in_memory(config, edgebert, directory / "config.json")
-    weights = _read_weights(directory)
+    weights_path, weights = _read_weights(directory)
     with torch.random.fork_rng():
         torch.manual_seed(INIT_SEED)
         model = EdgeBertForSequenceClassification(config, edgebert)
@@ -172,34 +180,39 @@ def load_directory(directory: Path, edgebert: EdgeBertConfig | None = None) -> C
     missing_backbone = [k for k in model.state_dict() if k.startswith("backbone.") and k not in state]
     if missing_backbone:
         raise EdgeBertError(
-            f"{directory / WEIGHTS_NAME}: {len(missing_backbone)} backbone weights missing "
+            f"{weights_path}: {len(missing_backbone)} backbone weights missing "
             f"(first: {missing_backbone[0].removeprefix('backbone.')})"
         )
     try:
         model.load_state_dict(state, strict=False)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1].strip()
-        raise EdgeBertError(f"{directory / WEIGHTS_NAME}: weights do not fit the config ({first})") from None
+        raise EdgeBertError(f"{weights_path}: weights do not fit the config ({first})") from None
     if not any(k.startswith("offramps.") for k in state):
         init_offramps_from_pooler(model)
     return Checkpoint(model.eval(), str(directory), _tokenizer_dir(directory))
 
 
-def save(checkpoint: Checkpoint, directory: Path) -> None:
-    """Write a checkpoint directory atomically (HuggingFace layout + edgebert.json)."""
+def save(checkpoint: Checkpoint, directory: Path, pack: bool = False) -> None:
+    """Write a checkpoint directory atomically (HuggingFace layout + edgebert.json); `pack` stores the
+    matmul and embedding weights as AdaptivFloat-8 codes plus masks (models/packed.py)."""
     model = checkpoint.model
     prefix = f"{model.config.model_type}."
-    state = {
-        (prefix + k.removeprefix("backbone.") if k.startswith("backbone.") else k): v.detach().contiguous()
-        for k, v in model.state_dict().items()
-        if k != "span_z"
-    }
+
+    def saved_name(key: str) -> str:
+        return prefix + key.removeprefix("backbone.") if key.startswith("backbone.") else key
+
+    state = {saved_name(k): v.detach().contiguous() for k, v in model.state_dict().items() if k != "span_z"}
     edgebert = dataclasses.replace(model.edgebert)
     if model.span_z is not None:
         edgebert.attention_spans = model.span_z.detach().clamp(0, 1).tolist()
     with atomic_directory(directory) as tmp:
         model.config.to_json_file(tmp / "config.json")
-        save_file(state, tmp / WEIGHTS_NAME)
+        if pack:
+            quantized = {saved_name(f"{n}.weight") for n, m in model.named_modules() if isinstance(m, QUANTIZED_MODULES)}
+            packed.write(state, quantized, tmp / packed.PACKED_WEIGHTS_NAME)
+        else:
+            save_file(state, tmp / WEIGHTS_NAME)
         edgebert.save(tmp)
         if checkpoint.tokenizer_dir is not None:
             for name in TOKENIZER_FILES:

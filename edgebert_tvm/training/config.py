@@ -92,6 +92,15 @@ class RecipeConfig:
         except ValueError as err:
             raise EdgeBertError(f"--pruning-block: {err}") from None
 
+    @classmethod
+    def from_dict(cls, recipe: dict) -> "RecipeConfig":
+        """The recipe an edgebert.json records; fields it predates take the value every recipe had then."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(recipe) - known)
+        if unknown:
+            raise EdgeBertError(f"the recorded recipe has fields this edgebert-tvm does not know: {', '.join(unknown)}")
+        return cls(**{**_LATER_FIELDS, **recipe})
+
     @property
     def resolved_span_max(self) -> int:
         if self.span_max is not None:

@@ -98,6 +98,32 @@ def calibrate_exits(model: torch.nn.Module, tokenizer: Path, held_out: list[Exam
     return threshold, build_predictor(logits, threshold, statistic), held_out_score(logits, threshold, statistic)
 
 
+def set_calibrated_exits(model: EdgeBertForSequenceClassification, tokenizer: Path, held_out: list[Example],
+                         config: RecipeConfig) -> None:
+    """Calibrate `model`'s exit threshold and exit-layer predictor and record them in its edgebert.json."""
+    threshold, predictor, score = calibrate_exits(model, tokenizer, held_out, config.max_seq_len,
+                                                  statistic=config.exit_predictor)
+    model.edgebert.exit_thresholds = None if threshold is None else [threshold]
+    model.edgebert.extra["exit_predictor"] = None if predictor is None else dataclasses.asdict(predictor)
+    model.edgebert.extra["exit_predictor_held_out"] = score
+
+
+def recalibrate_exits(checkpoint: Checkpoint) -> bool:
+    """Calibrate a trained checkpoint's exits again, on its recipe's held-out sentences, for the weights
+    it has now (packing rounds them to AdaptivFloat-8); False if it records no recipe with held-out
+    sentences (nothing to calibrate on)."""
+    recipe = checkpoint.model.edgebert.extra.get("recipe")
+    if not isinstance(recipe, dict) or checkpoint.tokenizer_dir is None:
+        return False
+    config = RecipeConfig.from_dict(recipe)
+    _, held_out = _split_examples(config, task_for(config.task))
+    if not held_out:
+        return False
+    checkpoint.model.eval()
+    set_calibrated_exits(checkpoint.model, checkpoint.tokenizer_dir / "tokenizer.json", held_out, config)
+    return True
+
+
 def _lr_factor(step: int, total: int, warmup: float) -> float:
     warm = max(1, int(total * warmup))
     return step / warm if step < warm else max(0.0, (total - step) / max(1, total - warm))
@@ -335,11 +361,7 @@ class Trainer:
             draw = self._stage2_batches(*self._exit_inputs())
             self._run_stage(2, self.config.offramp_epochs, stage2, self._stage2_loss, progress, draw)
         self.model.eval()
-        threshold, predictor, score = calibrate_exits(self.model, self.tokenizer, self.held_out, self.config.max_seq_len,
-                                                      statistic=self.config.exit_predictor)
-        self.model.edgebert.exit_thresholds = None if threshold is None else [threshold]
-        self.model.edgebert.extra["exit_predictor"] = None if predictor is None else dataclasses.asdict(predictor)
-        self.model.edgebert.extra["exit_predictor_held_out"] = score
+        set_calibrated_exits(self.model, self.tokenizer, self.held_out, self.config)
         self.model.edgebert.extra["recipe"] = dataclasses.asdict(self.config)
         self.model.edgebert.extra["encoder_sparsity"] = encoder_sparsity(self.model)
         self.model.edgebert.extra["dev_accuracy"] = self._dev_accuracy(self.model)

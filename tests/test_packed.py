@@ -1,0 +1,139 @@
+"""Packed checkpoints (models/packed.py): AdaptivFloat-8 codes plus nonzero masks load as the float
+model on the AF8 grid, compile to what PyTorch computes with that model, and a packed file whose
+parts disagree is refused with one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+
+from edgebert_tvm import cli
+from edgebert_tvm.adaptivfloat.fake_quant import QUANTIZED_MODULES
+from edgebert_tvm.adaptivfloat.quantizer import quantize
+from edgebert_tvm.compiler import CompileOptions, compile_model
+from edgebert_tvm.models.checkpoint import load, save
+from edgebert_tvm.models.packed import PACKED_WEIGHTS_NAME
+
+from .conftest import random_inputs, torch_exits
+
+
+@pytest.fixture(scope="module")
+def pruned_dir(tiny_bert_dir, tmp_path_factory) -> Path:
+    """The tiny BERT with its Linear weights 60 % pruned, one all-zero row each; embeddings dense."""
+    checkpoint = load(tiny_bert_dir)
+    with torch.no_grad():
+        for seed, linear in enumerate(m for m in checkpoint.model.modules() if isinstance(m, torch.nn.Linear)):
+            weight = linear.weight
+            weight.mul_(torch.rand(weight.shape, generator=torch.Generator().manual_seed(seed)) > 0.6)
+            weight[0] = 0
+    directory = tmp_path_factory.mktemp("pruned") / "ckpt"
+    save(checkpoint, directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def packed_dir(pruned_dir, tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("packed") / "P"
+    assert cli.main(["pack", str(pruned_dir), "-o", str(directory)]) == 0
+    return directory
+
+
+def test_packed_checkpoint_is_the_float_model_on_the_af8_grid(pruned_dir, packed_dir):
+    original, packed = load(pruned_dir).model, load(packed_dir).model
+    assert PACKED_WEIGHTS_NAME in {p.name for p in packed_dir.iterdir()}
+    assert not (packed_dir / "model.safetensors").exists()
+    quantized = {f"{name}.weight" for name, m in original.named_modules() if isinstance(m, QUANTIZED_MODULES)}
+    assert "classifier.weight" in quantized and "backbone.embeddings.word_embeddings.weight" in quantized
+    for name, value in original.state_dict().items():
+        expected = quantize(value.numpy(), 8, 3) if name in quantized else value.numpy()
+        np.testing.assert_array_equal(packed.state_dict()[name].numpy(), expected, err_msg=name)
+    assert packed.edgebert == original.edgebert  # exits, spans and labels go with it
+    with safe_open(str(packed_dir / PACKED_WEIGHTS_NAME), framework="numpy") as f:
+        names = set(f.keys())
+    assert "bert.encoder.layer.0.attention.self.query.weight.mask" in names
+    assert "bert.embeddings.position_embeddings.weight.mask" not in names  # nothing zero: no mask
+    fp32 = sum(v.numel() * 4 for v in original.state_dict().values())
+    assert (packed_dir / PACKED_WEIGHTS_NAME).stat().st_size < fp32 / 3.5
+
+
+def test_packed_checkpoint_compiles_to_what_pytorch_computes(packed_dir):
+    """With --weights adaptivfloat8 the compiler re-encodes weights already on the grid: no further loss."""
+    checkpoint = load(packed_dir)
+    inputs = random_inputs(2, 16, 30522, seed=3)
+    expected = torch_exits(checkpoint.model, inputs)
+    for weight_format in (None, "adaptivfloat8"):
+        compiled = compile_model(checkpoint, CompileOptions(batch=2, seq_len=16, lengths=(16,),
+                                                            weight_format=weight_format))
+        vm = tvm.relax.VirtualMachine(compiled.executable, tvm.cpu())
+        out = vm["all_exits"](*[tvm.runtime.tensor(inputs[k]) for k in ("input_ids", "attention_mask", "token_type_ids")])
+        np.testing.assert_allclose(out.numpy(), expected, atol=1e-4, err_msg=str(weight_format))
+
+
+def _rewrite(path: Path, edit) -> None:
+    with safe_open(str(path), framework="numpy") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    edit(tensors, metadata)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+QUERY = "bert.encoder.layer.0.attention.self.query.weight"
+
+
+def _drop_one_code(tensors, metadata):
+    tensors[f"{QUERY}.af8"] = tensors[f"{QUERY}.af8"][:-1]
+
+
+def _short_mask(tensors, metadata):
+    tensors[f"{QUERY}.mask"] = tensors[f"{QUERY}.mask"][:-1]
+
+
+def _other_format(tensors, metadata):
+    metadata["format"] = "edgebert-af8/99"
+
+
+def _layout_not_json(tensors, metadata):
+    metadata["packed"] = "{"
+
+
+def _bias_missing(tensors, metadata):
+    layout = json.loads(metadata["packed"])
+    del layout[QUERY]["bias"]
+    metadata["packed"] = json.dumps(layout)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (_drop_one_code, f"corrupt packed weight {QUERY} (" ),
+    (_short_mask, "its mask is not"),
+    (_other_format, "not packed weights of format edgebert-af8/1"),
+    (_layout_not_json, "corrupt packed layout"),
+    (_bias_missing, "needs an integer bias"),
+])
+def test_packed_file_whose_parts_disagree_is_refused(capsys, packed_dir, tmp_path, edit, match):
+    copy = tmp_path / "P"
+    copy.mkdir()
+    for path in packed_dir.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    _rewrite(copy / PACKED_WEIGHTS_NAME, edit)
+    assert cli.main(["compile", str(copy), "-o", str(tmp_path / "A")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("edgebert-tvmc: error: ") and match in err, err
+    assert not (tmp_path / "A").exists()
+
+
+def test_pack_replaces_a_checkpoint_only_with_force(capsys, pruned_dir, packed_dir, tmp_path):
+    assert cli.main(["pack", str(pruned_dir), "-o", str(packed_dir)]) == 2
+    assert "a checkpoint is already there; pass --force to replace it" in capsys.readouterr().err
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert cli.main(["pack", str(pruned_dir), "-o", str(other), "--force"]) == 2
+    assert "is not a checkpoint (no config.json)" in capsys.readouterr().err
+    assert (other / "notes.txt").read_text() == "mine"
