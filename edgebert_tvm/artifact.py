@@ -84,6 +84,7 @@ def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", out_dir:
         "target": {"name": options.target, "tvm": str(compiled.target)},
         "passes": compiled.passes,
         "exit_thresholds": options.exit_thresholds,
+        "from_checkpoint": list(options.from_checkpoint),  # the options the checkpoint's own settings filled in
         "weight_format": (None if options.weight_format is None
                           else {"name": options.weight_format, "bits": options.weight_bits, "exp_bits": options.exp_bits}),
         "exit_predictor": _predictor_for(model.edgebert.extra.get("exit_predictor"), options.exit_thresholds),

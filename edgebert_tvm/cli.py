@@ -21,7 +21,7 @@ import numpy as np
 
 from . import __version__
 from .artifact import Artifact, write_artifact
-from .compiler import CompileOptions, compile_model
+from .compiler import FROM_CHECKPOINT, CompileOptions, compile_model
 from .data import builtin_split, read_tsv, task_for
 from .demo import run_demo
 from .errors import EdgeBertError, InternalError
@@ -72,10 +72,10 @@ def _compile_options(args: argparse.Namespace) -> CompileOptions:
         load_config(args.accelerator_config)  # fail before the long work
     return CompileOptions(target=args.target, batch=args.batch, seq_len=args.seq_len,
                           lengths=tuple(args.lengths) if args.lengths else None, num_cores=args.num_cores,
-                          exit_thresholds=args.exit_threshold,
+                          exit_thresholds=None if args.full_depth else args.exit_threshold or FROM_CHECKPOINT,
                           span_folding=None if args.span_folding == "off" else args.span_folding,
                           attention_spans=_read_spans(Path(args.spans)) if args.spans else None,
-                          weight_format=args.weights, exp_bits=args.exp_bits,
+                          weight_format=args.weights or FROM_CHECKPOINT, exp_bits=args.exp_bits,
                           rda_threshold=args.rda_threshold, rda_granularity=args.rda_granularity,
                           rda_storage=args.rda_storage, rda_activations=args.rda_activations,
                           accelerator_config=args.accelerator_config,
@@ -106,8 +106,16 @@ def cmd_compile(args: argparse.Namespace) -> None:
     total = sum(compiled.compile_seconds.values())
     tuned = f", {len(compiled.tuned)} kernels from tuning records" if args.tuning_records else ""
     lengths = ", ".join(map(str, compiled.options.lengths))
-    print(f"compiled {checkpoint.source} for {options.target} (batch {options.batch}, lengths {lengths}{tuned}) "
-          f"in {total:.1f} s -> {args.output}")
+    print(f"compiled {checkpoint.source} for {options.target} (batch {options.batch}, lengths {lengths}{tuned}"
+          f"{_from_checkpoint(compiled.options)}) in {total:.1f} s -> {args.output}")
+
+
+def _from_checkpoint(options: CompileOptions) -> str:
+    """What the checkpoint's own settings filled in, for compile's summary line."""
+    said = {"exit_thresholds": lambda: f"exits at {', '.join(f'{t:g}' for t in sorted(set(options.exit_thresholds)))}",
+            "weight_format": lambda: f"{options.weight_format} weights"}
+    applied = [said[name]() for name in options.from_checkpoint]
+    return f"; from the checkpoint: {', '.join(applied)} (--full-depth, --weights float32 turn them off)" if applied else ""
 
 
 def _read_spans(path: Path) -> Any:
@@ -332,9 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "once (default: 16 to 64 in steps of 8, then steps of at most 25%% up to --seq-len; "
                             "the edgebert target: --seq-len only)")
         p.add_argument("--num-cores", type=_positive_int, default=None, help="CPU threads (default: all available)")
-        p.add_argument("--exit-threshold", type=_number, nargs="+", metavar="T",
-                       help="fold entropy early exit into the graph: one threshold (nats) for every exit, "
-                            "or one per exit before the last layer")
+        exits = p.add_mutually_exclusive_group()
+        exits.add_argument("--exit-threshold", type=_number, nargs="+", metavar="T",
+                           help="fold entropy early exit into the graph: one threshold (nats) for every exit, "
+                                "or one per exit before the last layer (default: the checkpoint's calibrated "
+                                "threshold, if it has one)")
+        exits.add_argument("--full-depth", action="store_true",
+                           help="no early exit, even where the checkpoint has a calibrated threshold")
         p.add_argument("--span-folding", choices=["keys", "heads", "mask", "off"], default="auto",
                        help="fold attention spans: constant masks (mask), + dead heads removed (heads), + each head "
                             "reads only the keys its span reaches (keys, the default on llvm and cuda); off keeps "
@@ -348,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="FuseQKV: one matmul for the query, key and value projections of each layer (llvm, cuda)")
         p.add_argument("--weights", metavar="FORMAT",
                        help="store weights as adaptivfloatN (N = 4..16 bits, e.g. adaptivfloat8), decoded inside "
-                            "the matmul and embedding kernels (default: float32)")
+                            "the matmul and embedding kernels, or float32 (default: adaptivfloat8 for a checkpoint "
+                            "packed on that grid (`pack`; not with --sparse or for the edgebert chip), else float32)")
         p.add_argument("--exp-bits", type=_positive_int, default=3,
                        help="AdaptivFloat exponent bits (default 3, the EdgeBERT accelerator's; needs < N-1)")
         p.add_argument("--rda-threshold", type=_number, metavar="T",

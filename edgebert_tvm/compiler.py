@@ -38,6 +38,8 @@ from .tuning.records import tuned_functions
 
 
 RDA_STORAGE = ("compile", "load")
+FROM_CHECKPOINT = "checkpoint"  # an option's value: what the checkpoint was calibrated and packed for
+FLOAT32 = "float32"  # --weights float32: weights stay float32 even where the checkpoint packed them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +52,10 @@ class CompileOptions:
     seq_len: int = 128  # the longest input the artifact takes
     lengths: tuple[int, ...] | None = None  # compiled lengths up to seq_len (None: the target's default, `lengths`)
     num_cores: int | None = None
-    exit_thresholds: list[float] | None = None
+    exit_thresholds: list[float] | str | None = None  # FROM_CHECKPOINT: its calibrated thresholds
     span_folding: str | None = "auto"  # a level, None (keep the run-time mask) or auto (see span_level)
     attention_spans: list[list[float]] | None = None  # overrides the checkpoint's spans
-    weight_format: str | None = None  # "adaptivfloatN": weights stored as N-bit AdaptivFloat
+    weight_format: str | None = None  # "adaptivfloatN": weights stored as N-bit AdaptivFloat; FROM_CHECKPOINT
     exp_bits: int = 3
     rda_threshold: float | None = None
     rda_granularity: rda.Granularity = rda.DEFAULT_GRANULARITY
@@ -64,6 +66,7 @@ class CompileOptions:
     sparse: bool = False
     fuse_qkv: bool = False  # one GEMM for Q, K and V (llvm, cuda); measured 1.00x on 2 threads, so opt-in
     narrow_final_layer: bool = True  # the last layer computes only the rows its exit reads (exact)
+    from_checkpoint: tuple[str, ...] = ()  # set by `resolved`: the options FROM_CHECKPOINT filled in
 
     @property
     def weight_bits(self) -> int | None:
@@ -77,8 +80,11 @@ class CompileOptions:
         return int(digits)
 
     def resolved(self, model: EdgeBertForSequenceClassification) -> CompileOptions:
-        """These options checked against `model` (one-line errors naming the option), with thresholds
-        expanded to one per exit and RDA settings normalised. Pure and idempotent."""
+        """These options checked against `model` (one-line errors naming the option), with what the
+        checkpoint was made for filled in (`from_checkpoint`), thresholds expanded to one per exit and
+        RDA settings normalised. Pure and idempotent."""
+        if FROM_CHECKPOINT in (self.exit_thresholds, self.weight_format) or self.weight_format == FLOAT32:
+            return self._filled(model.edgebert).resolved(model)
         max_positions = model.config.max_position_embeddings
         if self.batch < 1:
             raise EdgeBertError(f"--batch must be >= 1, got {self.batch}")
@@ -111,6 +117,25 @@ class CompileOptions:
             rda_threshold=None if self.rda_threshold is None else rda.check_threshold(self.rda_threshold),
             rda_activations=None if self.rda_activations is None else rda.check_threshold(self.rda_activations),
             rda_granularity=rda.check_granularity(self.rda_granularity))
+
+    def _filled(self, edgebert: EdgeBertConfig) -> CompileOptions:
+        """The checkpoint's calibrated exit thresholds, and AdaptivFloat storage for weights it packed
+        on that grid (models/packed.py: lossless there; not for the chip, which stores its own AF8, nor
+        with --sparse, whose kernels read float32)."""
+        filled = []
+        exits = self.exit_thresholds
+        if exits == FROM_CHECKPOINT:
+            exits = edgebert.exit_thresholds
+            filled += ["exit_thresholds"] if exits else []
+        weights, exp_bits = (None if self.weight_format == FLOAT32 else self.weight_format), self.exp_bits
+        if weights == FROM_CHECKPOINT:
+            packed = edgebert.extra.get("packed")
+            weights = None
+            if isinstance(packed, dict) and self.target != "edgebert" and not self.sparse:
+                weights, exp_bits = packed["weight_format"], packed["exp_bits"]
+                filled.append("weight_format")
+        return dataclasses.replace(self, exit_thresholds=exits, weight_format=weights, exp_bits=exp_bits,
+                                   from_checkpoint=tuple(filled))
 
     @property
     def span_level(self) -> str | None:

@@ -4,6 +4,7 @@ parts disagree is refused with one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,17 +18,21 @@ from safetensors import safe_open
 from edgebert_tvm import cli
 from edgebert_tvm.adaptivfloat.fake_quant import QUANTIZED_MODULES
 from edgebert_tvm.adaptivfloat.quantizer import quantize
+from edgebert_tvm.artifact import Artifact
 from edgebert_tvm.compiler import CompileOptions, compile_model
+from edgebert_tvm.models.modeling import early_exit
 from edgebert_tvm.models.checkpoint import load, save
 from edgebert_tvm.models.packed import PACKED_WEIGHTS_NAME
 
-from .conftest import random_inputs, torch_exits
+from .conftest import INPUT_ORDER, random_inputs, read_json, torch_exits
 
 
 @pytest.fixture(scope="module")
 def pruned_dir(tiny_bert_dir, tmp_path_factory) -> Path:
-    """The tiny BERT with its Linear weights 60 % pruned, one all-zero row each; embeddings dense."""
+    """The tiny BERT with its Linear weights 60 % pruned, one all-zero row each, embeddings dense, and
+    an exit threshold as if calibrated."""
     checkpoint = load(tiny_bert_dir)
+    checkpoint.model.edgebert.exit_thresholds = [0.6]
     with torch.no_grad():
         for seed, linear in enumerate(m for m in checkpoint.model.modules() if isinstance(m, torch.nn.Linear)):
             weight = linear.weight
@@ -54,11 +59,16 @@ def test_packed_checkpoint_is_the_float_model_on_the_af8_grid(pruned_dir, packed
     for name, value in original.state_dict().items():
         expected = quantize(value.numpy(), 8, 3) if name in quantized else value.numpy()
         np.testing.assert_array_equal(packed.state_dict()[name].numpy(), expected, err_msg=name)
-    assert packed.edgebert == original.edgebert  # exits, spans and labels go with it
+    assert dataclasses.replace(packed.edgebert, extra={}) == original.edgebert  # exits, spans, labels go with it
+    assert packed.edgebert.extra["packed"] == {"format": "edgebert-af8/1", "weight_format": "adaptivfloat8",
+                                               "exp_bits": 3}
     with safe_open(str(packed_dir / PACKED_WEIGHTS_NAME), framework="numpy") as f:
         names = set(f.keys())
+    for name in quantized:  # a mask where the weight has zeros (pruned, or rounded to zero), none elsewhere
+        saved = name.replace("backbone.", "bert.")
+        has_zeros = bool((packed.state_dict()[name] == 0).any())
+        assert (f"{saved}.mask" in names) == has_zeros and f"{saved}.af8" in names, name
     assert "bert.encoder.layer.0.attention.self.query.weight.mask" in names
-    assert "bert.embeddings.position_embeddings.weight.mask" not in names  # nothing zero: no mask
     fp32 = sum(v.numel() * 4 for v in original.state_dict().values())
     assert (packed_dir / PACKED_WEIGHTS_NAME).stat().st_size < fp32 / 3.5
 
@@ -74,6 +84,29 @@ def test_packed_checkpoint_compiles_to_what_pytorch_computes(packed_dir):
         vm = tvm.relax.VirtualMachine(compiled.executable, tvm.cpu())
         out = vm["all_exits"](*[tvm.runtime.tensor(inputs[k]) for k in ("input_ids", "attention_mask", "token_type_ids")])
         np.testing.assert_allclose(out.numpy(), expected, atol=1e-4, err_msg=str(weight_format))
+
+
+def test_compile_deploys_what_the_checkpoint_was_made_for(packed_dir, tmp_path, capsys):
+    """No flag: the calibrated exits and the AF8 weights; each turned off by its flag; metadata says which."""
+    runs = {"defaults": [], "off": ["--full-depth", "--weights", "float32"], "sparse": ["--sparse"]}
+    meta = {}
+    for name, flags in runs.items():
+        assert cli.main(["compile", str(packed_dir), "-o", str(tmp_path / name), "--seq-len", "16", *flags]) == 0
+        meta[name] = read_json(tmp_path / name / "metadata.json")
+    assert "from the checkpoint: exits at 0.6, adaptivfloat8 weights" in capsys.readouterr().out
+    assert meta["defaults"]["from_checkpoint"] == ["exit_thresholds", "weight_format"]
+    assert meta["defaults"]["exit_thresholds"] == [0.6, 0.6] and meta["defaults"]["weight_format"]["bits"] == 8
+    assert (meta["off"]["from_checkpoint"], meta["off"]["exit_thresholds"], meta["off"]["weight_format"]) == ([], None, None)
+    # the sparse kernels read float32: --sparse keeps the exits and leaves the weights float32
+    assert meta["sparse"]["from_checkpoint"] == ["exit_thresholds"] and meta["sparse"]["weight_format"] is None
+
+    model = load(packed_dir).model
+    inputs = random_inputs(3, 16, 30522, seed=5)
+    result = Artifact.load(tmp_path / "defaults").run(inputs)
+    for row in range(3):
+        logits, layer = early_exit(model, *[torch.from_numpy(inputs[k][row:row + 1]) for k in INPUT_ORDER], [0.6, 0.6])
+        assert result.exit_layer[row] == layer
+        np.testing.assert_allclose(result.logits[row], logits[0].numpy(), atol=1e-4)
 
 
 def _rewrite(path: Path, edit) -> None:

@@ -203,12 +203,14 @@ def save(checkpoint: Checkpoint, directory: Path, pack: bool = False) -> None:
         return prefix + key.removeprefix("backbone.") if key.startswith("backbone.") else key
 
     state = {saved_name(k): v.detach().contiguous() for k, v in model.state_dict().items() if k != "span_z"}
-    edgebert = dataclasses.replace(model.edgebert)
+    edgebert = dataclasses.replace(model.edgebert, extra=dict(model.edgebert.extra))
     if model.span_z is not None:
         edgebert.attention_spans = model.span_z.detach().clamp(0, 1).tolist()
     with atomic_directory(directory) as tmp:
         model.config.to_json_file(tmp / "config.json")
         if pack:
+            edgebert.extra["packed"] = {"format": packed.FORMAT, "weight_format": f"adaptivfloat{packed.BITS}",
+                                        "exp_bits": packed.EXP_BITS}
             quantized = {saved_name(f"{n}.weight") for n, m in model.named_modules() if isinstance(m, QUANTIZED_MODULES)}
             packed.write(state, quantized, tmp / packed.PACKED_WEIGHTS_NAME)
         else:
