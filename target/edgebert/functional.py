@@ -245,7 +245,11 @@ def embedding(table: te.Tensor, ids: te.Tensor, register: te.Tensor) -> te.Tenso
                       name="embedding")
 
 
+def kernel_func(name: str, inputs: list[te.Tensor], output: te.Tensor) -> tirx.PrimFunc:
+    """The PrimFunc `name`(inputs..., output), in destination-passing style."""
+    return te.create_prim_func([*inputs, output]).with_attr("global_symbol", name)
+
+
 def build_kernel(name: str, inputs: list[te.Tensor], output: te.Tensor, target: tvm.target.Target) -> tvm.runtime.Module:
-    """A PrimFunc `name`(inputs..., output) in destination-passing style, built for the host."""
-    func = te.create_prim_func([*inputs, output]).with_attr("global_symbol", name)
-    return tvm.tirx.build(tvm.IRModule({name: func}), target=target)
+    """`kernel_func`, built for the host (one kernel on its own: the tests of each unit)."""
+    return tvm.tirx.build(tvm.IRModule({name: kernel_func(name, inputs, output)}), target=target)

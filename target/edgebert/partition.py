@@ -24,6 +24,7 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from ...adaptivfloat.quantizer import hw8_decode, hw8_encode
 from ...contract import ALL_EXITS, EMBEDDINGS, EXIT, LAYER, block_calls, block_functions
 from ...passes.canonicalize import Canonicalize
+from ...passes.fold_constant_transposes import FoldConstantTransposes
 from . import codegen  # registers relax.ext.edgebert
 from .patterns import edgebert_patterns, pattern
 from .sentence import ChipWorkload
@@ -80,7 +81,8 @@ def block_workloads(mod: IRModule) -> dict[str, list[dict[str, Any]]]:
 def partition_for_edgebert(mod: IRModule) -> tuple[IRModule, dict[str, list[dict[str, Any]]]]:
     """Group what the accelerator runs into regions; returns the module (its regions not yet given
     their shift registers nor compiled: formats.py, then RunCodegen) and the workload."""
-    mod = tvm.transform.Sequential([Canonicalize(), relax.transform.FoldConstant(), QuantizeForAccelerator()])(mod)
+    mod = tvm.transform.Sequential([Canonicalize(), FoldConstantTransposes(), relax.transform.FoldConstant(),
+                                    QuantizeForAccelerator()])(mod)
     mod = relax.transform.FuseOpsByPattern(edgebert_patterns(), bind_constants=False, annotate_codegen=True)(mod)
     return mod, block_workloads(mod)
 
