@@ -38,6 +38,7 @@ from edgebert_tvm.models.builtins import BUILTIN_CONFIGS  # noqa: E402
 from edgebert_tvm.models.checkpoint import load  # noqa: E402
 from edgebert_tvm.target.cpu.fold_sparsity import FoldSparsity  # noqa: E402
 from edgebert_tvm.target.registry import make_target  # noqa: E402
+from edgebert_tvm.training.config import parse_block  # noqa: E402
 from edgebert_tvm.target.cpu.sparse_cost import (block_pruned, dense_runner, kind_name, load_cost_model,  # noqa: E402
                                                  sparse_runner)
 
@@ -62,10 +63,7 @@ def predicted_crossover(cost, m: int, k: int, n: int, block: tuple[int, int] | N
 
 def parse_pattern(text: str) -> tuple[int, int] | None:
     """'csr' -> None (unstructured); '16x1' -> (16, 1) blocks of [out, in]."""
-    if text == "csr":
-        return None
-    rows, _, cols = text.partition("x")
-    return (int(rows), int(cols))
+    return None if text == "csr" else parse_block(text)
 
 
 def kernel_sweep(threads: int, rounds: int, shapes: list[tuple[int, int, int]],

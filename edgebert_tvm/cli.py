@@ -112,9 +112,11 @@ def cmd_compile(args: argparse.Namespace) -> None:
 
 def _from_checkpoint(options: CompileOptions) -> str:
     """What the checkpoint's own settings filled in, for compile's summary line."""
-    said = {"exit_thresholds": lambda: f"exits at {', '.join(f'{t:g}' for t in sorted(set(options.exit_thresholds)))}",
-            "weight_format": lambda: f"{options.weight_format} weights"}
-    applied = [said[name]() for name in options.from_checkpoint]
+    applied = []
+    if "exit_thresholds" in options.from_checkpoint:
+        applied.append(f"exits at {', '.join(f'{t:g}' for t in sorted(set(options.exit_thresholds)))}")
+    if "weight_format" in options.from_checkpoint:
+        applied.append(f"{options.weight_format} weights")
     return f"; from the checkpoint: {', '.join(applied)} (--full-depth, --weights float32 turn them off)" if applied else ""
 
 

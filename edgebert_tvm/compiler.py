@@ -126,7 +126,8 @@ class CompileOptions:
         exits = self.exit_thresholds
         if exits == FROM_CHECKPOINT:
             exits = edgebert.exit_thresholds
-            filled += ["exit_thresholds"] if exits else []
+            if exits:
+                filled.append("exit_thresholds")
         weights, exp_bits = (None if self.weight_format == FLOAT32 else self.weight_format), self.exp_bits
         if weights == FROM_CHECKPOINT:
             packed = edgebert.extra.get("packed")

@@ -212,6 +212,12 @@ def _reach(mask: np.ndarray) -> int:
     return int(np.abs(queries - keys)[mask > 0].max())
 
 
+def _log_mask(masks: np.ndarray) -> np.ndarray:
+    """log m as float32 scores to add, BAND_OUTSIDE where m is 0: softmax(s + log m) is p * m renormalised."""
+    with np.errstate(divide="ignore"):
+        return np.where(masks > 0, np.log(masks), BAND_OUTSIDE).astype("float32")
+
+
 def head_groups(masks: np.ndarray, level: str) -> list[HeadGroup]:
     """Which heads are computed, over which keys, at `level` (in the order they are emitted)."""
     heads = range(masks.shape[0])
@@ -275,10 +281,9 @@ class _AttentionEmitter:
         keys = queries - reach + np.arange(width)[None, :]  # (queries, band slots)
         inside = (keys >= 0) & (keys < self.seq_len)
         masks = self.masks[list(group.heads)][:, queries, keys.clip(0, self.seq_len - 1)]
-        with np.errstate(divide="ignore"):
-            log_mask = np.where(inside & (masks > 0), np.log(masks), BAND_OUTSIDE).astype("float32")
+        log_mask = relax.const(_log_mask(np.where(inside, masks, 0)))  # slots past either end: no key
         bias = self.attn.attention_bias
-        scores = self.bb.emit_te(banded_scores, q, k, bias, relax.const(log_mask), start, reach, self.attn.scale,
+        scores = self.bb.emit_te(banded_scores, q, k, bias, log_mask, start, reach, self.attn.scale,
                                  primfunc_name_hint="banded_scores")
         probs = self.bb.emit(relax.op.nn.softmax(scores, axis=-1))
         return self.bb.emit_te(banded_context, probs, v, bias, start, reach, primfunc_name_hint="banded_context")
@@ -300,9 +305,7 @@ class _AttentionEmitter:
             masks = self.masks[list(group.heads), first:][None, :, None, :].astype("float32")
         if self.level == "keys":
             if (masks < 1).any():
-                with np.errstate(divide="ignore"):
-                    log_mask = np.where(masks > 0, np.log(masks), BAND_OUTSIDE).astype("float32")
-                scores = self.bb.emit(relax.op.add(scores, relax.const(log_mask)))
+                scores = self.bb.emit(relax.op.add(scores, relax.const(_log_mask(masks))))
             probs = self.bb.emit(relax.op.nn.softmax(scores, axis=-1))
         else:
             probs = self.bb.emit(relax.op.nn.softmax(scores, axis=-1))

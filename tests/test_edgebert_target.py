@@ -337,7 +337,7 @@ def register(f: int, bits: int = 16) -> np.ndarray:
 
 def _run(kernel_inputs, compute, *arrays):
     out_tensor = compute(*kernel_inputs)
-    lib = functional.build_kernel("k", kernel_inputs, out_tensor, host_target())
+    lib = functional.build_kernels({"k": functional.kernel_func("k", kernel_inputs, out_tensor)}, host_target())
     args = [tvm.runtime.tensor(a) for a in arrays]
     result = tvm.runtime.tensor(np.zeros([int(d) for d in out_tensor.shape], "float32"))
     lib["k"](*args, result)

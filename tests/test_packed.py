@@ -82,7 +82,7 @@ def test_packed_checkpoint_compiles_to_what_pytorch_computes(packed_dir):
         compiled = compile_model(checkpoint, CompileOptions(batch=2, seq_len=16, lengths=(16,),
                                                             weight_format=weight_format))
         vm = tvm.relax.VirtualMachine(compiled.executable, tvm.cpu())
-        out = vm["all_exits"](*[tvm.runtime.tensor(inputs[k]) for k in ("input_ids", "attention_mask", "token_type_ids")])
+        out = vm["all_exits"](*[tvm.runtime.tensor(inputs[k]) for k in INPUT_ORDER])
         np.testing.assert_allclose(out.numpy(), expected, atol=1e-4, err_msg=str(weight_format))
 
 

@@ -62,9 +62,9 @@ def _trained(name: str) -> Callable[[], Path]:
         if shipped is not None:
             return shipped
         if not trained_built(name):
-            build = "build-default" if name == DEFAULT_BUILTIN else f"build-default {name}"
-            raise EdgeBertError(f"built-in {name!r} is not built on this machine yet: run `edgebert-tvmc {build}` "
-                                f"once (about {TRAINED_BUILTINS[name].minutes} minutes on 2 cores) -> {trained_dir(name)}")
+            raise EdgeBertError(f"built-in {name!r} is not built on this machine yet: run `edgebert-tvmc build-default "
+                                f"{name}` once (about {TRAINED_BUILTINS[name].minutes} minutes on 2 cores) -> "
+                                f"{trained_dir(name)}")
         return trained_dir(name)
     return directory
 

@@ -209,8 +209,7 @@ def save(checkpoint: Checkpoint, directory: Path, pack: bool = False) -> None:
     with atomic_directory(directory) as tmp:
         model.config.to_json_file(tmp / "config.json")
         if pack:
-            edgebert.extra["packed"] = {"format": packed.FORMAT, "weight_format": f"adaptivfloat{packed.BITS}",
-                                        "exp_bits": packed.EXP_BITS}
+            edgebert.extra["packed"] = dict(packed.RECORD)
             quantized = {saved_name(f"{n}.weight") for n, m in model.named_modules() if isinstance(m, QUANTIZED_MODULES)}
             packed.write(state, quantized, tmp / packed.PACKED_WEIGHTS_NAME)
         else:

@@ -26,6 +26,9 @@ from ..errors import EdgeBertError
 PACKED_WEIGHTS_NAME = "model.af8.safetensors"
 FORMAT = "edgebert-af8/1"
 BITS, EXP_BITS = 8, 3
+# What a packed checkpoint's edgebert.json records ("packed"), so compile can store its weights in
+# the format they already sit on (CompileOptions: weight_format "checkpoint").
+RECORD = {"format": FORMAT, "weight_format": f"adaptivfloat{BITS}", "exp_bits": EXP_BITS}
 
 
 def round_weights_(model: torch.nn.Module) -> None:

@@ -143,7 +143,10 @@ def _final_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tor
 
 def _distilled_loss(logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, config: RecipeConfig,
                     alpha: float) -> torch.Tensor:
-    """alpha * KL(student || teacher at temperature t) * t^2 + (1 - alpha) * CE with the labels."""
+    """alpha * KL(student || teacher at temperature t) * t^2 + (1 - alpha) * CE with the labels (CE
+    alone, with no KL computed, for alpha 0)."""
+    if alpha == 0:
+        return F.cross_entropy(logits, labels)
     t = config.distill_temperature
     kl = F.kl_div(F.log_softmax(logits / t, -1), F.softmax(teacher / t, -1), reduction="batchmean") * t * t
     return alpha * kl + (1 - alpha) * F.cross_entropy(logits, labels)
@@ -282,9 +285,8 @@ class Trainer:
         """Each off-ramp: distillation from the final exit (as stage 1 distils from the teacher) plus CE,
         or CE alone with `offramp_distill_alpha` 0."""
         states = batch["exit_inputs"].unsqueeze(2)  # (batch, L-1, 1 token, hidden): the off-ramps read token 0
-        alpha, labels = self.config.offramp_distill_alpha, batch["labels"]
-        return sum(_distilled_loss(ramp(states[:, i]), batch["final_logits"], labels, self.config, alpha) if alpha > 0
-                   else F.cross_entropy(ramp(states[:, i]), labels) for i, ramp in enumerate(self.model.offramps))
+        return sum(_distilled_loss(ramp(states[:, i]), batch["final_logits"], batch["labels"], self.config,
+                                   self.config.offramp_distill_alpha) for i, ramp in enumerate(self.model.offramps))
 
     # -- driver ------------------------------------------------------------------------------
     def _token_batches(self, seed: int, skip: int):
