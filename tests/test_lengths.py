@@ -3,9 +3,13 @@ it, and gives what PyTorch gives at the input's own length (edgebert_tvm/lengths
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import tvm
 import tvm_ffi
 from tvm import relax, runtime
 
@@ -64,8 +68,10 @@ def test_every_length_equals_pytorch_at_that_length(tiny_bert_any_length, tiny_b
     np.testing.assert_allclose(result.logits, reference[:, -1], atol=TOLERANCE)
 
 
-def _count_exports(monkeypatch) -> list[int]:
-    """Calls of torch.export.export from now on, with the process's translations forgotten."""
+def _count_exports(monkeypatch, cache: Path) -> list[int]:
+    """Calls of torch.export.export from now on, with the process's translations forgotten and the
+    disk's in the empty `cache`."""
+    monkeypatch.setenv("EDGEBERT_TVM_CACHE", str(cache))
     calls = []
     export = torch.export.export
     monkeypatch.setattr(torch.export, "export", lambda *args, **kwargs: calls.append(1) or export(*args, **kwargs))
@@ -73,10 +79,11 @@ def _count_exports(monkeypatch) -> list[int]:
     return calls
 
 
-def test_a_second_import_of_one_architecture_exports_nothing_and_binds_its_own_weights(monkeypatch, tiny_bert_dir):
+def test_a_second_import_of_one_architecture_exports_nothing_and_binds_its_own_weights(monkeypatch, tmp_path,
+                                                                                        tiny_bert_dir):
     """The process keeps its translations: another model of the same configuration (other weights)
     exports nothing and gets the functions a fresh export gives it; another configuration exports."""
-    calls = _count_exports(monkeypatch)
+    calls = _count_exports(monkeypatch, tmp_path)
     first = load(tiny_bert_dir).model
     import_model(first, InputSpec(1, 8))
     exported = len(calls)
@@ -87,6 +94,7 @@ def test_a_second_import_of_one_architecture_exports_nothing_and_binds_its_own_w
     cached = import_model(second, InputSpec(1, 8))
     assert exported == 4 and len(calls) == exported  # embeddings, layer, off-ramp, last exit
     monkeypatch.setattr(importer, "_TRANSLATED", {})
+    monkeypatch.setenv("EDGEBERT_TVM_CACHE", str(tmp_path / "empty"))
     fresh = import_model(second, InputSpec(1, 8))
     assert len(calls) == 2 * exported
     for gv, func in fresh.functions_items():
@@ -96,9 +104,44 @@ def test_a_second_import_of_one_architecture_exports_nothing_and_binds_its_own_w
     assert len(calls) == 3 * exported
 
 
+def test_a_new_process_reads_the_translations_from_disk(monkeypatch, tmp_path, tiny_bert_dir):
+    """Translations kept on disk: a process with none of its own exports nothing and gets the
+    functions an export gives; an unreadable entry is exported again and rewritten; a cache that
+    cannot be written costs nothing but the time."""
+    calls = _count_exports(monkeypatch, tmp_path)
+    model = load(tiny_bert_dir).model
+    exported = import_model(model, InputSpec(1, 8))
+    entries = sorted((tmp_path / "translations").iterdir())
+    assert len(calls) == 4 and len(entries) == 4
+    monkeypatch.setattr(importer, "_TRANSLATED", {})
+    read = import_model(model, InputSpec(1, 8))
+    assert len(calls) == 4
+    for gv, func in exported.functions_items():
+        assert tvm_ffi.structural_equal(func, read[gv.name_hint], map_free_vars=True), gv.name_hint
+
+    entries[0].write_text('{"version": 1, "names": {}, "function": "{\\"root\\": 1}"}')
+    entries[1].write_bytes(b"\xff" * 10)
+    monkeypatch.setattr(importer, "_TRANSLATED", {})
+    import_model(model, InputSpec(1, 8))
+    assert len(calls) == 6 and all(_entry_readable(e) for e in entries)
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("EDGEBERT_TVM_CACHE", str(tmp_path / "file"))  # not a directory
+    monkeypatch.setattr(importer, "_TRANSLATED", {})
+    unwritable = import_model(model, InputSpec(1, 8))
+    assert len(calls) == 10
+    for gv, func in exported.functions_items():
+        assert tvm_ffi.structural_equal(func, unwritable[gv.name_hint], map_free_vars=True), gv.name_hint
+
+
+def _entry_readable(entry: Path) -> bool:
+    return isinstance(tvm.ir.load_json(json.loads(entry.read_text())["function"]), relax.Function)
+
+
 @pytest.mark.parametrize("trained, exports", [(CAP, 4), (16, 8), (None, 8)],
                          ids=["trained-at-cap", "trained-below-cap", "no-trained-length"])
-def test_one_export_bound_to_each_length_equals_an_export_at_that_length(monkeypatch, tiny_bert_dir, trained, exports):
+def test_one_export_bound_to_each_length_equals_an_export_at_that_length(monkeypatch, tmp_path, tiny_bert_dir, trained,
+                                                                         exports):
     """With spans trained at the cap, each block shape (embeddings, layer, off-ramp, last exit) is
     exported once for every length and bound to each: the very functions of a static export at that
     length. Spans trained below the cap switch formula at the trained length, and spans with no
@@ -106,7 +149,7 @@ def test_one_export_bound_to_each_length_equals_an_export_at_that_length(monkeyp
     model = load(tiny_bert_dir).model
     model.enable_spans(0.5)
     model.edgebert.seq_len = trained
-    calls = _count_exports(monkeypatch)
+    calls = _count_exports(monkeypatch, tmp_path)
     lengths = [1, CAP]
     modules = import_lengths(model, 2, lengths)
     assert len(calls) == exports

@@ -186,7 +186,7 @@ def test_cuda_tasks_build_and_records_apply_compile_only(tmp_path, tiny_bert_dir
     checkpoint = load(tiny_bert_dir)
     tasks, target = model_tasks(checkpoint, CompileOptions(target="cuda", seq_len=16))
     task = tasks[0]
-    import_tensor_intrinsics()  # as `tune` does before its first TuneContext (3 s, not 40)
+    import_tensor_intrinsics(target)  # as `tune` does before its first TuneContext (3 s, not 40)
     context = ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
                              search_strategy="evolutionary", task_name=task.name)
     space = context.generate_design_space()[0]

@@ -46,6 +46,13 @@ BUILD_TIMEOUT_S = 60.0
 KILL_GRACE_S = 10.0
 
 
+def default_build_workers() -> int:
+    """As many as TVM's thread pool has threads (TVM_NUM_THREADS: the CLI sets it to this process's
+    physical cores, a test worker to its share), else one per CPU this process may use."""
+    threads = os.environ.get("TVM_NUM_THREADS", "")
+    return int(threads) if threads.isdigit() and int(threads) > 0 else len(os.sched_getaffinity(0))
+
+
 def _first_line(err: BaseException) -> str:
     lines = [line for line in str(err).splitlines() if line.strip()]
     return f"{type(err).__name__}: {lines[-1] if lines else ''}"
@@ -81,7 +88,7 @@ class WorkerPoolBuilder(ms.builder.PyBuilder):
                  build_fn: Callable[[tvm.IRModule, tvm.target.Target], str] = build_worker.build,
                  kill_grace_s: float = KILL_GRACE_S) -> None:
         super().__init__()
-        count = workers or len(os.sched_getaffinity(0))
+        count = workers or default_build_workers()
         self.timeout_s = timeout_s
         self.kill_grace_s = kill_grace_s
         self.build_fn = build_fn
