@@ -6,6 +6,7 @@ the same inputs with the same number of threads; times are per call, in millisec
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import tempfile
@@ -19,6 +20,8 @@ import tvm
 from torch import nn
 from tqdm import tqdm
 from tvm import relax
+
+from fma_peak import measured_fp32_gflops
 
 from edgebert_tvm.compiler import CompileOptions, compile_model
 from edgebert_tvm.fileio import write_json_atomic
@@ -51,9 +54,12 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+@functools.cache
 def machine(threads: int) -> str:
-    """The CPU every number of a run comes from: its model, LLVM's name, ISA flags and fp32 peak."""
-    return f"{describe_host()}; {host_fp32_peak(threads)}"
+    """The CPU every number of a run comes from: its model, LLVM's name, ISA flags and fp32 peak, as
+    computed from the reported clock and as measured (fma_peak.py)."""
+    return (f"{describe_host()}; {host_fp32_peak(threads)}; measured "
+            f"{measured_fp32_gflops(threads):.0f} GFLOP/s on {threads} threads")
 
 
 def write_report(path: str | Path, report: dict) -> None:

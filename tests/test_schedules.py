@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tvm
@@ -219,3 +221,16 @@ def test_fp32_peak_follows_the_isa(flags, mcpu, lanes, pipes, gflops):
     assert (peak.lanes, peak.fma_pipes) == (lanes, pipes)
     assert peak.gflops == pytest.approx(gflops)
     assert f"{round(gflops)} GFLOP/s" in str(peak)
+
+
+def test_measured_peak_kernel_does_the_multiply_adds_it_counts():
+    """benchmarks/fma_peak.py: n multiply-adds per lane of every chain on every thread, as FMAs."""
+    from benchmarks.fma_peak import CHAINS, fma_kernel
+
+    target = make_target("llvm", 2)
+    kernel = fma_kernel(target, 2, 8)
+    acc = tvm.runtime.tensor(np.zeros((2, CHAINS, 8), "float32"))
+    kernel(acc, 100)
+    np.testing.assert_allclose(acc.numpy(), 1 - 0.999 ** 100, rtol=1e-5)  # x_n = 1 - 0.999^n from 0
+    if "fma" in Path("/proc/cpuinfo").read_text().split():  # x86 with FMA: the loop is fused multiply-adds
+        assert "vfmadd" in kernel.inspect_source("asm")
