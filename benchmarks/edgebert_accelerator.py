@@ -4,6 +4,10 @@
    exit at the checkpoint's calibrated threshold; each sentence at its own length): every exit's logits on SST-2 dev from the compiled artifact (the chip's
    AdaptivFloat-8 weights, 16-bit activations in calibrated per-tensor formats) against the PyTorch float model: accuracy at full depth and
    with early exit, agreement of the predicted classes.
+   The chip's own exit threshold: calibrated with the chip's arithmetic by the recipe's rule
+   (`training.recipe.threshold_within`) on the first CHIP_CALIBRATION_SENTENCES of the recipe's
+   held-out training sentences, and its exit-layer predictor rebuilt on them; the chip's exits
+   below follow it.
 2. The cost model over the same sentences, following each sentence's exit layer as the chip
    computes it: energy and latency per sentence at full depth, with early exit, with early exit +
    DVFS (the entropy predictor picks the operating point for a latency target of the full-depth
@@ -30,13 +34,17 @@ from edgebert_tvm.data import builtin_split, read_tsv, task_for
 from edgebert_tvm.evaluate import artifact_all_exits, entropy, evaluate_exits, exit_layers
 from edgebert_tvm.models.inference import torch_all_exits
 from edgebert_tvm.inputs import encode, load_tokenizer
-from edgebert_tvm.exit_predictor import ExitPredictor
+from edgebert_tvm.exit_predictor import build_predictor, held_out_score
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.target.edgebert.config import load_config
 from edgebert_tvm.target.edgebert.report import accelerator_report, plot_report
 from edgebert_tvm.target.edgebert.sentence import chip_workloads
+from edgebert_tvm.training.config import RecipeConfig
+from edgebert_tvm.training.recipe import held_out_examples, threshold_within
 
 SEQ_LEN = 64
+# Of the recipe's 4,000 held-out sentences: the chip's arithmetic runs about 10 sentences a second here.
+CHIP_CALIBRATION_SENTENCES = 1000
 THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6]
 
 
@@ -88,28 +96,38 @@ def main() -> None:
         artifact = compile_to("edgebert-sst2", CompileOptions(target="edgebert", seq_len=SEQ_LEN,
                                                               exit_thresholds=[threshold]), Path(tmp) / "sst2")
         chip = artifact_all_exits(artifact, examples)
+        recipe = RecipeConfig.from_dict(checkpoint.model.edgebert.extra["recipe"])
+        held_out = held_out_examples(recipe)[:CHIP_CALIBRATION_SENTENCES]
+        chip_held_out = artifact_all_exits(artifact, held_out)
         fraction_bits = artifact.metadata["accelerator"]["fraction_bits"]
         workloads = chip_workloads(artifact.metadata["accelerator"], "edgebert-sst2")
         tokenizer = load_tokenizer(artifact.tokenizer_path, SEQ_LEN)
         lengths = artifact.row_lengths(encode(tokenizer, [e.text for e in examples])["attention_mask"])
-        predictor = ExitPredictor(**artifact.metadata["exit_predictor"])
         albert = compile_to("albert-base", CompileOptions(target="edgebert", seq_len=128, lengths=(128,)),
                             Path(tmp) / "albert")
         albert_workloads = chip_workloads(albert.metadata["accelerator"], "albert-base")
     floats = torch_all_exits(checkpoint.model, checkpoint.tokenizer_dir / "tokenizer.json", examples, SEQ_LEN)
 
-    chip_exits, float_exits = exit_layers(chip, threshold), exit_layers(floats, threshold)
+    held_out_labels = np.array([e.label for e in held_out])
+    chip_threshold = threshold_within(chip_held_out, held_out_labels)
+    if chip_threshold is None:
+        raise SystemExit("no threshold keeps the chip's held-out accuracy within the recipe's budget")
+    predictor = build_predictor(chip_held_out, chip_threshold, recipe.exit_predictor)
+    chip_exits, float_exits = exit_layers(chip, chip_threshold), exit_layers(floats, threshold)
     predicted = predictor.predict(entropy(chip[:, 0]))
     report = accelerator_report(workloads, config, chip_exits.tolist(), lengths, predicted.tolist())
     albert_report = accelerator_report(albert_workloads, config, [albert_workloads[128].num_layers])
     runs = report["per_sentence"]
     results = {
         "command": "benchmarks/edgebert_accelerator.py" + (f" --limit {args.limit}" if args.limit else ""),
-        "sentences": len(examples), "seq_len": SEQ_LEN, "threshold": threshold,
+        "sentences": len(examples), "seq_len": SEQ_LEN, "threshold": threshold, "chip_threshold": chip_threshold,
+        "chip_calibration": {"sentences": len(held_out), "held_out_score": held_out_score(
+            chip_held_out, chip_threshold, recipe.exit_predictor)},
         "accuracy": {
             "float_full_depth": accuracy(floats, labels), "chip_full_depth": accuracy(chip, labels),
             "float_early_exit": accuracy(floats, labels, float_exits),
-            "chip_early_exit": accuracy(chip, labels, chip_exits),
+            "chip_early_exit": accuracy(chip, labels, chip_exits),  # at the chip's own threshold
+            "chip_at_float_threshold": accuracy(chip, labels, exit_layers(chip, threshold)),
             "class_agreement_full_depth": float((floats[:, -1].argmax(-1) == chip[:, -1].argmax(-1)).mean()),
             "max_abs_logit_difference": float(np.abs(floats - chip).max()),
             "mean_abs_logit_difference": float(np.abs(floats - chip).mean()),

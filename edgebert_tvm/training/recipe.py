@@ -88,14 +88,21 @@ def calibrate_exits(model: torch.nn.Module, tokenizer: Path, held_out: list[Exam
     if not held_out:
         return None, None, None
     logits = torch_all_exits(model, tokenizer, held_out, seq_len)
-    results = evaluate_exits(logits, np.array([e.label for e in held_out]), CALIBRATION_THRESHOLDS)
-    budget = round(max_drop * len(held_out))  # in sentences: no float rounding at the boundary
-    full = round(results[0].accuracy * len(held_out))
-    good = [r.threshold for r in results[1:] if full - round(r.accuracy * len(held_out)) <= budget]
-    if not good:
+    threshold = threshold_within(logits, np.array([e.label for e in held_out]), max_drop)
+    if threshold is None:
         return None, None, None
-    threshold = max(good)
     return threshold, build_predictor(logits, threshold, statistic), held_out_score(logits, threshold, statistic)
+
+
+def threshold_within(logits: np.ndarray, labels: np.ndarray, max_drop: float = CALIBRATION_MAX_DROP) -> float | None:
+    """The largest of CALIBRATION_THRESHOLDS whose accuracy on every exit's `logits` (sentences,
+    layers, labels) is within `max_drop` of full depth; None if none is. Any model's exits: PyTorch's
+    (`calibrate_exits`) or the edgebert chip's (benchmarks/edgebert_accelerator.py)."""
+    results = evaluate_exits(logits, labels, CALIBRATION_THRESHOLDS)
+    budget = round(max_drop * len(labels))  # in sentences: no float rounding at the boundary
+    full = round(results[0].accuracy * len(labels))
+    good = [r.threshold for r in results[1:] if full - round(r.accuracy * len(labels)) <= budget]
+    return max(good) if good else None
 
 
 def set_calibrated_exits(model: EdgeBertForSequenceClassification, tokenizer: Path, held_out: list[Example],
@@ -116,12 +123,17 @@ def recalibrate_exits(checkpoint: Checkpoint) -> bool:
     if not isinstance(recipe, dict) or checkpoint.tokenizer_dir is None:
         return False
     config = RecipeConfig.from_dict(recipe)
-    _, held_out = _split_examples(config, task_for(config.task))
+    held_out = held_out_examples(config)
     if not held_out:
         return False
     checkpoint.model.eval()
     set_calibrated_exits(checkpoint.model, checkpoint.tokenizer_dir / "tokenizer.json", held_out, config)
     return True
+
+
+def held_out_examples(config: RecipeConfig) -> list[Example]:
+    """The training sentences `config`'s recipe left out of training, on which exits are calibrated."""
+    return _split_examples(config, task_for(config.task))[1]
 
 
 def _lr_factor(step: int, total: int, warmup: float) -> float:
