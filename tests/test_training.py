@@ -21,6 +21,7 @@ from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.training.config import DEFAULT_RECIPE, recipe_id
 from edgebert_tvm.training.pruning import cubic_sparsity, encoder_sparsity
+from edgebert_tvm.training.recipe import CALIBRATION_THRESHOLDS, threshold_within
 from edgebert_tvm.fileio import exclusive_lock
 from edgebert_tvm.models.builtins import trained_dir
 from edgebert_tvm.training import recipe
@@ -112,6 +113,28 @@ def test_eval_cli_for_checkpoint_and_artifact(trained_tiny, tmp_path, capsys):
     for ours, theirs in zip(artifact_results, torch_results):
         assert ours["exit_layer_counts"] == theirs["exit_layer_counts"]
         assert ours["accuracy"] == pytest.approx(theirs["accuracy"])
+
+
+def _two_class_logits(entropy_nats: float, label: int) -> list[float]:
+    """Logits of a 2-class exit predicting `label` at this entropy (bisection on the margin)."""
+    low, high = 0.0, 40.0
+    for _ in range(100):
+        margin = (low + high) / 2
+        p = 1 / (1 + np.exp(-margin))
+        low, high = (margin, high) if -p * np.log(p) - (1 - p) * np.log(1 - p) > entropy_nats else (low, margin)
+    return [margin, 0.0] if label == 0 else [0.0, margin]
+
+
+def test_threshold_within_keeps_the_largest_that_costs_no_more_than_the_budget():
+    """Ten sentences, every final exit right; exit 1 right at 0.1 nats but one wrong at 0.32 nats:
+    thresholds up to 0.3 exit it at layer 2 (no cost), 0.35 exits it wrongly (10 points > 0.75)."""
+    labels = np.array([0, 1] * 5)
+    logits = np.array([[_two_class_logits(0.32 if i == 3 else 0.1, 1 - label if i == 3 else label),
+                        _two_class_logits(0.05, label)] for i, label in enumerate(labels)])
+    assert threshold_within(logits, labels) == 0.3
+    assert threshold_within(logits, labels, max_drop=0.1) == CALIBRATION_THRESHOLDS[-1]  # a budget of 1 sentence
+    logits[:, 0] = logits[:, 0, ::-1]  # exit 1 wrong everywhere: only thresholds below 0.1 nats keep accuracy
+    assert threshold_within(logits, labels) == 0.05
 
 
 def test_cubic_schedule():
