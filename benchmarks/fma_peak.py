@@ -10,6 +10,7 @@ against it.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -43,8 +44,14 @@ def fma_kernel(target: tvm.target.Target, threads: int, lanes: int) -> tvm.runti
     return tvm.tirx.build(tvm.IRModule({"main": fma_chains}), target=target)
 
 
+@functools.cache
 def measured_fp32_gflops(threads: int, seconds: float = 0.25, repeat: int = 5) -> float:
-    """The best of `repeat` timed runs of about `seconds` each (others on the machine only ever slow it)."""
+    """The best of `repeat` timed runs of about `seconds` each (others on the machine only ever slow it);
+    measured once per process, as every benchmark's machine line and the GEMMs' fractions name it."""
+    pool = tvm.get_global_func("runtime.NumThreads")()
+    if pool < threads:  # the parallel loop would run on `pool` threads and count `threads`' work
+        raise ValueError(f"TVM's thread pool has {pool} threads, fewer than {threads}: set TVM_NUM_THREADS first "
+                         "(harness.set_threads)")
     target = make_target("llvm", threads)
     lanes = vector_lanes(target)
     kernel = fma_kernel(target, threads, lanes)

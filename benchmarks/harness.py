@@ -6,7 +6,6 @@ the same inputs with the same number of threads; times are per call, in millisec
 
 from __future__ import annotations
 
-import functools
 import os
 import statistics
 import tempfile
@@ -54,7 +53,6 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-@functools.cache
 def machine(threads: int) -> str:
     """The CPU every number of a run comes from: its model, LLVM's name, ISA flags and fp32 peak, as
     computed from the reported clock and as measured (fma_peak.py)."""

@@ -180,8 +180,6 @@ class _Exporter:
         weights = {var: self._weight(params[target]) for var, target in names.items()}
         # Fresh variables: two functions must not share a definition (Relax's well-formedness).
         func = copy_with_new_vars(func.bind_params(weights))
-        for attr in ("params", "num_input", "tir_var_lower_bound", "tir_var_upper_bound"):
-            func = func.without_attr(attr)
         return func.with_attrs({"global_symbol": name, BLOCK_ATTR: attrs.pop("block"), **attrs})
 
     def _export_and_keep(self, key: tuple, block: nn.Module, args: tuple[torch.Tensor, ...],
@@ -200,8 +198,12 @@ class _Exporter:
             program = torch.export.export(block.eval(), args, dynamic_shapes=dynamic)
         names = {spec.arg.name: spec.target for spec in program.graph_signature.input_specs
                  if spec.kind is torch.export.graph_signature.InputKind.PARAMETER}
-        # The weights themselves are bound later (`function`); the frontend's copy of them is not kept.
-        return _translate(program).without_attr("params"), names
+        # Without the frontend's bookkeeping: its copy of the weights ("params"; `function` binds each
+        # block's own) and its input count and length bounds, which binding makes stale.
+        func = _translate(program)
+        for attr in ("params", "num_input", "tir_var_lower_bound", "tir_var_upper_bound"):
+            func = func.without_attr(attr)
+        return func, names
 
     def _weight(self, param: torch.Tensor) -> tvm.runtime.Tensor:
         if id(param) not in self._weights:
