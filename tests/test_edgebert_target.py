@@ -319,6 +319,23 @@ def np_softmax(x, f, span=None):
     return stored(np.where(kept > 0, np_divide(masked, np.maximum(kept, 1), f), 0), f, f)
 
 
+def np_log2_q15(s, max_shift):
+    k = sum((s >= 2 ** (15 + bit)).astype(np.int64) for bit in range(1, max_shift + 1))
+    frac = (s >> k) - 2**15
+    seg = frac // 4096
+    table = np.asarray(functional.LOG2_TABLE, np.int64)
+    return (k << 15) + table[seg] + ((table[seg + 1] - table[seg]) * (frac - seg * 4096) + 2048) // 4096
+
+
+def np_exit_entropy(x, f):
+    q = shift(fixed(x), 5)
+    d = q - q.max(-1, keepdims=True)
+    e = np_exp_q15(d)
+    total, moment = e.sum(-1), (d * e).sum(-1)
+    h = shift(np_log2_q15(total, x.shape[-1].bit_length()) * functional.LN2_Q15, 15) + np_divide(-moment, total, 5)
+    return stored(h.max(), 15, f)
+
+
 def np_layernorm(x, gamma, beta, eps, f):
     q = fixed(x)
     width = q.shape[-1]
@@ -424,6 +441,19 @@ def test_softmax_kernel_equals_numpy_model(rng, with_span):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("rows, labels, scale", [(1, 2, 0.5), (1, 2, 8.0), (4, 3, 2.0), (3, 17, 1.0)])
+def test_exit_entropy_kernel_equals_numpy_model_and_is_close_to_float(rng, rows, labels, scale):
+    x = (rng.standard_normal((rows, labels)) * scale).astype("float32")
+    x[0, 0] = 0.0 if labels == 2 and scale > 4 else x[0, 0]  # a confident row beside an unsure one
+    r = register(formats.fraction_bits(math.log(labels)))
+    got = _run([_ph(x, "x"), _ph(r, "r")], functional.exit_entropy, x, r)
+    np.testing.assert_array_equal(got, np_exit_entropy(x, int(r[0])))
+    p = np.exp(x - x.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    exact = float((-(p * np.log(np.maximum(p, 1e-30))).sum(-1)).max())
+    assert abs(float(got) - exact) < 0.004  # the PWL exp and log: a few thousandths of a nat
+
+
 def test_layernorm_and_add_kernels_equal_numpy_model(rng):
     x = (rng.standard_normal((4, 32)) * 40 + 1).astype("float32")  # beyond Q10's +-32, as a residual sum can be
     y = rng.standard_normal((4, 32)).astype("float32")
@@ -480,12 +510,15 @@ def spans_checkpoint(tmp_path_factory, minilm_dir) -> Path:
     return directory
 
 
+EXIT_THRESHOLD = 0.685  # between the test model's exit-1 entropies (0.679 to 0.692 nats): some rows exit
+
+
 @pytest.fixture(scope="module")
 def edgebert_artifact(tmp_path_factory, spans_checkpoint) -> Path:
     out_dir = tmp_path_factory.mktemp("art") / "edgebert"
     """Two lengths, early exit, and RDA activation buffers measured at compile."""
     run_cli("compile", str(spans_checkpoint), "--target", "edgebert", "--seq-len", "16", "--lengths", "8", "16",
-            "--exit-threshold", "0.4", "--rda-activations", "255", "-o", str(out_dir), check=True)
+            "--exit-threshold", str(EXIT_THRESHOLD), "--rda-activations", "255", "-o", str(out_dir), check=True)
     return out_dir
 
 
@@ -562,6 +595,11 @@ def test_artifact_runs_in_fresh_process_with_report(edgebert_artifact, spans_che
     # the accelerator's numbers stay close to the float model
     reference = torch_exits(load(str(spans_checkpoint)).model, inputs)
     assert np.abs(np.array(result["all_exit_logits"]) - reference).max() < 0.05
+    # the exit decision is the chip's entropy unit's on the chip's logits
+    logits = np.array(result["all_exit_logits"], np.float32)
+    chip_entropy = [float(np_exit_entropy(logits[row, :1], 15)) for row in range(3)]
+    assert result["exit_layer"] == [1 if h < EXIT_THRESHOLD else 2 for h in chip_entropy]
+    assert set(result["exit_layer"]) == {1, 2}
     # per-sentence totals follow the exit layer at the length the sentence ran at: embeddings + (layer +
     # exit + entropy) per layer taken
     config = load_config()

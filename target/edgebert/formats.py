@@ -12,6 +12,8 @@ accelerators do, each tensor the chip stores gets its own format, chosen at comp
    sentences, the VM's instrument recording each call's largest |output|;
 3. each call gets the most fraction bits whose 16-bit range holds what it saw, and the module is
    rebuilt with those registers.
+A region whose output is bounded by its shapes alone (the entropy unit's: at most ln(labels) nats)
+takes its format from that bound instead, at every step (`AcceleratorPattern.output_bound`).
 
 A call site is (block function, position among its region calls); a block's copies at the other
 compiled lengths (edgebert_tvm/lengths.py) share its formats. docs/ARCHITECTURE.md, "The accelerator
@@ -32,6 +34,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from ...contract import ALL_EXITS
 from ...lengths import unsuffixed
 from .codegen import CODEGEN, composite_call
+from .patterns import pattern
 from .functional import CALIBRATION_BITS, INPUT_FRAC, MAX_FRAC, MIN_FRAC, WORD_BITS
 
 Site = tuple[str, int]  # (block function without its length suffix, position among its region calls)
@@ -88,7 +91,9 @@ class _AddRegisters(PyExprMutator):
         if call.op not in self.retyped:
             return super().visit_call_(call)
         site = (self.block, self.position)
-        value = relax.const(np.array([*self.register(site), len(self.sites)], "int64"), "int64")
+        bound = pattern(composite_call(self.regions[call.op])[0]).output_bound
+        register = (fraction_bits(bound(list(call.args))), WORD_BITS) if bound else self.register(site)
+        value = relax.const(np.array([*register, len(self.sites)], "int64"), "int64")
         self.sites.append(site)
         self.position += 1
         return relax.Call(self.retyped[call.op], [*(self.visit_expr(a) for a in call.args), value], call.attrs)

@@ -21,6 +21,9 @@ Special units, all in integers except one float64 square root per LayerNorm row:
   Q15, row sum, divide; then the span vector multiply and renormalisation.
 - GELU: 32 linear segments over [-4, 4] in Q10 (0 below, identity above).
 - LayerNorm: integer mean and variance (Q20), 1/sqrt in float64 rounded to Q20, gamma/beta in Q15.
+- entropy (the exit decision): H = ln S - sum d e^d / S over the exit's logits, d = x - max in Q10,
+  e^d by the softmax unit's PWL exp, ln S from a priority encoder (the leading one of S) and an
+  8-segment PWL table of log2(1 + f); the largest H over the batch's rows.
 Rounding everywhere: round half up by (v + 2^(s-1)) >> s, and round-half-even from float (`round`).
 """
 
@@ -44,6 +47,9 @@ GELU_LIMIT_Q = 4 << FRAC_BITS
 GELU_STEP_Q = 256  # 0.25 in Q10: PWL error below 0.01
 GELU_SEGMENTS = 2 * GELU_LIMIT_Q // GELU_STEP_Q
 INPUT_LIMIT = 2 ** (15 - MIN_FRAC + INPUT_FRAC)  # |input| < 2^11, in Q15
+LOG2_SEGMENTS = 8
+LOG2_TABLE = [round(math.log2(1 + s / LOG2_SEGMENTS) * 2**15) for s in range(LOG2_SEGMENTS + 1)]
+LN2_Q15 = round(math.log(2) * 2**15)
 
 
 def gelu_table(kind: str) -> list[int]:
@@ -203,6 +209,38 @@ def softmax(x: te.Tensor, span: te.Tensor | None, register: te.Tensor) -> te.Ten
     return te.compute(shape, lambda *i: store(tirx.Select(
         kept(*i[:-1]) > _i64(0), _divide_round(masked(*i), tirx.max(kept(*i[:-1]), _i64(1)), to_frac), _i64(0)),
         to_frac, register), name="softmax_span")
+
+
+def log2_pwl_q15(s: tirx.PrimExpr, max_shift: int) -> tirx.PrimExpr:
+    """log2 of a Q15 value 1 <= s < 2^(max_shift + 1), in Q15: the leading one's position k (a priority
+    encoder), then the PWL table on the mantissa s / 2^k (truncated to Q15)."""
+    k = _i64(0)
+    for bit in range(1, max_shift + 1):
+        k = k + tirx.Select(s >= _i64(2 ** (15 + bit)), _i64(1), _i64(0))
+    frac = tirx.shift_right(s, k) - _i64(2**15)
+    step = 2**15 // LOG2_SEGMENTS
+    seg = tirx.floordiv(frac, _i64(step))
+    start = _lookup(seg, LOG2_TABLE[:-1])
+    slope = _lookup(seg, [b - a for a, b in zip(LOG2_TABLE[:-1], LOG2_TABLE[1:])])
+    return tirx.shift_left(k, _i64(15)) + start + tirx.floordiv(slope * (frac - seg * _i64(step)) + _i64(step // 2),
+                                                                 _i64(step))
+
+
+def exit_entropy(logits: te.Tensor, register: te.Tensor) -> te.Tensor:
+    """The largest entropy (nats) of softmax(row) over the rows of (rows, labels) exit logits."""
+    shape = logits.shape
+    labels = int(shape[-1])
+    q = te.compute(shape, lambda *i: shift_round(to_fixed(logits(*i)), INPUT_FRAC - FRAC_BITS), name="x_q10")
+    peak = _row_reduce(shape, lambda *i: q(*i), te.max, "peak")
+    e = te.compute(shape, lambda *i: exp_pwl_q15(q(*i) - peak(*i[:-1])), name="exp_q15")
+    total = _row_reduce(shape, lambda *i: e(*i), te.sum, "total")  # Q15, >= 1: the peak's e^0
+    moment = _row_reduce(shape, lambda *i: (q(*i) - peak(*i[:-1])) * e(*i), te.sum, "moment")  # Q25, <= 0
+    entropy = te.compute(tuple(shape[:-1]), lambda *i: shift_round(
+        log2_pwl_q15(total(*i), labels.bit_length()) * _i64(LN2_Q15), 15)
+        + _divide_round(-moment(*i), total(*i), _i64(INPUT_FRAC - FRAC_BITS)), name="entropy_q15")
+    r = te.reduce_axis((0, shape[0]), name="r")
+    largest = te.compute((), lambda: te.max(entropy[r], axis=r), name="largest")
+    return te.compute((), lambda: store(largest(), INPUT_FRAC, register), name="exit_entropy")
 
 
 INV_STD_BITS = 20  # 1/std in Q20: relative error below 1e-4 for std up to 100

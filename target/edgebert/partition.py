@@ -1,7 +1,7 @@
 """Partition a structured EdgeBERT module for the accelerator and describe the chip's work per block.
 
 Order: canonicalize (drops the reshapes around linear layers, so matmul + bias + GELU is one
-match), fold constants (weights behind permute_dims become plain constants), round the weights and
+match), the exits' entropy kernel written as Relax ops (so the entropy unit's pattern matches it), fold constants (weights behind permute_dims become plain constants), round the weights and
 embedding tables the chip stores onto the AdaptivFloat-8 grid (the host keeps float32 copies of
 exactly those values), group pattern matches into `Codegen: edgebert` regions with the weights as
 region parameters (`bind_constants=False`: one kernel per distinct region shape, the weights passed
@@ -20,13 +20,16 @@ import numpy as np
 import tvm
 from tvm import IRModule, relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ...adaptivfloat.quantizer import hw8_decode, hw8_encode
-from ...contract import ALL_EXITS, EMBEDDINGS, EXIT, LAYER, block_calls, block_functions
+from ...contract import ALL_EXITS, EMBEDDINGS, EXIT, LAYER, MAIN, block_calls, block_functions
+from ...lengths import unsuffixed
 from ...passes.canonicalize import Canonicalize
 from ...passes.fold_constant_transposes import FoldConstantTransposes
+from ...passes.fold_entropy_exit import ENTROPY_KERNEL
 from . import codegen  # registers relax.ext.edgebert
-from .patterns import edgebert_patterns, pattern
+from .patterns import PREFIX, edgebert_patterns, pattern
 from .sentence import ChipWorkload
 
 
@@ -59,10 +62,32 @@ class QuantizeForAccelerator:
         return rewrite_call(self.pattern, rewrite, func)
 
 
+@mutator
+class _ExpandExitEntropy(PyExprMutator):
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if call.op != tvm.ir.Op.get("relax.call_tir") or call.args[0].name_hint != ENTROPY_KERNEL:
+            return call
+        logits = call.args[1].fields[0]
+        products = relax.op.multiply(relax.op.nn.softmax(logits), relax.op.nn.log_softmax(logits))
+        return relax.op.max(relax.op.negative(relax.op.sum(products, axis=[-1])))
+
+
+@relax.transform.function_pass(opt_level=0, name="edgebert.ExpandExitEntropy")
+class ExpandExitEntropy:
+    """call_tir(exit_max_entropy, (logits,)) -> max(-sum(softmax(logits) * log_softmax(logits), -1)): the
+    same statistic, in the ops the entropy unit's pattern matches."""
+
+    def transform_function(self, func: relax.Function, mod: IRModule, ctx: tvm.transform.PassContext) -> relax.Function:
+        return _ExpandExitEntropy(mod).visit_expr(func)
+
+
 def block_workloads(mod: IRModule) -> dict[str, list[dict[str, Any]]]:
-    """Block function name -> the accelerator regions it calls, in order (after FuseOpsByPattern)."""
+    """Block function name -> the accelerator regions it calls, in order (after FuseOpsByPattern); the
+    same for each length's `main`, whose regions are the exits' entropy checks."""
     blocks: dict[str, list[dict[str, Any]]] = {}
-    for gv, func in block_functions(mod).items():
+    mains = {gv: f for gv, f in mod.functions_items() if unsuffixed(gv.name_hint) == MAIN}
+    for gv, func in {**block_functions(mod), **mains}.items():
         regions: list[dict[str, Any]] = []
 
         def visit(expr: relax.Expr) -> None:
@@ -81,17 +106,19 @@ def block_workloads(mod: IRModule) -> dict[str, list[dict[str, Any]]]:
 def partition_for_edgebert(mod: IRModule) -> tuple[IRModule, dict[str, list[dict[str, Any]]]]:
     """Group what the accelerator runs into regions; returns the module (its regions not yet given
     their shift registers nor compiled: formats.py, then RunCodegen) and the workload."""
-    mod = tvm.transform.Sequential([Canonicalize(), FoldConstantTransposes(), relax.transform.FoldConstant(),
-                                    QuantizeForAccelerator()])(mod)
+    mod = tvm.transform.Sequential([Canonicalize(), ExpandExitEntropy(), FoldConstantTransposes(),
+                                    relax.transform.FoldConstant(), QuantizeForAccelerator()])(mod)
     mod = relax.transform.FuseOpsByPattern(edgebert_patterns(), bind_constants=False, annotate_codegen=True)(mod)
     return mod, block_workloads(mod)
 
 
-def chip_workload(mod: IRModule, workload: dict[str, list[dict[str, Any]]], tail: str, num_labels: int,
-                  early_exit: bool) -> ChipWorkload:
+def chip_workload(mod: IRModule, workload: dict[str, list[dict[str, Any]]], tail: str,
+                  num_labels: int) -> ChipWorkload:
     """The per-sentence view at one compiled length (`tail`: its functions' suffix): which block the
-    embeddings, each layer and each exit run, in the order `all_exits` calls them."""
+    embeddings, each layer and each exit run, in the order `all_exits` calls them, and whether `main`
+    checks exits in the entropy unit."""
     calls = block_calls(mod[ALL_EXITS + tail], mod)
+    early_exit = any(r["pattern"] == f"{PREFIX}.exit_entropy" for r in workload.get(MAIN + tail, []))
     blocks = {gv.name_hint: workload.get(gv.name_hint, []) for _, gv in calls}
     return ChipWorkload(blocks, [gv.name_hint for kind, gv in calls if kind == LAYER],
                         [gv.name_hint for kind, gv in calls if kind == EXIT], num_labels, early_exit,

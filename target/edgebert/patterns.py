@@ -14,8 +14,10 @@ later entries win when patterns overlap, so fused patterns come last.
 - softmax, softmax_span: the softmax unit, with the span-vector multiply and renormalisation.
 - layernorm, residual_add: the LayerNorm and element-wise add special units.
 - embedding: a row lookup in a constant table, held in ReRAM eNVM.
-Entropy and the exit decision run in the entropy unit; they are costed per exit by the cost model
-(the exit's entropy kernel is a TIR function after FoldEntropyExit, not a Relax op to match).
+- exit_entropy: the entropy unit's exit statistic, the largest entropy of softmax(logits) over the
+  batch (FoldEntropyExit's entropy kernel, written as Relax ops by partition.ExpandExitEntropy so
+  that it is matched like the rest); the host compares it with the threshold. It runs in `main`,
+  not in a block, so the cost model charges it per exit checked (sentence.py), with this op.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 from tvm.relax.transform import PatternCheckContext
 
 from . import functional
-from .cost import ActMatmul, Add, Dense, Embedding, LayerNorm, Op, Softmax
+from .cost import ActMatmul, Add, Dense, Embedding, Entropy, LayerNorm, Op, Softmax
 
 PREFIX = "edgebert"
 
@@ -175,6 +177,18 @@ def embedding_pattern():
     return (f"{PREFIX}.embedding", out, {"table": table, "ids": ids, "root": out}, check)
 
 
+def exit_entropy_pattern():
+    """max over rows of -sum(softmax(x) * log_softmax(x)), as ExpandExitEntropy writes it."""
+    x = wildcard()
+    probs, log_probs = is_op("relax.nn.softmax")(x), is_op("relax.nn.log_softmax")(x)
+    out = is_op("relax.max")(is_op("relax.negative")(is_op("relax.sum")(is_op("relax.multiply")(probs, log_probs))))
+
+    def check(context: PatternCheckContext) -> bool:
+        return _check_softmax(context) and len(static_shape(context.annotated_expr["input"])) == 2
+
+    return (f"{PREFIX}.exit_entropy", out, {"input": x, "softmax": probs, "root": out}, check)
+
+
 # What the chip computes for each pattern (the codegen builds it), and what one call costs.
 
 
@@ -273,6 +287,7 @@ class AcceleratorPattern:
     entry: tuple[str, DFPattern, dict[str, DFPattern], Callable[[PatternCheckContext], bool]]
     kernel: Callable[[Region], te.Tensor]
     cost: Callable[[list[relax.Expr]], Op]
+    output_bound: Callable[[list[relax.Expr]], float] | None = None  # its largest |output|, where the shapes fix it
 
     @property
     def name(self) -> str:
@@ -293,6 +308,9 @@ PATTERNS = [  # priority: later entries win where matches overlap
     AcceleratorPattern(attention_scores_pattern(), _attention_kernel, _attention_cost),
     AcceleratorPattern(dense_pattern(), _dense_kernel, _dense_cost),
     AcceleratorPattern(dense_gelu_pattern(), _dense_kernel, _dense_gelu_cost),
+    AcceleratorPattern(exit_entropy_pattern(), lambda r: functional.exit_entropy(r.arg("relax.nn.softmax", 0), r.register),
+                       lambda args: Entropy(static_shape(args[0])[-1]),
+                       output_bound=lambda args: math.log(static_shape(args[0])[-1])),
 ]
 BY_NAME = {p.name: p for p in PATTERNS}
 register_patterns([p.entry for p in PATTERNS])

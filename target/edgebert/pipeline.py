@@ -66,8 +66,8 @@ class EdgebertTarget(LlvmTarget):
             return formats[site], WORD_BITS
 
         mod = relax.transform.RunCodegen()(add_registers(mod, register)[0])
-        workloads = {length: chip_workload(mod, regions, suffix(length, options.seq_len), model.edgebert.num_labels,
-                                           options.exit_thresholds is not None) for length in options.lengths}
+        workloads = {length: chip_workload(mod, regions, suffix(length, options.seq_len), model.edgebert.num_labels)
+                     for length in options.lengths}
         accelerator = {"workloads": {str(n): w.to_dict() for n, w in workloads.items()}, "config": raw_config,
                        "fraction_bits": {f"{block}/{position}": bits for (block, position), bits in sorted(formats.items())},
                        "calibration_seconds": round(calibration_seconds, 1)}
