@@ -1,21 +1,26 @@
 """The edgebert accelerator on SST-2 dev: accuracy of the chip's arithmetic, energy per sentence.
 
-1. The default checkpoint compiled with `--target edgebert` (cap 64 at the default lengths, early
-   exit at the checkpoint's calibrated threshold; each sentence at its own length): every exit's logits on SST-2 dev from the compiled artifact (the chip's
-   AdaptivFloat-8 weights, 16-bit activations in calibrated per-tensor formats) against the PyTorch float model: accuracy at full depth and
-   with early exit, agreement of the predicted classes.
-   The chip's own exit threshold: calibrated with the chip's arithmetic by the recipe's rule
-   (`training.recipe.threshold_within`) on the first CHIP_CALIBRATION_SENTENCES of the recipe's
-   held-out training sentences, and its exit-layer predictor rebuilt on them; the chip's exits
-   below follow it.
+1. The default checkpoint compiled with `--target edgebert` as `compile` deploys it (cap 64 at the
+   default lengths; each sentence at its own length): every exit's logits on SST-2 dev from the
+   compiled artifact (the chip's AdaptivFloat-8 weights, 16-bit activations in calibrated
+   per-tensor formats) against the PyTorch float model: accuracy at full depth and with early
+   exit, agreement of the predicted classes. The chip's exits follow its own threshold and
+   predictor, which the compile calibrated with the chip's arithmetic on the recipe's held-out
+   training sentences (`accelerator.exit_calibration` in metadata.json); the exit layers
+   the artifact's `main` takes (the entropy unit's decisions) are compared with that rule
+   applied to the chip's logits in float.
 2. The cost model over the same sentences, following each sentence's exit layer as the chip
    computes it: energy and latency per sentence at full depth, with early exit, with early exit +
    DVFS (the entropy predictor picks the operating point for a latency target of the full-depth
    latency), and with the embeddings in DRAM instead of ReRAM eNVM.
 3. The paper's ALBERT-base shape (random weights, seq 128): cycles and energy per sentence.
 
-    .venv/bin/python benchmarks/edgebert_accelerator.py --json benchmarks/results/edgebert_accelerator.json \
-        --plot benchmarks/results/edgebert_accelerator.png [--limit N]
+    .venv/bin/python benchmarks/edgebert_accelerator.py --json benchmarks/results/edgebert_accelerator-shipped.json \
+        --plot benchmarks/results/edgebert_accelerator-shipped.png [--limit N]
+    .venv/bin/python benchmarks/edgebert_accelerator.py --tables benchmarks/results/edgebert_accelerator-shipped.json
+
+The run ends with the README's two tables (accuracy, energy per sentence); `--tables` prints them
+again from a saved result.
 """
 
 from __future__ import annotations
@@ -29,22 +34,18 @@ from pathlib import Path
 import numpy as np
 
 from edgebert_tvm.artifact import Artifact, write_artifact
-from edgebert_tvm.compiler import CompileOptions, compile_model
+from edgebert_tvm.compiler import FROM_CHECKPOINT, CompileOptions, compile_model
 from edgebert_tvm.data import builtin_split, read_tsv, task_for
 from edgebert_tvm.evaluate import artifact_all_exits, entropy, evaluate_exits, exit_layers
 from edgebert_tvm.models.inference import torch_all_exits
 from edgebert_tvm.inputs import encode, load_tokenizer
-from edgebert_tvm.exit_predictor import build_predictor, held_out_score
+from edgebert_tvm.exit_predictor import ExitPredictor
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.target.edgebert.config import load_config
 from edgebert_tvm.target.edgebert.report import accelerator_report, plot_report
 from edgebert_tvm.target.edgebert.sentence import chip_workloads
-from edgebert_tvm.training.config import RecipeConfig
-from edgebert_tvm.training.recipe import held_out_examples, threshold_within
 
 SEQ_LEN = 64
-# Of the recipe's 4,000 held-out sentences: the chip's arithmetic runs about 10 sentences a second here.
-CHIP_CALIBRATION_SENTENCES = 1000
 THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6]
 
 
@@ -79,12 +80,50 @@ def ffn_output_range(checkpoint, examples) -> list[dict[str, float]]:
     return [{"layer": g + 1, "max_abs": float(torch.cat(v).max())} for g, v in sorted(seen.items())]
 
 
+def tables(results: dict) -> str:
+    """The README's tables: accuracy of the float model and of the chip, and energy per sentence."""
+    acc, layers, energy = results["accuracy"], results["average_exit_layer"], results["energy_uj_per_sentence"]
+    latency, runs, ratios = results["latency_us_per_sentence"], results["sentences"], results["ratios"]
+    t, chip_t = results["threshold"], results["chip_threshold"]
+    exit_bound = 6 / layers["chip"]
+    dvfs_bound = results["dvfs_bound"]
+    rows = [
+        "| SST-2 dev, all {runs} | float model (PyTorch) | the chip's arithmetic |".format(runs=runs),
+        "|---|---|---|",
+        f"| full depth | {acc['float_full_depth']:.2%} | {acc['chip_full_depth']:.2%} (same class for "
+        f"{acc['class_agreement_full_depth']:.1%}) |",
+        f"| early exit, each at its own threshold ({t:g} float, {chip_t:g} chip) | {acc['float_early_exit']:.2%} "
+        f"(avg exit {layers['float']:.2f} of 6) | {acc['chip_early_exit']:.2%} (avg exit {layers['chip']:.2f}) |",
+        "",
+        "| per sentence (cost model) | energy | latency |",
+        "|---|---|---|",
+        f"| full depth (6 layers) | {energy['full_depth']:.1f} uJ | {latency['full_depth']:.0f} us |",
+        f"| early exit (the chip's exit layers) | {energy['early_exit']:.1f} uJ ({ratios['full_depth_over_early_exit']:.2f}x "
+        f"less; bound 6 / {layers['chip']:.2f} = {exit_bound:.2f}x: {ratios['full_depth_over_early_exit'] / exit_bound:.0%}) "
+        f"| {latency['early_exit']:.0f} us |",
+        f"| early exit + DVFS (target: full-depth latency) | {energy['early_exit_dvfs']:.1f} uJ "
+        f"({ratios['early_exit_over_early_exit_dvfs']:.2f}x less than exits; bound {dvfs_bound:.2f}x: "
+        f"{ratios['early_exit_over_early_exit_dvfs'] / dvfs_bound:.0%}) | {latency['early_exit_dvfs']:.0f} us, "
+        f"{results['dvfs_met_target']:.1%} within target |",
+        f"| early exit, weights from DRAM instead of the weight SRAM | {energy['early_exit_dram_weights']:.1f} uJ "
+        f"({energy['early_exit_dram_weights'] / energy['early_exit']:.2f}x) | {latency['early_exit_dram_weights']:.0f} us |",
+        f"| embeddings: eNVM / DRAM | {results['embeddings_per_sentence']['envm']['energy_uj']:.2f} / "
+        f"{results['embeddings_per_sentence']['dram']['energy_uj']:.2f} uJ ({ratios['dram_over_envm_embedding_energy']:.1f}x) "
+        f"| equal bandwidths assumed |",
+    ]
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, help="only the first N dev sentences")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--tables", type=Path, help="print the README's tables from this saved result and stop")
     args = parser.parse_args()
+    if args.tables:
+        print(tables(json.loads(args.tables.read_text())))
+        return
     config = load_config()
     checkpoint = load("edgebert-sst2")
     threshold = float(checkpoint.model.edgebert.extra["exit_predictor"]["threshold"])
@@ -94,26 +133,25 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         artifact = compile_to("edgebert-sst2", CompileOptions(target="edgebert", seq_len=SEQ_LEN,
-                                                              exit_thresholds=[threshold]), Path(tmp) / "sst2")
+                                                              exit_thresholds=FROM_CHECKPOINT), Path(tmp) / "sst2")
         chip = artifact_all_exits(artifact, examples)
-        recipe = RecipeConfig.from_dict(checkpoint.model.edgebert.extra["recipe"])
-        held_out = held_out_examples(recipe)[:CHIP_CALIBRATION_SENTENCES]
-        chip_held_out = artifact_all_exits(artifact, held_out)
+        calibration = artifact.metadata["accelerator"]["exit_calibration"]
+        tokenizer = load_tokenizer(artifact.tokenizer_path, SEQ_LEN)
+        encoded = encode(tokenizer, [e.text for e in examples])
+        chip_main_exits = artifact.run(encoded).exit_layer  # as the entropy unit decides them
         fraction_bits = artifact.metadata["accelerator"]["fraction_bits"]
         workloads = chip_workloads(artifact.metadata["accelerator"], "edgebert-sst2")
-        tokenizer = load_tokenizer(artifact.tokenizer_path, SEQ_LEN)
-        lengths = artifact.row_lengths(encode(tokenizer, [e.text for e in examples])["attention_mask"])
+        lengths = artifact.row_lengths(encoded["attention_mask"])
         albert = compile_to("albert-base", CompileOptions(target="edgebert", seq_len=128, lengths=(128,)),
                             Path(tmp) / "albert")
         albert_workloads = chip_workloads(albert.metadata["accelerator"], "albert-base")
     floats = torch_all_exits(checkpoint.model, checkpoint.tokenizer_dir / "tokenizer.json", examples, SEQ_LEN)
 
-    held_out_labels = np.array([e.label for e in held_out])
-    chip_threshold = threshold_within(chip_held_out, held_out_labels)
+    chip_threshold = calibration["threshold"]
     if chip_threshold is None:
-        raise SystemExit("no threshold keeps the chip's held-out accuracy within the recipe's budget")
-    predictor = build_predictor(chip_held_out, chip_threshold, recipe.exit_predictor)
-    chip_exits, float_exits = exit_layers(chip, chip_threshold), exit_layers(floats, threshold)
+        raise SystemExit("no threshold kept the chip's held-out accuracy within the recipe's budget")
+    predictor = ExitPredictor(**calibration["predictor"])
+    chip_exits, float_exits = np.asarray(chip_main_exits), exit_layers(floats, threshold)
     predicted = predictor.predict(entropy(chip[:, 0]))
     report = accelerator_report(workloads, config, chip_exits.tolist(), lengths, predicted.tolist())
     albert_report = accelerator_report(albert_workloads, config, [albert_workloads[128].num_layers])
@@ -121,8 +159,9 @@ def main() -> None:
     results = {
         "command": "benchmarks/edgebert_accelerator.py" + (f" --limit {args.limit}" if args.limit else ""),
         "sentences": len(examples), "seq_len": SEQ_LEN, "threshold": threshold, "chip_threshold": chip_threshold,
-        "chip_calibration": {"sentences": len(held_out), "held_out_score": held_out_score(
-            chip_held_out, chip_threshold, recipe.exit_predictor)},
+        "chip_calibration": {k: calibration[k] for k in ("sentences", "held_out_score", "seconds")},
+        # the entropy unit's decisions (PWL exp and log) against the same rule in float on the chip's logits
+        "entropy_unit_agreement": float((chip_exits == exit_layers(chip, chip_threshold)).mean()),
         "accuracy": {
             "float_full_depth": accuracy(floats, labels), "chip_full_depth": accuracy(chip, labels),
             "float_early_exit": accuracy(floats, labels, float_exits),
@@ -145,6 +184,7 @@ def main() -> None:
             / report["embeddings"]["envm"]["energy_uj"],
         },
         "dvfs_met_target": runs["early_exit_dvfs"]["met_target"],
+        "dvfs_bound": (config.dvfs_points[0].voltage / min(p.voltage for p in config.dvfs_points)) ** 2,
         "embeddings_per_sentence": report["embeddings"],
         "minilm_blocks": report["blocks"],
         "minilm_patterns_full_depth": report["patterns_full_depth"],
@@ -160,6 +200,7 @@ def main() -> None:
                                               "float_ffn_output_range_first_64",
                                               "energy_uj_per_sentence", "latency_us_per_sentence", "ratios",
                                               "dvfs_met_target", "embeddings_per_sentence")}, indent=2))
+    print(tables(results))
     albert_full = results["albert_base_seq128"]
     print(f"ALBERT-base seq 128 full depth: {albert_full['full_depth_sentence']['cycles']:,} cycles, "
           f"{albert_full['full_depth_sentence']['total_energy_pj'] * 1e-6:.1f} uJ, {albert_full['latency_us']:.0f} us")

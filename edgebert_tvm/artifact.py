@@ -61,6 +61,14 @@ def _predictor_for(predictor: dict[str, Any] | None, thresholds: list[float] | N
     return predictor if abs(predictor["threshold"] - thresholds[0]) < 1e-9 else None
 
 
+def _exit_predictor(model: Any, compiled: "CompiledModel") -> dict[str, Any] | None:
+    """The exit-layer predictor for the threshold compiled in: the one fitted with it on the edgebert
+    chip's logits, where the chip calibrated its own; otherwise the checkpoint's."""
+    chip = (compiled.accelerator or {}).get("exit_calibration")
+    return chip["predictor"] if chip is not None and chip["predictor"] is not None else model.edgebert.extra.get(
+        "exit_predictor")
+
+
 def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", out_dir: Path) -> None:
     """Export the library and write the artifact directory; nothing appears unless all of it is written."""
     options = compiled.options
@@ -87,7 +95,7 @@ def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", out_dir:
         "from_checkpoint": list(options.from_checkpoint),  # the options the checkpoint's own settings filled in
         "weight_format": (None if options.weight_format is None
                           else {"name": options.weight_format, "bits": options.weight_bits, "exp_bits": options.exp_bits}),
-        "exit_predictor": _predictor_for(model.edgebert.extra.get("exit_predictor"), options.exit_thresholds),
+        "exit_predictor": _predictor_for(_exit_predictor(model, compiled), options.exit_thresholds),
         "edgebert": model.edgebert.to_dict(),
         "constant_bytes": compiled.constant_bytes,
         "cpu_schedule": schedule_parameters(compiled.target),

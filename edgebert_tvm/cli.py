@@ -21,7 +21,7 @@ import numpy as np
 
 from . import __version__
 from .artifact import Artifact, write_artifact
-from .compiler import FROM_CHECKPOINT, CompileOptions, compile_model
+from .compiler import FROM_CHECKPOINT, CompileOptions, CompiledModel, compile_model
 from .data import builtin_split, read_tsv, task_for
 from .demo import run_demo
 from .errors import EdgeBertError, InternalError
@@ -107,14 +107,17 @@ def cmd_compile(args: argparse.Namespace) -> None:
     tuned = f", {len(compiled.tuned)} kernels from tuning records" if args.tuning_records else ""
     lengths = ", ".join(map(str, compiled.options.lengths))
     print(f"compiled {checkpoint.source} for {options.target} (batch {options.batch}, lengths {lengths}{tuned}"
-          f"{_from_checkpoint(compiled.options)}) in {total:.1f} s -> {args.output}")
+          f"{_from_checkpoint(compiled)}) in {total:.1f} s -> {args.output}")
 
 
-def _from_checkpoint(options: CompileOptions) -> str:
+def _from_checkpoint(compiled: CompiledModel) -> str:
     """What the checkpoint's own settings filled in, for compile's summary line."""
-    applied = []
+    options, applied = compiled.options, []
     if "exit_thresholds" in options.from_checkpoint:
-        applied.append(f"exits at {', '.join(f'{t:g}' for t in sorted(set(options.exit_thresholds)))}")
+        chip = (compiled.accelerator or {}).get("exit_calibration")
+        where = "" if chip is None or chip["threshold"] is None else (
+            f" (the chip's own, on {chip['sentences']} held-out sentences)")
+        applied.append(f"exits at {', '.join(f'{t:g}' for t in sorted(set(options.exit_thresholds)))}{where}")
     if "weight_format" in options.from_checkpoint:
         applied.append(f"{options.weight_format} weights")
     return f"; from the checkpoint: {', '.join(applied)} (--full-depth, --weights float32 turn them off)" if applied else ""

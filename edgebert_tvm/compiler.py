@@ -272,6 +272,9 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     chosen = compile_target(options.target)
     with target:
         mod, accelerator = chosen.before_lowering(mod, checkpoint, options)
+        chip_exits = (accelerator or {}).get("exit_calibration")
+        if chip_exits is not None and chip_exits["thresholds"] is not None:  # the chip's own threshold, compiled in
+            options = dataclasses.replace(options, exit_thresholds=chip_exits["thresholds"])
         if accelerator is not None:
             seconds["partition_codegen"] = time.perf_counter() - start
             start = time.perf_counter()

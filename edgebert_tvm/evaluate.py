@@ -98,13 +98,13 @@ def plot_accuracy_vs_depth(results: list[ExitResult], path: Path, title: str) ->
     tmp.replace(path)
 
 
-def artifact_all_exits(artifact, examples: list[Example], batch_rows: int = 64) -> np.ndarray:
+def artifact_all_exits(artifact, examples: list[Example], batch_rows: int = 64, desc: str = "artifact") -> np.ndarray:
     """Every exit's logits from a compiled artifact's `all_exits`, (examples, layers, labels)."""
     if artifact.tokenizer_path is None:
         raise EdgeBertError(f"{artifact.directory}: artifact has no tokenizer; it cannot read a task's text")
     tokenizer = load_tokenizer(artifact.tokenizer_path, artifact.seq_len)
     outputs = []
-    for start in tqdm(range(0, len(examples), batch_rows), desc="artifact", unit="batch"):
+    for start in tqdm(range(0, len(examples), batch_rows), desc=desc, unit="batch"):
         chunk = examples[start:start + batch_rows]
         outputs.append(artifact.all_exits(encode(tokenizer, [e.text for e in chunk], [e.text_pair for e in chunk])))
     return np.concatenate(outputs)

@@ -11,11 +11,11 @@ from .fold_attention_span import FoldAttentionSpan
 from .fuse_qkv import FuseQKV
 from .quantize_weights_adaptivfloat import QuantizeWeightsAdaptivFloat
 from .approximate_redundant_data import ApproximateRedundantData
-from .fold_entropy_exit import FoldEntropyExit
+from .fold_entropy_exit import FoldEntropyExit, SetExitThresholds
 from .lower_adaptivfloat import LowerAdaptivFloat
 from .canonicalize import Canonicalize
 from .fold_constant_transposes import FoldConstantTransposes
 from .deduplicate_prim_funcs import DeduplicatePrimFuncs
 
 __all__ = ["FoldAttentionSpan", "FuseQKV", "QuantizeWeightsAdaptivFloat", "ApproximateRedundantData", "FoldEntropyExit",
-           "LowerAdaptivFloat", "Canonicalize", "FoldConstantTransposes", "DeduplicatePrimFuncs"]
+           "SetExitThresholds", "LowerAdaptivFloat", "Canonicalize", "FoldConstantTransposes", "DeduplicatePrimFuncs"]

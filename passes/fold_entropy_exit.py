@@ -23,6 +23,8 @@ from typing import Sequence
 import numpy as np
 import tvm
 from tvm import relax, te
+from tvm.ir.expr import Constant
+from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..errors import EdgeBertError, InternalError
 from ..contract import EMBEDDINGS, EXIT, EXIT_THRESHOLDS_ATTR, LAYER, LAYER_ATTR, MAIN, block_calls, block_functions
@@ -89,6 +91,48 @@ class _Chain:
         branch = relax.If(confident, self._leave(logits, index + 1), self.from_layer(index + 1, hidden))
         result = self._bind(bindings, f"exit{index + 1}", branch)
         return relax.SeqExpr([relax.BindingBlock(bindings)], result)
+
+
+@mutator
+class _SetThresholds(PyExprMutator):
+    """The exits' `less(entropy, threshold)` in the order `main` checks them, thresholds replaced."""
+
+    def __init__(self, mod: tvm.IRModule, old: list[float], new: list[float]) -> None:
+        super().__init__(mod)
+        self.old, self.new, self.seen = old, new, 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if call.op != tvm.ir.Op.get("relax.less") or not isinstance(call.args[1], Constant):
+            return call
+        if self.seen >= len(self.old) or abs(float(call.args[1].value.numpy()) - self.old[self.seen]) > 1e-6:
+            raise InternalError("SetExitThresholds: main's exit checks are not FoldEntropyExit's")
+        self.seen += 1
+        return relax.op.less(call.args[0], relax.const(self.new[self.seen - 1], "float32"))
+
+
+@tvm.transform.module_pass(opt_level=0, name="edgebert.SetExitThresholds")
+class SetExitThresholds:
+    """Give a module FoldEntropyExit folded other thresholds (one per exit before the last layer), in
+    every length's `main`: a target that calibrates its own (the edgebert chip) sets them after
+    partitioning, where the Relax graph of the exits is already in place."""
+
+    def __init__(self, thresholds: Sequence[float]) -> None:
+        self.thresholds = [float(t) for t in thresholds]
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        functions = dict(mod.functions_items())
+        for gv, func in mod.functions_items():  # each length's main (the functions FoldEntropyExit marked)
+            if not isinstance(func, relax.Function) or func.attrs is None or EXIT_THRESHOLDS_ATTR not in func.attrs:
+                continue
+            old = [float(t) for t in func.attrs[EXIT_THRESHOLDS_ATTR]]
+            check_thresholds(self.thresholds, len(old) + 1)
+            setter = _SetThresholds(mod, old, self.thresholds)
+            rewritten = setter.visit_expr(func)
+            if setter.seen != len(old):
+                raise InternalError(f"SetExitThresholds: {gv.name_hint} checks {setter.seen} exits, not {len(old)}")
+            functions[gv] = rewritten.with_attr(EXIT_THRESHOLDS_ATTR, self.thresholds)
+        return tvm.IRModule(functions, attrs=mod.attrs)
 
 
 @tvm.transform.module_pass(opt_level=0, name="edgebert.FoldEntropyExit")

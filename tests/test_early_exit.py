@@ -16,7 +16,8 @@ from edgebert_tvm.evaluate import entropy
 from edgebert_tvm.importer import InputSpec, import_model
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.models.modeling import early_exit
-from edgebert_tvm.passes.fold_entropy_exit import FoldEntropyExit
+from edgebert_tvm.contract import EXIT_THRESHOLDS_ATTR
+from edgebert_tvm.passes.fold_entropy_exit import FoldEntropyExit, SetExitThresholds
 from edgebert_tvm.target.registry import make_target
 from edgebert_tvm.target.cpu import unscheduled_functions
 
@@ -66,6 +67,19 @@ def test_per_layer_thresholds(tiny_bert_dir):
     for row in range(6):
         _, layer = vm["main"](*[tvm.runtime.tensor(inputs[k][row:row + 1]) for k in INPUT_ORDER])
         assert int(layer.numpy()[0]) == 2
+
+
+def test_set_exit_thresholds_gives_what_folding_them_gives(tiny_bert_dir):
+    """A target that calibrates its own thresholds sets them in the folded graph: the same module as
+    folding those thresholds in the first place; a graph FoldEntropyExit did not make is refused."""
+    imported = import_model(load(tiny_bert_dir).model, InputSpec(1, 16))
+    reset = SetExitThresholds([0.1, 0.7])(FoldEntropyExit(0.3)(imported))
+    tvm.ir.assert_structural_equal(reset, FoldEntropyExit([0.1, 0.7])(imported))
+    assert [float(t) for t in reset["main"].attrs[EXIT_THRESHOLDS_ATTR]] == pytest.approx([0.1, 0.7])
+    tampered = FoldEntropyExit(0.3)(imported)
+    tampered.update_func(tampered.get_global_var("main"), tampered["main"].with_attr(EXIT_THRESHOLDS_ATTR, [0.5, 0.5]))
+    with pytest.raises(Exception, match="not FoldEntropyExit's"):  # InternalError, as TVM's FFI passes it back
+        SetExitThresholds([0.1, 0.7])(tampered)
 
 
 def test_batch_leaves_when_every_row_is_confident():

@@ -15,7 +15,10 @@ import torch
 
 from edgebert_tvm import cli
 from edgebert_tvm.data import builtin_split, read_tsv, task_for
-from edgebert_tvm.evaluate import evaluate_exits
+from edgebert_tvm.artifact import Artifact
+from edgebert_tvm.evaluate import artifact_all_exits, evaluate_exits, exit_layers
+from edgebert_tvm.exit_predictor import build_predictor
+from edgebert_tvm.inputs import encode, load_tokenizer
 from edgebert_tvm.models.inference import torch_all_exits
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.errors import EdgeBertError
@@ -24,6 +27,7 @@ from edgebert_tvm.training.pruning import cubic_sparsity, encoder_sparsity
 from edgebert_tvm.training.recipe import CALIBRATION_THRESHOLDS, threshold_within
 from edgebert_tvm.fileio import exclusive_lock
 from edgebert_tvm.models.builtins import trained_dir
+from edgebert_tvm.target.edgebert.pipeline import CHIP_EXIT_SENTENCES
 from edgebert_tvm.training import recipe
 from edgebert_tvm.training.recipe import STATE_DIR, RecipeConfig, Trainer, build_trained_builtin
 from edgebert_tvm.training.state import load_state, save_state
@@ -254,3 +258,31 @@ def test_a_recorded_recipe_reads_back_with_the_values_it_predates():
     assert RecipeConfig.from_dict(recorded) == DEFAULT_RECIPE
     with pytest.raises(EdgeBertError, match="fields this edgebert-tvm does not know: warp_drive"):
         RecipeConfig.from_dict({**recorded, "warp_drive": 1})
+
+
+def test_the_edgebert_chip_calibrates_its_own_exit_threshold_at_compile(trained_tiny, tmp_path):
+    """With the checkpoint's threshold, `compile --target edgebert` calibrates the chip's own on the
+    chip's logits for the recipe's held-out sentences (the recipe's rule), compiles it in, and fits the
+    predictor DVFS uses on them."""
+    checkpoint = load(trained_tiny).model
+    assert checkpoint.edgebert.exit_thresholds is not None  # the recipe calibrated the float model's
+    assert cli.main(["compile", str(trained_tiny), "--target", "edgebert", "--seq-len", "32", "-o",
+                     str(tmp_path / "A")]) == 0
+    artifact = Artifact.load(tmp_path / "A")
+    chip = artifact.metadata["accelerator"]["exit_calibration"]
+    config = RecipeConfig.from_dict(checkpoint.edgebert.extra["recipe"])
+    held_out = recipe.held_out_examples(config)[:CHIP_EXIT_SENTENCES]
+    assert chip["sentences"] == len(held_out) == CHIP_EXIT_SENTENCES
+    logits = artifact_all_exits(artifact, held_out)  # the chip's, as the deployed artifact computes them
+    labels = np.array([e.label for e in held_out])
+    threshold = threshold_within(logits, labels)
+    layers = checkpoint.num_layers
+    assert chip["threshold"] == threshold
+    assert chip["checkpoint_thresholds"] == checkpoint.edgebert.exit_thresholds * (layers - 1)
+    assert artifact.metadata["exit_thresholds"] == [threshold] * (layers - 1)
+    assert artifact.metadata["exit_predictor"] == dataclasses.asdict(build_predictor(logits, threshold,
+                                                                                     config.exit_predictor))
+    # main compares the chip's entropy with the chip's threshold: the exits follow it
+    tokenizer = load_tokenizer(artifact.tokenizer_path, 32)
+    ran = artifact.run(encode(tokenizer, [e.text for e in held_out[:100]]))
+    assert (ran.exit_layer == exit_layers(logits[:100], threshold)).mean() >= 0.98

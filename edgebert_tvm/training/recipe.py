@@ -82,13 +82,21 @@ def _split_examples(config: RecipeConfig, task: Task) -> tuple[list[Example], li
 def calibrate_exits(model: torch.nn.Module, tokenizer: Path, held_out: list[Example], seq_len: int,
                     max_drop: float = CALIBRATION_MAX_DROP,
                     statistic: str = "mode") -> tuple[float | None, ExitPredictor | None, dict | None]:
-    """On held-out training sentences (so dev numbers stay honest): the largest entropy threshold
-    whose accuracy is within `max_drop` of full depth, the exit-layer predictor for it, and how the
-    predictor scores against always predicting the most common layer (exit_predictor.held_out_score)."""
+    """On held-out training sentences (so dev numbers stay honest): `exits_calibrated_on` the float
+    model's exits."""
     if not held_out:
         return None, None, None
     logits = torch_all_exits(model, tokenizer, held_out, seq_len)
-    threshold = threshold_within(logits, np.array([e.label for e in held_out]), max_drop)
+    return exits_calibrated_on(logits, np.array([e.label for e in held_out]), max_drop, statistic)
+
+
+def exits_calibrated_on(logits: np.ndarray, labels: np.ndarray, max_drop: float = CALIBRATION_MAX_DROP,
+                        statistic: str = "mode") -> tuple[float | None, ExitPredictor | None, dict | None]:
+    """The largest entropy threshold whose accuracy is within `max_drop` of full depth, the exit-layer
+    predictor for it, and how the predictor scores against always predicting the most common layer
+    (exit_predictor.held_out_score); Nones if no threshold is within. Any model's exits: the float
+    model's (`calibrate_exits`) or the edgebert chip's (its compile)."""
+    threshold = threshold_within(logits, labels, max_drop)
     if threshold is None:
         return None, None, None
     return threshold, build_predictor(logits, threshold, statistic), held_out_score(logits, threshold, statistic)
@@ -96,8 +104,7 @@ def calibrate_exits(model: torch.nn.Module, tokenizer: Path, held_out: list[Exam
 
 def threshold_within(logits: np.ndarray, labels: np.ndarray, max_drop: float = CALIBRATION_MAX_DROP) -> float | None:
     """The largest of CALIBRATION_THRESHOLDS whose accuracy on every exit's `logits` (sentences,
-    layers, labels) is within `max_drop` of full depth; None if none is. Any model's exits: PyTorch's
-    (`calibrate_exits`) or the edgebert chip's (benchmarks/edgebert_accelerator.py)."""
+    layers, labels) is within `max_drop` of full depth; None if none is."""
     results = evaluate_exits(logits, labels, CALIBRATION_THRESHOLDS)
     budget = round(max_drop * len(labels))  # in sentences: no float rounding at the boundary
     full = round(results[0].accuracy * len(labels))

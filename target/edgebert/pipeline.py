@@ -1,22 +1,30 @@
 """The edgebert target: the host CPU runs what the accelerator does not; before lowering, the module is
 partitioned for the chip (BYOC codegen), each region call's fixed-point format calibrated on the
-chip's own arithmetic (formats.py), and the chip's workload per block at each compiled length, its
+chip's own arithmetic (formats.py), the chip's own exit threshold calibrated on its logits (where
+the threshold is the checkpoint's), and the chip's workload per block at each compiled length, its
 formats and its configuration recorded for `run --report`."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tvm
 from tqdm import tqdm
 from tvm import relax
 
+from ...artifact import Artifact
+from ...contract import ALL_EXITS
 from ...data import Example, builtin_split, read_tsv, task_for
 from ...errors import EdgeBertError, InternalError
+from ...evaluate import artifact_all_exits
 from ...inputs import encode, load_tokenizer
 from ...lengths import fit, suffix
+from ...passes import SetExitThresholds
+from ...training.config import RecipeConfig
+from ...training.recipe import exits_calibrated_on, held_out_examples
 from ..targets import LlvmTarget, build
 from ...rda.activations import CALIBRATION_SENTENCES, ActivationStorage, measure
 from .config import parse_config, read_config_file
@@ -66,11 +74,16 @@ class EdgebertTarget(LlvmTarget):
             return formats[site], WORD_BITS
 
         mod = relax.transform.RunCodegen()(add_registers(mod, register)[0])
+        exits = self._calibrate_exits(mod, checkpoint, options)
+        if exits is not None and exits["threshold"] is not None:
+            mod = SetExitThresholds(exits["thresholds"])(mod)
         workloads = {length: chip_workload(mod, regions, suffix(length, options.seq_len), model.edgebert.num_labels)
                      for length in options.lengths}
         accelerator = {"workloads": {str(n): w.to_dict() for n, w in workloads.items()}, "config": raw_config,
                        "fraction_bits": {f"{block}/{position}": bits for (block, position), bits in sorted(formats.items())},
                        "calibration_seconds": round(calibration_seconds, 1)}
+        if exits is not None:
+            accelerator["exit_calibration"] = exits
         if options.rda_activations is not None:
             accelerator["activation_storage"] = _measure_activation_storage(checkpoint, options).to_dict()
         return mod, accelerator
@@ -85,7 +98,40 @@ class EdgebertTarget(LlvmTarget):
         return choose_formats(observe_peaks(calibration, sites, vm, tqdm(batches, desc="calibrating the chip's formats",
                                                                   unit="batch", leave=False)))
 
+    def _calibrate_exits(self, mod: tvm.IRModule, checkpoint: Checkpoint, options: CompileOptions) -> dict[str, Any] | None:
+        """The chip's own exit threshold and exit-layer predictor, where the threshold compiled in is
+        the checkpoint's: the recipe's rule (the largest threshold within its accuracy budget of full
+        depth) on the chip's logits for the recipe's held-out training sentences, each at its own
+        length, from a build of every length's `all_exits` out of `mod` (its regions compiled, in
+        their chosen formats). None where the threshold is the user's or the checkpoint records no
+        held-out sentences."""
+        recipe = checkpoint.model.edgebert.extra.get("recipe")
+        if "exit_thresholds" not in options.from_checkpoint or not isinstance(recipe, dict) or \
+                checkpoint.tokenizer_dir is None:
+            return None
+        config = RecipeConfig.from_dict(recipe)
+        held_out = held_out_examples(config)[:CHIP_EXIT_SENTENCES]
+        if not held_out:
+            return None
+        start = time.perf_counter()
+        entries = [ALL_EXITS + suffix(length, options.seq_len) for length in options.lengths]
+        target = tvm.target.Target.current()
+        chip = relax.transform.DeadCodeElimination(entries)(mod)
+        vm = relax.VirtualMachine(build(self.lowering(target)(chip), target), tvm.cpu())
+        # the build run as an artifact is (rows chunked by length), with the checkpoint's tokenizer
+        inputs = {"input": {"batch": options.batch, "seq_len": options.seq_len, "lengths": list(options.lengths)}}
+        logits = artifact_all_exits(Artifact(checkpoint.tokenizer_dir, inputs, vm, tvm.cpu()), held_out,
+                                    desc="calibrating the chip's exit threshold")
+        threshold, predictor, score = exits_calibrated_on(logits, np.array([e.label for e in held_out]),
+                                                          statistic=config.exit_predictor)
+        layers = checkpoint.model.num_layers
+        return {"threshold": threshold, "thresholds": None if threshold is None else [threshold] * (layers - 1),
+                "checkpoint_thresholds": list(options.exit_thresholds), "sentences": len(held_out),
+                "predictor": None if predictor is None else dataclasses.asdict(predictor), "held_out_score": score,
+                "seconds": round(time.perf_counter() - start, 1)}
 
+
+CHIP_EXIT_SENTENCES = 1000  # held-out sentences the chip's threshold is calibrated on (about 80 s on 2 cores)
 RANDOM_CALIBRATION_ROWS = 8
 
 
