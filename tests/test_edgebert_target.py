@@ -642,6 +642,20 @@ def test_distance_spans_run_in_the_softmax_unit(spans_checkpoint, tmp_path):
     assert np.abs(got - torch_exits(load(str(tmp_path / "distance")).model, inputs)).max() < 0.05
 
 
+def test_no_sentences_to_calibrate_on_is_one_line(spans_checkpoint, tmp_path, capsys):
+    """A task without a built-in train split (QNLI here) and no recipe: nothing to choose formats from."""
+    from edgebert_tvm.models.checkpoint import load, save
+
+    checkpoint = load(str(spans_checkpoint))
+    checkpoint.model.edgebert.task = "qnli"
+    save(checkpoint, tmp_path / "qnli")
+    assert cli.main(["compile", str(tmp_path / "qnli"), "--target", "edgebert", "--seq-len", "16", "-o",
+                     str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no sentences to calibrate the chip's formats on" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_report_needs_an_edgebert_artifact(tiny_artifact, tmp_path):
     inputs = random_inputs(1, 8, 30000)
     np.savez(tmp_path / "in.npz", **inputs)

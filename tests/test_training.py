@@ -23,7 +23,7 @@ from edgebert_tvm.models.inference import torch_all_exits
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.training.config import DEFAULT_RECIPE, recipe_id
-from edgebert_tvm.training.pruning import cubic_sparsity, encoder_sparsity
+from edgebert_tvm.training.pruning import cubic_sparsity, encoder_sparsity, prune_embeddings
 from edgebert_tvm.training.recipe import CALIBRATION_THRESHOLDS, threshold_within
 from edgebert_tvm.fileio import exclusive_lock
 from edgebert_tvm.models.builtins import trained_dir
@@ -286,3 +286,14 @@ def test_the_edgebert_chip_calibrates_its_own_exit_threshold_at_compile(trained_
     tokenizer = load_tokenizer(artifact.tokenizer_path, 32)
     ran = artifact.run(encode(tokenizer, [e.text for e in held_out[:100]]))
     assert (ran.exit_layer == exit_layers(logits[:100], threshold)).mean() >= 0.98
+
+
+def test_students_of_one_backbone_share_their_embeddings(trained_tiny, tiny_bert_dir):
+    """The recipe prunes the backbone's word embeddings once by magnitude and freezes the embeddings,
+    so every student of a backbone, whatever its task, stores the same tables: the edgebert chip holds
+    one copy in eNVM for all of them (benchmarks/edgebert_multitask.py costs it)."""
+    backbone, student = load(tiny_bert_dir).model, load(trained_tiny).model
+    prune_embeddings(backbone, TINY["embedding_keep"])
+    for (name, ours), theirs in zip(student.backbone.embeddings.state_dict().items(),
+                                    backbone.backbone.embeddings.state_dict().values()):
+        assert torch.equal(ours, theirs), name

@@ -138,6 +138,11 @@ def recalibrate_exits(checkpoint: Checkpoint) -> bool:
     return True
 
 
+def training_examples(config: RecipeConfig) -> list[Example]:
+    """The training sentences `config`'s recipe trained on."""
+    return _split_examples(config, task_for(config.task))[0]
+
+
 def held_out_examples(config: RecipeConfig) -> list[Example]:
     """The training sentences `config`'s recipe left out of training, on which exits are calibrated."""
     return _split_examples(config, task_for(config.task))[1]

@@ -24,7 +24,7 @@ from ...inputs import encode, load_tokenizer
 from ...lengths import fit, suffix
 from ...passes import SetExitThresholds
 from ...training.config import RecipeConfig
-from ...training.recipe import exits_calibrated_on, held_out_examples
+from ...training.recipe import exits_calibrated_on, held_out_examples, training_examples
 from ..targets import LlvmTarget, build
 from ...rda.activations import CALIBRATION_SENTENCES, ActivationStorage, measure
 from .config import parse_config, read_config_file
@@ -136,9 +136,16 @@ RANDOM_CALIBRATION_ROWS = 8
 
 
 def _calibration_examples(checkpoint: Checkpoint) -> list[Example]:
-    """The first training sentences of the model's task (SST-2's for a model that names none)."""
+    """The first training sentences of the model's task (SST-2's for a model that names none); for
+    a task without a built-in train split (QNLI here), the first its recipe trained on."""
     task = task_for(checkpoint.model.edgebert.task or "sst2")
-    return read_tsv(builtin_split(task, "train"), task, limit=CALIBRATION_SENTENCES)
+    if "train" in task.splits:
+        return read_tsv(builtin_split(task, "train"), task, limit=CALIBRATION_SENTENCES)
+    recipe = checkpoint.model.edgebert.extra.get("recipe")
+    if not isinstance(recipe, dict):
+        raise EdgeBertError(f"{checkpoint.source}: no sentences to calibrate the chip's formats on (task {task.name} "
+                            "has no built-in train split and the checkpoint records no recipe with a train file)")
+    return training_examples(RecipeConfig.from_dict(recipe))[:CALIBRATION_SENTENCES]
 
 
 def _calibration_batches(checkpoint: Checkpoint, options: CompileOptions) -> list[list[tvm.runtime.Tensor]]:
