@@ -46,7 +46,7 @@ from edgebert_tvm.target.edgebert.cost import Embedding, op_cost
 from edgebert_tvm.target.edgebert.partition import hw8_round
 from edgebert_tvm.target.edgebert.report import accelerator_report
 from edgebert_tvm.target.edgebert.sentence import chip_workloads
-from edgebert_tvm.target.targets import host_target
+from edgebert_tvm.target.cpu.host import describe_host
 from edgebert_tvm.training.config import RecipeConfig
 from edgebert_tvm.training.recipe import held_out_examples
 from edgebert_tvm.target.edgebert.pipeline import CHIP_EXIT_SENTENCES
@@ -88,7 +88,7 @@ def main() -> None:
     recipe = RecipeConfig.from_dict(checkpoints["qnli"].model.edgebert.extra["recipe"])
     pairs = held_out_examples(recipe)[CHIP_EXIT_SENTENCES:][:args.limit]
     labels = np.array([e.label for e in pairs])
-    results: dict = {"command": "benchmarks/edgebert_multitask.py", "host": str(host_target()),
+    results: dict = {"command": "benchmarks/edgebert_multitask.py", "host": describe_host(),  # the chip's arithmetic is integer: its numbers do not depend on it
                      "embedding_table_shared": shared, "qnli_evaluation_pairs": len(pairs), "tasks": {}}
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = {task: compile_chip(checkpoints[task], TASKS[task][1], TASKS[task][2], Path(tmp) / task)

@@ -27,7 +27,7 @@ from edgebert_tvm.training.pruning import cubic_sparsity, encoder_sparsity, prun
 from edgebert_tvm.training.recipe import CALIBRATION_THRESHOLDS, threshold_within
 from edgebert_tvm.fileio import exclusive_lock
 from edgebert_tvm.models.builtins import trained_dir
-from edgebert_tvm.target.edgebert.pipeline import CHIP_EXIT_SENTENCES
+from edgebert_tvm.target.edgebert import pipeline
 from edgebert_tvm.training import recipe
 from edgebert_tvm.training.recipe import STATE_DIR, RecipeConfig, Trainer, build_trained_builtin
 from edgebert_tvm.training.state import load_state, save_state
@@ -260,19 +260,20 @@ def test_a_recorded_recipe_reads_back_with_the_values_it_predates():
         RecipeConfig.from_dict({**recorded, "warp_drive": 1})
 
 
-def test_the_edgebert_chip_calibrates_its_own_exit_threshold_at_compile(trained_tiny, tmp_path):
+def test_the_edgebert_chip_calibrates_its_own_exit_threshold_at_compile(trained_tiny, tmp_path, monkeypatch):
     """With the checkpoint's threshold, `compile --target edgebert` calibrates the chip's own on the
     chip's logits for the recipe's held-out sentences (the recipe's rule), compiles it in, and fits the
     predictor DVFS uses on them."""
+    monkeypatch.setattr(pipeline, "CHIP_EXIT_SENTENCES", 300)  # of 1,000: the suite's time
     checkpoint = load(trained_tiny).model
     assert checkpoint.edgebert.exit_thresholds is not None  # the recipe calibrated the float model's
-    assert cli.main(["compile", str(trained_tiny), "--target", "edgebert", "--seq-len", "32", "-o",
-                     str(tmp_path / "A")]) == 0
+    assert cli.main(["compile", str(trained_tiny), "--target", "edgebert", "--seq-len", "32", "--lengths", "16", "32",
+                     "-o", str(tmp_path / "A")]) == 0
     artifact = Artifact.load(tmp_path / "A")
     chip = artifact.metadata["accelerator"]["exit_calibration"]
     config = RecipeConfig.from_dict(checkpoint.edgebert.extra["recipe"])
-    held_out = recipe.held_out_examples(config)[:CHIP_EXIT_SENTENCES]
-    assert chip["sentences"] == len(held_out) == CHIP_EXIT_SENTENCES
+    held_out = recipe.held_out_examples(config)[:300]
+    assert chip["sentences"] == len(held_out) == 300
     logits = artifact_all_exits(artifact, held_out)  # the chip's, as the deployed artifact computes them
     labels = np.array([e.label for e in held_out])
     threshold = threshold_within(logits, labels)
