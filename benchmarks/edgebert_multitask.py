@@ -29,20 +29,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from edgebert_tvm.artifact import Artifact, write_artifact
-from edgebert_tvm.compiler import FROM_CHECKPOINT, CompileOptions, compile_model
+sys.path.insert(0, str(Path(__file__).parent))
+
+from edgebert_accelerator import accuracy, compile_to  # noqa: E402
+
+from edgebert_tvm.compiler import FROM_CHECKPOINT, CompileOptions
 from edgebert_tvm.evaluate import artifact_all_exits, entropy, exit_layers
 from edgebert_tvm.exit_predictor import ExitPredictor
 from edgebert_tvm.inputs import encode, load_tokenizer
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.models.inference import torch_all_exits
 from edgebert_tvm.target.edgebert.config import load_config
-from edgebert_tvm.target.edgebert.cost import Embedding, op_cost
+from edgebert_tvm.target.edgebert.cost import MASK_BITS, WEIGHT_BYTES
 from edgebert_tvm.target.edgebert.partition import hw8_round
 from edgebert_tvm.target.edgebert.report import accelerator_report
 from edgebert_tvm.target.edgebert.sentence import chip_workloads
@@ -51,26 +55,14 @@ from edgebert_tvm.training.config import RecipeConfig
 from edgebert_tvm.training.recipe import held_out_examples
 from edgebert_tvm.target.edgebert.pipeline import CHIP_EXIT_SENTENCES
 
-UJ = 1e-6
-TASKS = {"sst2": ("edgebert-sst2", 64, None), "qnli": (None, 128, (32, 48, 64, 96, 128))}
+SEQ_LEN = {"sst2": 64, "qnli": 128}
+LENGTHS = {"sst2": None, "qnli": (32, 48, 64, 96, 128)}  # None: compile's default lengths
 
 
 def chip_table(checkpoint) -> np.ndarray:
     """The word-embedding table as the chip stores it in eNVM."""
     weight = checkpoint.model.backbone.embeddings.word_embeddings.weight.detach().numpy()
     return hw8_round(weight)
-
-
-def compile_chip(checkpoint, seq_len: int, lengths, directory: Path) -> Artifact:
-    options = CompileOptions(target="edgebert", seq_len=seq_len, exit_thresholds=FROM_CHECKPOINT,
-                             **({"lengths": lengths} if lengths else {}))
-    write_artifact(checkpoint, compile_model(checkpoint, options), directory)
-    return Artifact.load(directory)
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray, layers: np.ndarray | None = None) -> float:
-    chosen = logits[:, -1] if layers is None else logits[np.arange(len(labels)), layers - 1]
-    return float((chosen.argmax(-1) == labels).mean())
 
 
 def main() -> None:
@@ -80,7 +72,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     config = load_config()
-    checkpoints = {"sst2": load("edgebert-sst2"), "qnli": load(str(args.qnli))}
+    names = {"sst2": "edgebert-sst2", "qnli": str(args.qnli)}
+    checkpoints = {task: load(name) for task, name in names.items()}
     tables = {task: chip_table(c) for task, c in checkpoints.items()}
     shared = bool(np.array_equal(tables["sst2"], tables["qnli"]))
     print(f"the chip's embedding tables of the two tasks are {'identical' if shared else 'DIFFERENT'}")
@@ -88,20 +81,24 @@ def main() -> None:
     recipe = RecipeConfig.from_dict(checkpoints["qnli"].model.edgebert.extra["recipe"])
     pairs = held_out_examples(recipe)[CHIP_EXIT_SENTENCES:][:args.limit]
     labels = np.array([e.label for e in pairs])
-    results: dict = {"command": "benchmarks/edgebert_multitask.py", "host": describe_host(),  # the chip's arithmetic is integer: its numbers do not depend on it
+    # the chip's arithmetic is integer: its numbers do not depend on the host CPU, named all the same
+    results: dict = {"command": "benchmarks/edgebert_multitask.py", "host": describe_host(),
                      "embedding_table_shared": shared, "qnli_evaluation_pairs": len(pairs), "tasks": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        artifacts = {task: compile_chip(checkpoints[task], TASKS[task][1], TASKS[task][2], Path(tmp) / task)
-                     for task in checkpoints}
+        artifacts = {task: compile_to(name, CompileOptions(target="edgebert", seq_len=SEQ_LEN[task],
+                                                           exit_thresholds=FROM_CHECKPOINT,
+                                                           **({"lengths": LENGTHS[task]} if LENGTHS[task] else {})),
+                                      Path(tmp) / task) for task, name in names.items()}
         chip = artifact_all_exits(artifacts["qnli"], pairs)
-        tokenizer = load_tokenizer(artifacts["qnli"].tokenizer_path, TASKS["qnli"][1])
+        tokenizer = load_tokenizer(artifacts["qnli"].tokenizer_path, SEQ_LEN["qnli"])
         encoded = encode(tokenizer, [e.text for e in pairs], [e.text_pair for e in pairs])
         chip_exits = np.asarray(artifacts["qnli"].run(encoded).exit_layer)
         lengths = artifacts["qnli"].row_lengths(encoded["attention_mask"])
         metadata = {task: a.metadata for task, a in artifacts.items()}
     qnli = checkpoints["qnli"]
-    floats = torch_all_exits(qnli.model, qnli.tokenizer_dir / "tokenizer.json", pairs, TASKS["qnli"][1])
+    floats = torch_all_exits(qnli.model, qnli.tokenizer_dir / "tokenizer.json", pairs, SEQ_LEN["qnli"])
     float_threshold = float(qnli.model.edgebert.exit_thresholds[0])
+    float_exits = exit_layers(floats, float_threshold)
     calibration = metadata["qnli"]["accelerator"]["exit_calibration"]
     predictor = ExitPredictor(**calibration["predictor"])
     report = accelerator_report(chip_workloads(metadata["qnli"]["accelerator"], "qnli"), config, chip_exits.tolist(),
@@ -110,32 +107,24 @@ def main() -> None:
     results["qnli"] = {
         "float_threshold": float_threshold, "chip_threshold": calibration["threshold"],
         "accuracy": {"float_full_depth": accuracy(floats, labels), "chip_full_depth": accuracy(chip, labels),
-                     "float_early_exit": accuracy(floats, labels, exit_layers(floats, float_threshold)),
+                     "float_early_exit": accuracy(floats, labels, float_exits),
                      "chip_early_exit": accuracy(chip, labels, chip_exits)},
-        "average_exit_layer": {"float": float(exit_layers(floats, float_threshold).mean()),
+        "average_exit_layer": {"float": float(float_exits.mean()),
                                "chip": float(chip_exits.mean())},
         "energy_uj_per_pair": {name: run["energy_uj"] for name, run in runs.items()},
         "latency_us_per_pair": {name: run["latency_us"] for name, run in runs.items()},
         "dvfs_met_target": runs["early_exit_dvfs"]["met_target"],
     }
-    for task, meta in metadata.items():
-        workloads = chip_workloads(meta["accelerator"], task)
-        longest = workloads[max(workloads)]
-        memory = longest.memory_map(config)
-        load_cost = memory.load_cost(config)
-        results["tasks"][task] = {
-            "seq_len": TASKS[task][1], "weight_bytes": sum(memory.block_bytes.values()),
-            "resident_bytes": memory.resident_bytes, "spilled": list(memory.spilled),
-            "switch_to_task": {"energy_uj": load_cost.total_energy * UJ,
-                               "latency_us": load_cost.cycles / config.nominal.frequency * 1e6},
-        }
-    embedding = next(r["op"] for r in chip_workloads(metadata["sst2"]["accelerator"], "sst2")[64].blocks["embeddings"]
-                     if isinstance(r["op"], Embedding))
-    table = tables["sst2"]
-    table_bytes = float(np.count_nonzero(table)) + table.size / 8  # AF8 code per nonzero + 1-bit mask
+    sst2 = chip_workloads(metadata["sst2"]["accelerator"], "sst2")
+    reports = {"qnli": report, "sst2": accelerator_report(sst2, config, [sst2[max(sst2)].num_layers])}
+    for task in metadata:  # the report's memory map: what the SRAM holds, what loading it costs
+        memory = reports[task]["memory_map"]
+        results["tasks"][task] = {"seq_len": SEQ_LEN[task], "weight_bytes": memory["task_weight_bytes"],
+                                  "resident_bytes": memory["resident_bytes"], "spilled": memory["spilled"],
+                                  "switch_to_task": memory["task_switch"]}
+    table = tables["sst2"]  # stored as the cost model stores it: a code per nonzero and a mask bit per entry
+    table_bytes = np.count_nonzero(table) * WEIGHT_BYTES + table.size * MASK_BITS / 8
     results["envm_bytes"] = {"one_shared_table": table_bytes, "one_table_per_task": 2 * table_bytes}
-    results["embedding_lookup_uj_per_token"] = op_cost(Embedding(1, embedding.width, embedding.density),
-                                                       config).total_energy * UJ
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,7 @@ def _predictor_for(predictor: dict[str, Any] | None, thresholds: list[float] | N
 def _exit_predictor(model: Any, compiled: "CompiledModel") -> dict[str, Any] | None:
     """The exit-layer predictor for the threshold compiled in: the one fitted with it on the edgebert
     chip's logits, where the chip calibrated its own; otherwise the checkpoint's."""
-    chip = (compiled.accelerator or {}).get("exit_calibration")
+    chip = compiled.exit_calibration
     return chip["predictor"] if chip is not None and chip["predictor"] is not None else model.edgebert.extra.get(
         "exit_predictor")
 

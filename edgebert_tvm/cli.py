@@ -114,7 +114,7 @@ def _from_checkpoint(compiled: CompiledModel) -> str:
     """What the checkpoint's own settings filled in, for compile's summary line."""
     options, applied = compiled.options, []
     if "exit_thresholds" in options.from_checkpoint:
-        chip = (compiled.accelerator or {}).get("exit_calibration")
+        chip = compiled.exit_calibration
         where = "" if chip is None or chip["threshold"] is None else (
             f" (the chip's own, on {chip['sentences']} held-out sentences)")
         applied.append(f"exits at {', '.join(f'{t:g}' for t in sorted(set(options.exit_thresholds)))}{where}")

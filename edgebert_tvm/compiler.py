@@ -163,6 +163,11 @@ class CompiledModel:
     tuned: list[str] = dataclasses.field(default_factory=list)  # kernels scheduled from tuning records
     stored_weights: weight_store.Store | None = None  # compressed weights, decoded when the artifact loads
 
+    @property
+    def exit_calibration(self) -> dict | None:
+        """The edgebert chip's own exit calibration, where its compile made one."""
+        return (self.accelerator or {}).get("exit_calibration")
+
 
 def folded_spans(options: CompileOptions, edgebert: EdgeBertConfig) -> list[list[float]] | None:
     """The spans FoldAttentionSpan folds: the override, else the checkpoint's; None if not folding."""
@@ -273,8 +278,8 @@ def compile_model(checkpoint: Checkpoint, options: CompileOptions) -> CompiledMo
     with target:
         mod, accelerator = chosen.before_lowering(mod, checkpoint, options)
         chip_exits = (accelerator or {}).get("exit_calibration")
-        if chip_exits is not None and chip_exits["thresholds"] is not None:  # the chip's own threshold, compiled in
-            options = dataclasses.replace(options, exit_thresholds=chip_exits["thresholds"])
+        if chip_exits is not None and chip_exits["threshold"] is not None:  # the chip's own threshold, compiled in
+            options = dataclasses.replace(options, exit_thresholds=[chip_exits["threshold"]] * len(options.exit_thresholds))
         if accelerator is not None:
             seconds["partition_codegen"] = time.perf_counter() - start
             start = time.perf_counter()

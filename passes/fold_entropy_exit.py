@@ -93,6 +93,9 @@ class _Chain:
         return relax.SeqExpr([relax.BindingBlock(bindings)], result)
 
 
+_LESS = tvm.ir.Op.get("relax.less")
+
+
 @mutator
 class _SetThresholds(PyExprMutator):
     """The exits' `less(entropy, threshold)` in the order `main` checks them, thresholds replaced."""
@@ -103,7 +106,7 @@ class _SetThresholds(PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
-        if call.op != tvm.ir.Op.get("relax.less") or not isinstance(call.args[1], Constant):
+        if call.op != _LESS or not isinstance(call.args[1], Constant):
             return call
         if self.seen >= len(self.old) or abs(float(call.args[1].value.numpy()) - self.old[self.seen]) > 1e-6:
             raise InternalError("SetExitThresholds: main's exit checks are not FoldEntropyExit's")
@@ -113,12 +116,12 @@ class _SetThresholds(PyExprMutator):
 
 @tvm.transform.module_pass(opt_level=0, name="edgebert.SetExitThresholds")
 class SetExitThresholds:
-    """Give a module FoldEntropyExit folded other thresholds (one per exit before the last layer), in
+    """Give a module FoldEntropyExit folded other thresholds (one for every exit, or one per exit), in
     every length's `main`: a target that calibrates its own (the edgebert chip) sets them after
     partitioning, where the Relax graph of the exits is already in place."""
 
-    def __init__(self, thresholds: Sequence[float]) -> None:
-        self.thresholds = [float(t) for t in thresholds]
+    def __init__(self, thresholds: float | Sequence[float]) -> None:
+        self.thresholds = thresholds
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         functions = dict(mod.functions_items())
@@ -126,12 +129,12 @@ class SetExitThresholds:
             if not isinstance(func, relax.Function) or func.attrs is None or EXIT_THRESHOLDS_ATTR not in func.attrs:
                 continue
             old = [float(t) for t in func.attrs[EXIT_THRESHOLDS_ATTR]]
-            check_thresholds(self.thresholds, len(old) + 1)
-            setter = _SetThresholds(mod, old, self.thresholds)
+            new = check_thresholds(self.thresholds, len(old) + 1)
+            setter = _SetThresholds(mod, old, new)
             rewritten = setter.visit_expr(func)
             if setter.seen != len(old):
                 raise InternalError(f"SetExitThresholds: {gv.name_hint} checks {setter.seen} exits, not {len(old)}")
-            functions[gv] = rewritten.with_attr(EXIT_THRESHOLDS_ATTR, self.thresholds)
+            functions[gv] = rewritten.with_attr(EXIT_THRESHOLDS_ATTR, new)
         return tvm.IRModule(functions, attrs=mod.attrs)
 
 

@@ -75,6 +75,7 @@ def test_set_exit_thresholds_gives_what_folding_them_gives(tiny_bert_dir):
     imported = import_model(load(tiny_bert_dir).model, InputSpec(1, 16))
     reset = SetExitThresholds([0.1, 0.7])(FoldEntropyExit(0.3)(imported))
     tvm.ir.assert_structural_equal(reset, FoldEntropyExit([0.1, 0.7])(imported))
+    tvm.ir.assert_structural_equal(SetExitThresholds(0.7)(FoldEntropyExit(0.3)(imported)), FoldEntropyExit(0.7)(imported))
     assert [float(t) for t in reset["main"].attrs[EXIT_THRESHOLDS_ATTR]] == pytest.approx([0.1, 0.7])
     tampered = FoldEntropyExit(0.3)(imported)
     tampered.update_func(tampered.get_global_var("main"), tampered["main"].with_attr(EXIT_THRESHOLDS_ATTR, [0.5, 0.5]))

@@ -1,7 +1,8 @@
 """Partition a structured EdgeBERT module for the accelerator and describe the chip's work per block.
 
 Order: canonicalize (drops the reshapes around linear layers, so matmul + bias + GELU is one
-match), the exits' entropy kernel written as Relax ops (so the entropy unit's pattern matches it), fold constants (weights behind permute_dims become plain constants), round the weights and
+match), write the exits' entropy kernel as Relax ops (so the entropy unit's pattern matches it),
+fold constants (weights behind permute_dims become plain constants), round the weights and
 embedding tables the chip stores onto the AdaptivFloat-8 grid (the host keeps float32 copies of
 exactly those values), group pattern matches into `Codegen: edgebert` regions with the weights as
 region parameters (`bind_constants=False`: one kernel per distinct region shape, the weights passed
@@ -62,11 +63,14 @@ class QuantizeForAccelerator:
         return rewrite_call(self.pattern, rewrite, func)
 
 
+_CALL_TIR = tvm.ir.Op.get("relax.call_tir")
+
+
 @mutator
 class _ExpandExitEntropy(PyExprMutator):
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
-        if call.op != tvm.ir.Op.get("relax.call_tir") or call.args[0].name_hint != ENTROPY_KERNEL:
+        if call.op != _CALL_TIR or call.args[0].name_hint != ENTROPY_KERNEL:
             return call
         logits = call.args[1].fields[0]
         products = relax.op.multiply(relax.op.nn.softmax(logits), relax.op.nn.log_softmax(logits))

@@ -76,7 +76,7 @@ class EdgebertTarget(LlvmTarget):
         mod = relax.transform.RunCodegen()(add_registers(mod, register)[0])
         exits = self._calibrate_exits(mod, checkpoint, options)
         if exits is not None and exits["threshold"] is not None:
-            mod = SetExitThresholds(exits["thresholds"])(mod)
+            mod = SetExitThresholds(exits["threshold"])(mod)
         workloads = {length: chip_workload(mod, regions, suffix(length, options.seq_len), model.edgebert.num_labels)
                      for length in options.lengths}
         accelerator = {"workloads": {str(n): w.to_dict() for n, w in workloads.items()}, "config": raw_config,
@@ -118,15 +118,13 @@ class EdgebertTarget(LlvmTarget):
         target = tvm.target.Target.current()
         chip = relax.transform.DeadCodeElimination(entries)(mod)
         vm = relax.VirtualMachine(build(self.lowering(target)(chip), target), tvm.cpu())
-        # the build run as an artifact is (rows chunked by length), with the checkpoint's tokenizer
+        # run as an artifact runs (rows chunked by length), with the checkpoint's tokenizer
         inputs = {"input": {"batch": options.batch, "seq_len": options.seq_len, "lengths": list(options.lengths)}}
         logits = artifact_all_exits(Artifact(checkpoint.tokenizer_dir, inputs, vm, tvm.cpu()), held_out,
                                     desc="calibrating the chip's exit threshold")
         threshold, predictor, score = exits_calibrated_on(logits, np.array([e.label for e in held_out]),
                                                           statistic=config.exit_predictor)
-        layers = checkpoint.model.num_layers
-        return {"threshold": threshold, "thresholds": None if threshold is None else [threshold] * (layers - 1),
-                "checkpoint_thresholds": list(options.exit_thresholds), "sentences": len(held_out),
+        return {"threshold": threshold, "checkpoint_thresholds": list(options.exit_thresholds), "sentences": len(held_out),
                 "predictor": None if predictor is None else dataclasses.asdict(predictor), "held_out_score": score,
                 "seconds": round(time.perf_counter() - start, 1)}
 
