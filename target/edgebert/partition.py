@@ -2,7 +2,8 @@
 
 Order: canonicalize (drops the reshapes around linear layers, so matmul + bias + GELU is one
 match), write the exits' entropy kernel as Relax ops (so the entropy unit's pattern matches it),
-fold constants (weights behind permute_dims become plain constants), round the weights and
+fold constants (weights behind permute_dims become plain constants, the span masks computed from
+`arange` at each length are evaluated in one build), round the weights and
 embedding tables the chip stores onto the AdaptivFloat-8 grid (the host keeps float32 copies of
 exactly those values), group pattern matches into `Codegen: edgebert` regions with the weights as
 region parameters (`bind_constants=False`: one kernel per distinct region shape, the weights passed
@@ -27,8 +28,10 @@ from ...adaptivfloat.quantizer import hw8_decode, hw8_encode
 from ...contract import ALL_EXITS, EMBEDDINGS, EXIT, LAYER, MAIN, block_calls, block_functions
 from ...lengths import unsuffixed
 from ...passes.canonicalize import Canonicalize
+from ...passes.fold_constant_subgraphs import FoldConstantSubgraphs
 from ...passes.fold_constant_transposes import FoldConstantTransposes
 from ...passes.fold_entropy_exit import ENTROPY_KERNEL
+from ..targets import host_target
 from . import codegen  # registers relax.ext.edgebert
 from .patterns import PREFIX, edgebert_patterns, pattern
 from .sentence import ChipWorkload
@@ -111,7 +114,7 @@ def partition_for_edgebert(mod: IRModule) -> tuple[IRModule, dict[str, list[dict
     """Group what the accelerator runs into regions; returns the module (its regions not yet given
     their shift registers nor compiled: formats.py, then RunCodegen) and the workload."""
     mod = tvm.transform.Sequential([Canonicalize(), ExpandExitEntropy(), FoldConstantTransposes(),
-                                    relax.transform.FoldConstant(), QuantizeForAccelerator()])(mod)
+                                    FoldConstantSubgraphs(host_target()), QuantizeForAccelerator()])(mod)
     mod = relax.transform.FuseOpsByPattern(edgebert_patterns(), bind_constants=False, annotate_codegen=True)(mod)
     return mod, block_workloads(mod)
 
