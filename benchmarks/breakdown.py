@@ -1,7 +1,7 @@
 """Where one call's time goes at a short true length: our kernels against the VM around them, and
 ONNX Runtime's nodes, by kind of work.
 
-The default checkpoint at full depth (no exit), batch 1, a sentence of `--tokens` tokens (SST-2 dev:
+The default checkpoint at full depth (no exit), batch 1 (`--batch`), a sentence of `--tokens` tokens (SST-2 dev:
 25 on average): ours runs the shortest compiled length that holds it (32 for 25), ORT
 (dynamic axes) the true length. Ours: the end-to-end median of the entry function, then every kernel
 call it makes (captured once with the VM's instrument hook) replayed from Python in the same order on
@@ -80,7 +80,7 @@ def _kernel_calls(vm: relax.VirtualMachine, entry: str, args: list) -> list[tupl
 
 def ours(checkpoint, inputs: dict[str, np.ndarray], cap: int, threads: int, repeat: int) -> tuple[dict, Runner]:
     """Our call's kernels against the VM's own work, and the call (for the interleaved timing)."""
-    compiled = compile_model(checkpoint, CompileOptions(seq_len=cap, num_cores=threads))
+    compiled = compile_model(checkpoint, CompileOptions(batch=len(inputs["input_ids"]), seq_len=cap, num_cores=threads))
     length = length_for(inputs["attention_mask"], compiled.options.lengths)
     entry = "main" + suffix(length, cap)
     vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
@@ -150,7 +150,7 @@ def plot(report: dict, path: Path) -> None:
             left += max(width, 0.0)
     ax.set_yticks(range(len(peers)), ["edgebert-tvm", "onnxruntime\n(profiled run)"])
     ax.set_xlabel("ms per call (medians)")
-    ax.set_title(f"{report['model']}, {report['tokens']} tokens, full depth, batch 1, {report['threads']} threads")
+    ax.set_title(f"{report['model']}, {report['tokens']} tokens, full depth, batch {report['batch']}, {report['threads']} threads")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -161,6 +161,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="edgebert-sst2")
     parser.add_argument("--tokens", type=int, default=25)
+    parser.add_argument("--batch", type=int, default=1, help="rows, each of --tokens tokens")
     parser.add_argument("--cap", type=int, default=64, help="the compiled --seq-len (the default artifact's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=200, help="replay and profiler rounds")
@@ -170,14 +171,15 @@ def main() -> None:
     set_threads(args.threads)
     print(f"machine: {machine(args.threads)}", flush=True)
     checkpoint = load(args.model)
-    inputs = make_inputs(1, args.tokens, checkpoint.model.config.vocab_size)
+    inputs = make_inputs(args.batch, args.tokens, checkpoint.model.config.vocab_size)
     deployed = Deployed(checkpoint.model).eval()
     us, our_call = ours(checkpoint, inputs, args.cap, args.threads, args.repeat)
     ort = onnxruntime(deployed, inputs, args.threads, args.repeat)
     session = ort_session(deployed, inputs, args.threads)
     end_to_end = {peer: median(t) for peer, t in time_interleaved(
         {"edgebert-tvm": our_call, "onnxruntime": lambda: session.run(None, inputs)[0]}, args.rounds).items()}
-    report = {"machine": machine(args.threads), "model": args.model, "tokens": args.tokens, "threads": args.threads,
+    report = {"machine": machine(args.threads), "model": args.model, "batch": args.batch, "tokens": args.tokens,
+              "threads": args.threads,
               "end_to_end_ms": end_to_end, "ours_vs_ort": end_to_end["edgebert-tvm"] / end_to_end["onnxruntime"],
               "edgebert-tvm": us, "onnxruntime": ort}
     print(f"{'':28s} {'ours ms':>9s} {'ORT ms':>9s}")
