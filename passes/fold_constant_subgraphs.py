@@ -3,17 +3,20 @@
 Relax's FoldConstant legalizes and builds each foldable call on its own and runs it once (about 30 ms
 of LLVM a call), and folds no call without a constant tensor argument, so `arange` and all that
 follows it stay in the graph. The span mask a layer computes at every compiled length
-(models/span.py: the learned z scaled, offsets from `arange`, a clamp) was therefore 220 builds for
-a 3-layer model at two lengths, and the mask itself was still computed at run time. Here the calls
-whose inputs are all constant (transitively) are copied, per function, into one module that
-returns the values the rest of the function reads; that module is built and run once, and those
-values become constants, inlined where they are used as FoldConstant inlines its own.
+(models/span.py: the learned z scaled, offsets from `arange`, a clamp) therefore cost 220 builds
+for a 3-layer model at two lengths (the z side of the formula, call by call), and the rest of it
+was still computed at run time. Here the calls whose inputs are all constant (transitively) are
+copied, per function, into one module that returns the values the rest of the function reads;
+that module is built and run once, and those values become constants, inlined where they are used
+as FoldConstant inlines its own.
 
 What folds: calls to pure Relax operators (not `call_tir` and its kin, whose callee is a module
 function) with a static tensor result, whose arguments are constants, literal values or shapes, or
-variables bound to such calls. Place: where FoldConstant would run on the high-level graph (the
-edgebert target's partitioning, target/edgebert/partition.py). Measured there (docs/CHANGELOG.md):
-`compile --target edgebert` of that model 40.2 -> 28.2 s.
+variables bound to such calls. The values folded are stored in the module: a key-span mask is
+heads x T floats per layer and length, a distance-span one heads x T x T (786 KB for 12 heads at
+T 128), the price of not computing it at every call. Place: where FoldConstant would run on the
+high-level graph (the edgebert target's partitioning, target/edgebert/partition.py). Measured
+there (docs/CHANGELOG.md): `compile --target edgebert` of that model 40.2 -> 28.2 s.
 """
 
 from __future__ import annotations
