@@ -26,9 +26,9 @@ from tvm import relax
 from tvm.ir.transform import PassContext
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-def _static_tensor(info: tvm.ir.Type) -> bool:
-    return (isinstance(info, relax.TensorType) and isinstance(info.shape, relax.ShapeExpr)
-            and all(isinstance(d, tvm.tirx.IntImm) for d in info.shape.values))
+
+def _static(shape: relax.Expr) -> bool:
+    return isinstance(shape, relax.ShapeExpr) and all(isinstance(d, tvm.tirx.IntImm) for d in shape.values)
 
 
 def _constant(expr: relax.Expr, known: set[relax.Var]) -> bool:
@@ -37,7 +37,7 @@ def _constant(expr: relax.Expr, known: set[relax.Var]) -> bool:
     if isinstance(expr, relax.Var):
         return expr in known
     if isinstance(expr, relax.ShapeExpr):
-        return all(isinstance(d, tvm.tirx.IntImm) for d in expr.values)
+        return _static(expr)
     if isinstance(expr, relax.Tuple):
         return all(_constant(field, known) for field in expr.fields)
     return False
@@ -48,7 +48,8 @@ def _foldable(value: relax.Expr, known: set[relax.Var]) -> bool:
         return _constant(value, known)
     return (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
             and not value.op.name.startswith("relax.call_") and bool(value.op.get_attr("FPurity"))
-            and _static_tensor(value.ty) and all(_constant(a, known) for a in value.args))
+            and isinstance(value.ty, relax.TensorType) and _static(value.ty.shape)
+            and all(_constant(a, known) for a in value.args))
 
 
 def _constant_bindings(func: relax.Function) -> tuple[list[relax.VarBinding], list[relax.Var], dict]:
