@@ -103,7 +103,7 @@ class CompileOptions:
         if self.rda_storage not in RDA_STORAGE:
             raise EdgeBertError(f"--rda-storage must be one of {', '.join(RDA_STORAGE)}, got {self.rda_storage!r}")
         chosen = compile_target(self.target)
-        chosen.check(self)
+        chosen.check(self, model)
         lengths = (seq_lengths.check_lengths(self.lengths, self.seq_len) if self.lengths is not None
                    else chosen.default_lengths(self.seq_len))
         spans = folded_spans(self, model.edgebert)

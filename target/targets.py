@@ -28,6 +28,7 @@ from .gpu import cuda_passes
 if TYPE_CHECKING:  # types only: the compiler imports the targets, not the other way round
     from ..compiler import CompileOptions
     from ..models.checkpoint import Checkpoint
+    from ..models.modeling import EdgeBertForSequenceClassification
 
 DEFAULT_CUDA_ARCH = "sm_80"
 
@@ -87,8 +88,8 @@ class CompileTarget:
     def tvm_target(self, num_cores: int | None = None) -> tvm.target.Target:
         raise NotImplementedError
 
-    def check(self, options: CompileOptions) -> None:
-        """Refuse options this target cannot honour (one-line errors, before any long work)."""
+    def check(self, options: CompileOptions, model: EdgeBertForSequenceClassification) -> None:
+        """Refuse options this target cannot honour for `model` (one-line errors, before any long work)."""
         if options.rda_activations is not None:
             raise EdgeBertError("--rda-activations is for --target edgebert (it changes the chip's SRAM traffic)")
         if options.accelerator_config is not None:
@@ -125,7 +126,7 @@ class CudaTarget(CompileTarget):
     def tvm_target(self, num_cores: int | None = None) -> tvm.target.Target:
         return cuda_target(num_cores)
 
-    def check(self, options: CompileOptions) -> None:
-        super().check(options)
+    def check(self, options: CompileOptions, model: EdgeBertForSequenceClassification) -> None:
+        super().check(options, model)
         if options.sparse:
             raise EdgeBertError("--sparse is for llvm: the sparse kernels and their cost model are CPU ones")

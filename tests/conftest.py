@@ -36,6 +36,12 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tuning tests first: they are the suite's longest (each waits on worker processes), and
+    a long test that starts last leaves the other xdist workers idle until it ends."""
+    items.sort(key=lambda item: item.get_closest_marker("tuning") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_cache(tmp_path_factory) -> Path:
     """`$EDGEBERT_TVM_CACHE` (translations, cost models) under this run's temporary directory, one

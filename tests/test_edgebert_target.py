@@ -14,7 +14,7 @@ import pytest
 import tvm
 from tvm import te
 
-from edgebert_tvm import cli
+from edgebert_tvm import cli, compiler
 from edgebert_tvm.adaptivfloat.quantizer import hw8_decode, hw8_encode
 from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.target.edgebert import formats, functional
@@ -370,6 +370,25 @@ def rng():
     return np.random.default_rng(7)
 
 
+def test_kernel_library_is_built_once_for_equal_kernels(monkeypatch):
+    """A chip compile's calibration builds and its artifact ask for the same kernels (the formats are
+    arguments): one build serves them; other kernels or another target build anew."""
+    builds = []
+    build = tvm.tirx.build
+    monkeypatch.setattr(tvm.tirx, "build", lambda mod, target: builds.append(mod) or build(mod, target=target))
+
+    def kernels(width: int) -> dict:
+        a, b, r = te.placeholder((2, width), name="a"), te.placeholder((2, width), name="b"), \
+            te.placeholder((3,), "int64", name="r")
+        return {"add": functional.kernel_func("add", [a, b, r], functional.residual_add(a, b, r))}
+
+    first = functional.build_kernels(kernels(24), host_target())
+    assert functional.build_kernels(kernels(24), host_target()) is first and len(builds) == 1
+    assert functional.build_kernels(kernels(40), host_target()) is not first and len(builds) == 2
+    assert functional.build_kernels(kernels(24), tvm.target.Target({"kind": "llvm"})) is not first
+    assert len(builds) == 3
+
+
 @pytest.mark.parametrize("gelu", [None, "erf", "tanh"])
 def test_dense_kernel_equals_numpy_model(rng, gelu):
     x = (rng.standard_normal((2, 5, 40)) * 3).astype("float32")
@@ -642,13 +661,15 @@ def test_distance_spans_run_in_the_softmax_unit(spans_checkpoint, tmp_path):
     assert np.abs(got - torch_exits(load(str(tmp_path / "distance")).model, inputs)).max() < 0.05
 
 
-def test_no_sentences_to_calibrate_on_is_one_line(spans_checkpoint, tmp_path, capsys):
-    """A task without a built-in train split (QNLI here) and no recipe: nothing to choose formats from."""
+def test_no_sentences_to_calibrate_on_is_one_line(spans_checkpoint, tmp_path, capsys, monkeypatch):
+    """A task without a built-in train split (QNLI here) and no recipe: nothing to choose formats
+    from, said before the import."""
     from edgebert_tvm.models.checkpoint import load, save
 
     checkpoint = load(str(spans_checkpoint))
     checkpoint.model.edgebert.task = "qnli"
     save(checkpoint, tmp_path / "qnli")
+    monkeypatch.setattr(compiler, "import_lengths", lambda *args: pytest.fail("refused only after the import"))
     assert cli.main(["compile", str(tmp_path / "qnli"), "--target", "edgebert", "--seq-len", "16", "-o",
                      str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()

@@ -15,12 +15,17 @@ PrimFunc). All compute Y[M, N] = X[M, K] @ W[N, K]^T, the form of a linear layer
   knob: `width`.
 - Embedding gather: values + a bitmask per row + row offsets; a row is decoded by walking its mask.
 
-The numpy converters here define the array layouts the kernels read.
+The numpy converters here define the array layouts the kernels read. Each kernel is TVMScript
+parsed once per process, at its first use, with its sizes as parameters, and specialized to each
+weight's (`PrimFunc.specialize`, a fraction of a millisecond): a parse takes 50-100 ms, most of it
+TVMScript walking the Python stack (250 ms under an import), and a model compile makes one kernel
+per sparse weight and length.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import tvm
@@ -85,73 +90,89 @@ def to_csr(weight: np.ndarray) -> CSRWeight:
     return CSRWeight(weight.shape, data, cols.astype("int32"), indptr)
 
 
-def bsr_matmul(m: int, weight: BSRWeight, rows: int = 8, dtype: str = "float32") -> tvm.tirx.PrimFunc:
-    """Y[m, N] = X[m, K] @ W^T for a BSR weight; `rows` rows of Y per register tile."""
-    n, k = weight.shape
-    bn, bk = weight.block
-    nnzb, nb = weight.data.shape[0], n // bn
-    rows = _divisor_at_most(m, rows)
-    tiles = m // rows
-
+@functools.cache
+def _bsr_matmul() -> tvm.tirx.PrimFunc:
+    """The BSR kernel with its sizes as parameters (`bsr_matmul` binds them)."""
     @T.prim_func(private=True, s_tir=True)
-    def func(x: T.Buffer((m, k), dtype), data: T.Buffer((nnzb, bk, bn), dtype), indices: T.Buffer((nnzb,), "int32"),
-             indptr: T.Buffer((nb + 1,), "int32"), y: T.Buffer((m, n), dtype)):
+    def func(x_handle: T.handle, data_handle: T.handle, indices_handle: T.handle, indptr_handle: T.handle,
+             y_handle: T.handle, m: T.int32, k: T.int32, n: T.int32, nnzb: T.int32, bk: T.int32, bn: T.int32,
+             rows: T.int32):
         T.func_attr(SCHEDULED)
+        x = T.match_buffer(x_handle, (m, k))
+        data = T.match_buffer(data_handle, (nnzb, bk, bn))
+        indices = T.match_buffer(indices_handle, (nnzb,), "int32")
+        indptr = T.match_buffer(indptr_handle, (n // bn + 1,), "int32")
+        y = T.match_buffer(y_handle, (m, n))
         with T.sblock("root"):
             with T.sblock("kernel"):
-                T.reads(x[0:m, 0:k], data[0:nnzb, 0:bk, 0:bn], indices[0:nnzb], indptr[0:nb + 1])
+                T.reads(x[0:m, 0:k], data[0:nnzb, 0:bk, 0:bn], indices[0:nnzb], indptr[0:n // bn + 1])
                 T.writes(y[0:m, 0:n])
-                for task in T.parallel(nb * tiles):
-                    acc = T.alloc_buffer((rows, bn), dtype, scope="local")
+                for task in T.parallel(n // bn * (m // rows)):
+                    acc = T.alloc_buffer((rows, bn), scope="local")
                     for r in T.unroll(rows):
                         for j in T.vectorized(bn):
-                            acc[r, j] = T.cast(0, dtype)
-                    for b in range(indptr[task // tiles], indptr[task // tiles + 1]):
+                            acc[r, j] = T.float32(0)
+                    for b in range(indptr[task // (m // rows)], indptr[task // (m // rows) + 1]):
                         for kk in range(bk):
                             for r in T.unroll(rows):
                                 for j in T.vectorized(bn):
-                                    acc[r, j] = acc[r, j] + x[task % tiles * rows + r, indices[b] * bk + kk] * data[b, kk, j]
+                                    acc[r, j] = acc[r, j] + x[task % (m // rows) * rows + r, indices[b] * bk + kk] * data[b, kk, j]
                     for r in T.unroll(rows):
                         for j in T.vectorized(bn):
-                            y[task % tiles * rows + r, task // tiles * bn + j] = acc[r, j]
+                            y[task % (m // rows) * rows + r, task // (m // rows) * bn + j] = acc[r, j]
 
     return func
 
 
-def csr_matmul(m: int, weight: CSRWeight, width: int = 64, dtype: str = "float32") -> tvm.tirx.PrimFunc:
-    """Y[m, N] = X[m, K] @ W^T for a CSR weight; `width` rows of Y form the vector of one FMA chain."""
+def bsr_matmul(m: int, weight: BSRWeight, rows: int = 8) -> tvm.tirx.PrimFunc:
+    """Y[m, N] = X[m, K] @ W^T for a BSR weight; `rows` rows of Y per register tile."""
     n, k = weight.shape
-    nnz = weight.data.shape[0]
-    width = _divisor_at_most(m, width)
-    tiles = m // width
+    bn, bk = weight.block
+    return _specialized(_bsr_matmul(), m=m, k=k, n=n, nnzb=weight.data.shape[0], bk=bk, bn=bn,
+                        rows=_divisor_at_most(m, rows))
 
+
+@functools.cache
+def _csr_matmul() -> tvm.tirx.PrimFunc:
+    """The CSR kernel with its sizes as parameters (`csr_matmul` binds them)."""
     @T.prim_func(private=True, s_tir=True)
-    def func(x: T.Buffer((m, k), dtype), data: T.Buffer((nnz,), dtype), indices: T.Buffer((nnz,), "int32"),
-             indptr: T.Buffer((n + 1,), "int32"), y: T.Buffer((m, n), dtype)):
+    def func(x_handle: T.handle, data_handle: T.handle, indices_handle: T.handle, indptr_handle: T.handle,
+             y_handle: T.handle, m: T.int32, k: T.int32, n: T.int32, nnz: T.int32, width: T.int32):
         T.func_attr(SCHEDULED)
+        x = T.match_buffer(x_handle, (m, k))
+        data = T.match_buffer(data_handle, (nnz,))
+        indices = T.match_buffer(indices_handle, (nnz,), "int32")
+        indptr = T.match_buffer(indptr_handle, (n + 1,), "int32")
+        y = T.match_buffer(y_handle, (m, n))
         with T.sblock("root"):
             with T.sblock("kernel"):
                 T.reads(x[0:m, 0:k], data[0:nnz], indices[0:nnz], indptr[0:n + 1])
                 T.writes(y[0:m, 0:n])
-                xt = T.alloc_buffer((k, m), dtype)
+                xt = T.alloc_buffer((k, m))
                 for c in T.parallel(k):
                     for i in range(m):
                         xt[c, i] = x[i, c]
-                yt = T.alloc_buffer((n, m), dtype)
-                for task in T.parallel(n * tiles):
-                    acc = T.alloc_buffer((width,), dtype, scope="local")
+                yt = T.alloc_buffer((n, m))
+                for task in T.parallel(n * (m // width)):
+                    acc = T.alloc_buffer((width,), scope="local")
                     for i in T.vectorized(width):
-                        acc[i] = T.cast(0, dtype)
-                    for p in range(indptr[task // tiles], indptr[task // tiles + 1]):
+                        acc[i] = T.float32(0)
+                    for p in range(indptr[task // (m // width)], indptr[task // (m // width) + 1]):
                         for i in T.vectorized(width):
-                            acc[i] = acc[i] + data[p] * xt[indices[p], task % tiles * width + i]
+                            acc[i] = acc[i] + data[p] * xt[indices[p], task % (m // width) * width + i]
                     for i in T.vectorized(width):
-                        yt[task // tiles, task % tiles * width + i] = acc[i]
+                        yt[task // (m // width), task % (m // width) * width + i] = acc[i]
                 for i in T.parallel(m):
                     for j in range(n):
                         y[i, j] = yt[j, i]
 
     return func
+
+
+def csr_matmul(m: int, weight: CSRWeight, width: int = 64) -> tvm.tirx.PrimFunc:
+    """Y[m, N] = X[m, K] @ W^T for a CSR weight; `width` rows of Y form the vector of one FMA chain."""
+    n, k = weight.shape
+    return _specialized(_csr_matmul(), m=m, k=k, n=n, nnz=weight.data.shape[0], width=_divisor_at_most(m, width))
 
 
 @dataclasses.dataclass
@@ -183,32 +204,47 @@ def to_masked_table(table: np.ndarray) -> MaskedTable:
     return MaskedTable((v, h), values, mask, offsets)
 
 
-def masked_gather(count: int, table: MaskedTable, dtype: str = "float32") -> tvm.tirx.PrimFunc:
-    """out[t, :] = row ids[t] of the table, decoded from its bitmask and values."""
-    v, h = table.shape
-    nnz, words = table.values.shape[0], h // 32
-
+@functools.cache
+def _masked_gather() -> tvm.tirx.PrimFunc:
+    """The gather with its sizes as parameters (`masked_gather` binds them)."""
     @T.prim_func(private=True, s_tir=True)
-    def func(ids: T.Buffer((count,), "int32"), values: T.Buffer((nnz,), dtype), mask: T.Buffer((v, words), "uint32"),
-             offsets: T.Buffer((v + 1,), "int32"), out: T.Buffer((count, h), dtype)):
+    def func(ids_handle: T.handle, values_handle: T.handle, mask_handle: T.handle, offsets_handle: T.handle,
+             out_handle: T.handle, count: T.int32, v: T.int32, h: T.int32, nnz: T.int32):
         T.func_attr(SCHEDULED)
+        ids = T.match_buffer(ids_handle, (count,), "int32")
+        values = T.match_buffer(values_handle, (nnz,))
+        mask = T.match_buffer(mask_handle, (v, h // 32), "uint32")
+        offsets = T.match_buffer(offsets_handle, (v + 1,), "int32")
+        out = T.match_buffer(out_handle, (count, h))
         with T.sblock("root"):
             with T.sblock("kernel"):
-                T.reads(ids[0:count], values[0:nnz], mask[0:v, 0:words], offsets[0:v + 1])
+                T.reads(ids[0:count], values[0:nnz], mask[0:v, 0:h // 32], offsets[0:v + 1])
                 T.writes(out[0:count, 0:h])
                 for t in T.parallel(count):
                     cursor = T.alloc_buffer((1,), "int32", scope="local")
                     row = T.min(T.max(ids[t], 0), v - 1)
                     cursor[0] = offsets[row]
-                    for w in range(words):
+                    for w in range(h // 32):
                         for b in range(32):
                             if (mask[row, w] >> T.uint32(b)) & T.uint32(1) == T.uint32(1):
                                 out[t, w * 32 + b] = values[cursor[0]]
                                 cursor[0] = cursor[0] + 1
                             else:
-                                out[t, w * 32 + b] = T.cast(0, dtype)
+                                out[t, w * 32 + b] = T.float32(0)
 
     return func
+
+
+def masked_gather(count: int, table: MaskedTable) -> tvm.tirx.PrimFunc:
+    """out[t, :] = row ids[t] of the table, decoded from its bitmask and values."""
+    v, h = table.shape
+    return _specialized(_masked_gather(), count=count, v=v, h=h, nnz=table.values.shape[0])
+
+
+def _specialized(template: tvm.tirx.PrimFunc, **sizes: int) -> tvm.tirx.PrimFunc:
+    """`template` with its size parameters bound (by name) to `sizes`: only its buffers remain."""
+    params = {str(param.name): param for param in template.params}
+    return template.specialize({params[name]: size for name, size in sizes.items()})
 
 
 def _divisor_at_most(extent: int, wanted: int) -> int:

@@ -33,6 +33,7 @@ import math
 from typing import Callable, Sequence
 
 import tvm
+import tvm_ffi
 from tvm import te, tirx
 
 INPUT_FRAC = 15  # inputs are aligned to Q15: every 16-bit format's values are exact there
@@ -293,7 +294,20 @@ def kernel_func(name: str, inputs: list[te.Tensor], output: te.Tensor) -> tirx.P
     return te.create_prim_func([*inputs, output]).with_attr("global_symbol", name)
 
 
+# Kernel libraries built in this process. A chip compile builds the same kernels for its format
+# calibration, its exit calibration and the artifact (formats are kernel arguments, not constants):
+# the later builds, 3-4 s each for a 2-layer model, reuse the first library, JIT-compiled once.
+_BUILT: list[tuple[tvm.IRModule, str, tvm.runtime.Module]] = []
+_BUILT_LIMIT = 4
+
+
 def build_kernels(kernels: dict[str, tirx.PrimFunc], target: tvm.target.Target) -> tvm.runtime.Module:
     """One host library holding every kernel: one lowering and one LLVM module for all of them."""
+    mod, target_key = tvm.IRModule(kernels), str(target)
+    for built_mod, built_target, library in _BUILT:
+        if built_target == target_key and tvm_ffi.structural_equal(built_mod, mod, map_free_vars=True):
+            return library
     with tvm.transform.PassContext(opt_level=3, disabled_pass=SLOW_UNNEEDED_PASSES):
-        return tvm.tirx.build(tvm.IRModule(kernels), target=target)
+        library = tvm.tirx.build(mod, target=target)
+    _BUILT[:] = [*_BUILT[-(_BUILT_LIMIT - 1):], (mod, target_key, library)]
+    return library

@@ -17,7 +17,7 @@ from tvm import relax
 
 from ...artifact import Artifact
 from ...contract import ALL_EXITS
-from ...data import Example, builtin_split, read_tsv, task_for
+from ...data import Example, Task, builtin_split, read_tsv, task_for
 from ...errors import EdgeBertError, InternalError
 from ...evaluate import artifact_all_exits
 from ...inputs import encode, load_tokenizer
@@ -35,6 +35,8 @@ from .partition import chip_workload, partition_for_edgebert
 if TYPE_CHECKING:  # types only: the compiler imports the targets, not the other way round
     from ...compiler import CompileOptions
     from ...models.checkpoint import Checkpoint
+    from ...models.config import EdgeBertConfig
+    from ...models.modeling import EdgeBertForSequenceClassification
 
 
 class EdgebertTarget(LlvmTarget):
@@ -42,7 +44,8 @@ class EdgebertTarget(LlvmTarget):
 
     name = "edgebert"
 
-    def check(self, options: CompileOptions) -> None:
+    def check(self, options: CompileOptions, model: EdgeBertForSequenceClassification) -> None:
+        _calibration_task(model.edgebert)  # fails now if there is nothing to choose formats from
         if options.fuse_qkv:
             raise EdgeBertError("--fuse-qkv is for llvm and cuda: the edgebert chip's patterns take one matmul per "
                                 "projection")
@@ -133,17 +136,23 @@ CHIP_EXIT_SENTENCES = 1000  # held-out sentences the chip's threshold is calibra
 RANDOM_CALIBRATION_ROWS = 8
 
 
+def _calibration_task(edgebert: EdgeBertConfig) -> Task:
+    """The task whose training sentences calibrate the chip (SST-2 for a model that names none),
+    refused where it has no built-in train split and the checkpoint records no recipe to read one from."""
+    task = task_for(edgebert.task or "sst2")
+    if "train" not in task.splits and not isinstance(edgebert.extra.get("recipe"), dict):
+        raise EdgeBertError(f"no sentences to calibrate the chip's formats on: the checkpoint's task {task.name} has "
+                            "no built-in train split and the checkpoint records no recipe with a train file")
+    return task
+
+
 def _calibration_examples(checkpoint: Checkpoint) -> list[Example]:
-    """The first training sentences of the model's task (SST-2's for a model that names none); for
-    a task without a built-in train split (QNLI here), the first its recipe trained on."""
-    task = task_for(checkpoint.model.edgebert.task or "sst2")
+    """The first training sentences of the model's task; for a task without a built-in train split
+    (QNLI here), the first its recipe trained on."""
+    task = _calibration_task(checkpoint.model.edgebert)
     if "train" in task.splits:
         return read_tsv(builtin_split(task, "train"), task, limit=CALIBRATION_SENTENCES)
-    recipe = checkpoint.model.edgebert.extra.get("recipe")
-    if not isinstance(recipe, dict):
-        raise EdgeBertError(f"{checkpoint.source}: no sentences to calibrate the chip's formats on (task {task.name} "
-                            "has no built-in train split and the checkpoint records no recipe with a train file)")
-    return training_examples(RecipeConfig.from_dict(recipe))[:CALIBRATION_SENTENCES]
+    return training_examples(RecipeConfig.from_dict(checkpoint.model.edgebert.extra["recipe"]))[:CALIBRATION_SENTENCES]
 
 
 def _calibration_batches(checkpoint: Checkpoint, options: CompileOptions) -> list[list[tvm.runtime.Tensor]]:
