@@ -5,3 +5,5 @@ runs before lowering, its lowering); `targets.py` also builds TVM targets, the l
 an artifact's run device; `cpu/`, `gpu.py` and `edgebert/` hold what is particular to each. Nothing is
 imported here, so that loading an artifact pulls in no accelerator model (which needs PyTorch).
 """
+
+TARGET_NAMES = ("llvm", "cuda", "edgebert")  # `--target`; registry.py holds one object each

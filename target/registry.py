@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import tvm
 
-from ..errors import EdgeBertError
+from ..errors import EdgeBertError, InternalError
+from . import TARGET_NAMES
 from .edgebert.pipeline import EdgebertTarget
 from .targets import CompileTarget, CudaTarget, LlvmTarget
 
 TARGETS: dict[str, CompileTarget] = {t.name: t for t in (LlvmTarget(), CudaTarget(), EdgebertTarget())}
-TARGET_NAMES = tuple(TARGETS)
+if tuple(TARGETS) != TARGET_NAMES:
+    raise InternalError(f"targets {tuple(TARGETS)} are not the names the command line offers, {TARGET_NAMES}")
 
 
 def compile_target(name: str) -> CompileTarget:

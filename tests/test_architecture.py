@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import edgebert_tvm
@@ -143,6 +144,23 @@ def test_compiled_artifact_loads_and_runs_without_torch(tiny_artifact):
         print("ok")
     """)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_run_imports_no_compiler(tiny_artifact, tmp_path):
+    """`edgebert-tvmc run` loads the artifact with TVM's runtime; the compiler, the PyTorch model code,
+    the Relax frontend and the training code stay unimported (commands/__init__.py: seconds a run)."""
+    np.savez(tmp_path / "in.npz", input_ids=np.full((1, 8), 7), attention_mask=np.ones((1, 8), "int64"),
+             token_type_ids=np.zeros((1, 8), "int64"))
+    heavy = ["edgebert_tvm.compiler", "edgebert_tvm.models.modeling", "edgebert_tvm.models.checkpoint",
+             "edgebert_tvm.target.registry", "edgebert_tvm.training.recipe", "tvm.relax.frontend.torch"]
+    code = textwrap.dedent(f"""
+        import sys
+        from edgebert_tvm import cli
+        assert cli.main(["run", {str(tiny_artifact)!r}, "--inputs", {str(tmp_path / "in.npz")!r}]) == 0
+        print([m for m in {heavy!r} if m in sys.modules])
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr[-2000:]
 
 
 def test_pipeline_out_of_order_is_an_internal_error_naming_the_passes():

@@ -25,6 +25,7 @@ import pytest
 
 from edgebert_tvm import cli, fileio
 from edgebert_tvm.artifact import Artifact
+from edgebert_tvm.commands import compile as compile_command
 from edgebert_tvm.errors import EdgeBertError
 from edgebert_tvm.tuning.records import DEFAULTS_FILE, open_for_tuning, read_defaults
 
@@ -191,10 +192,10 @@ def _assert_complete(out: Path, names: list[str]) -> None:
     assert _elf_whole(out / "model.so")
 
 
-# Compiles run as forks of a server that has imported the CLI once: a compile's 4-5 s of imports would
-# otherwise be paid 20 times, and a kill during imports tests nothing.
+# Compiles run as forks of a server that has imported the CLI and its compile command once: a compile's
+# 4-5 s of imports would otherwise be paid 20 times, and a kill during imports tests nothing.
 _SERVER = multiprocessing.get_context("forkserver")
-_SERVER.set_forkserver_preload(["edgebert_tvm.cli"])
+_SERVER.set_forkserver_preload(["edgebert_tvm.cli", "edgebert_tvm.commands.compile"])
 
 
 def _compile_in_child(argv: list[str], log: str) -> None:
@@ -315,7 +316,7 @@ def test_an_artifact_is_replaced_only_with_force(monkeypatch, capsys, tiny_artif
     (out / "extra.txt").write_text("left by the old artifact")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with monkeypatch.context() as m:
-        m.setattr(cli, "load", lambda model: pytest.fail("the rule must be checked before loading"))
+        m.setattr(compile_command, "load", lambda model: pytest.fail("the rule must be checked before loading"))
         _refused(capsys, out, match="pass --force to replace it")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert cli.main(["compile", *TINY, "-o", str(out), "--force"]) == 0
@@ -327,7 +328,7 @@ def test_a_directory_that_is_not_an_artifact_is_never_replaced(monkeypatch, caps
     out = tmp_path / "src"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    monkeypatch.setattr(cli, "load", lambda model: pytest.fail("the rule must be checked before loading"))
+    monkeypatch.setattr(compile_command, "load", lambda model: pytest.fail("the rule must be checked before loading"))
     for extra in ((), ("--force",)):
         _refused(capsys, out, *extra, match="is not an artifact (no metadata.json); not replacing it")
     assert os.listdir(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"

@@ -13,6 +13,7 @@ import tvm
 from safetensors.torch import load_file, save_file
 
 from edgebert_tvm import __version__, cli
+from edgebert_tvm.commands import compile as compile_command
 from edgebert_tvm.errors import InternalError
 
 from .conftest import run_cli_fresh
@@ -103,13 +104,13 @@ def test_internal_error_is_one_line_and_status_3(monkeypatch, capsys, tmp_path):
     def broken_compile(checkpoint, options):
         raise InternalError("FoldEntropyExit ran before FoldSparsity")
 
-    monkeypatch.setattr(cli, "compile_model", broken_compile)
+    monkeypatch.setattr(compile_command, "compile_model", broken_compile)
     args = ["compile", "albert-tiny", "-o", str(tmp_path / "A"), "--seq-len", "8"]
     assert cli.main(args) == 3
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "internal error: FoldEntropyExit ran before FoldSparsity" in err and f"edgebert-tvm {__version__}" in err
-    monkeypatch.setattr(cli, "compile_model", lambda checkpoint, options: {}["missing"])  # any other bug
+    monkeypatch.setattr(compile_command, "compile_model", lambda checkpoint, options: {}["missing"])  # any other bug
     assert cli.main(args) == 3 and "internal error (KeyError)" in capsys.readouterr().err
     monkeypatch.setenv("EDGEBERT_TVM_DEBUG", "1")  # the traceback, for whoever debugs it
     with pytest.raises(KeyError):
