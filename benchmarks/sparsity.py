@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import tvm
 from tvm import relax
+from transformers import AlbertConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -34,7 +35,7 @@ from edgebert_tvm.fileio import write_json_atomic  # noqa: E402
 from edgebert_tvm.compiler import CompileOptions, compile_model, constant_bytes  # noqa: E402
 from edgebert_tvm.contract import BLOCK_ATTR  # noqa: E402
 from edgebert_tvm.importer import InputSpec, import_model  # noqa: E402
-from edgebert_tvm.models.builtins import BUILTIN_CONFIGS  # noqa: E402
+from edgebert_tvm.models.builtins import BUILTIN_SHAPES  # noqa: E402
 from edgebert_tvm.models.checkpoint import load  # noqa: E402
 from edgebert_tvm.target.cpu.fold_sparsity import FoldSparsity  # noqa: E402
 from edgebert_tvm.target.registry import make_target  # noqa: E402
@@ -183,7 +184,7 @@ def memory_table(checkpoint_name: str, threads: int) -> list[dict]:
     target = make_target("llvm", threads)
     models = {
         "ALBERT-base fp32 (dense)": Checkpoint(EdgeBertForSequenceClassification(
-            BUILTIN_CONFIGS["albert-base"](), EdgeBertConfig(num_labels=2)).eval(), "albert-base", None),
+            AlbertConfig(**BUILTIN_SHAPES["albert-base"]), EdgeBertConfig(num_labels=2)).eval(), "albert-base", None),
         "MiniLM-L6 fp32 (dense)": load("minilm-l6"),
     }
     rows = []

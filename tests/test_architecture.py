@@ -148,11 +148,11 @@ def test_compiled_artifact_loads_and_runs_without_torch(tiny_artifact):
 
 def test_run_imports_no_compiler(tiny_artifact, tmp_path):
     """`edgebert-tvmc run` loads the artifact with TVM's runtime; the compiler, the PyTorch model code,
-    the Relax frontend and the training code stay unimported (commands/__init__.py: seconds a run)."""
+    the Relax frontend, the training code and transformers stay unimported (commands/__init__.py)."""
     np.savez(tmp_path / "in.npz", input_ids=np.full((1, 8), 7), attention_mask=np.ones((1, 8), "int64"),
              token_type_ids=np.zeros((1, 8), "int64"))
     heavy = ["edgebert_tvm.compiler", "edgebert_tvm.models.modeling", "edgebert_tvm.models.checkpoint",
-             "edgebert_tvm.target.registry", "edgebert_tvm.training.recipe", "tvm.relax.frontend.torch"]
+             "edgebert_tvm.target.registry", "edgebert_tvm.training.recipe", "tvm.relax.frontend.torch", "transformers"]
     code = textwrap.dedent(f"""
         import sys
         from edgebert_tvm import cli

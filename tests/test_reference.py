@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface, BertModel
+from transformers import AlbertConfig, AttentionInterface, BertModel
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from edgebert_tvm import cli
@@ -25,7 +25,7 @@ from edgebert_tvm.data import Example, builtin_split, read_tsv, task_for
 from edgebert_tvm.evaluate import artifact_all_exits
 from edgebert_tvm.inputs import encode, load_tokenizer
 from edgebert_tvm.lengths import default_lengths, fit
-from edgebert_tvm.models.builtins import albert_config
+from edgebert_tvm.models.builtins import ALBERT_BASE
 from edgebert_tvm.models.checkpoint import Checkpoint, load, save
 from edgebert_tvm.models.config import EdgeBertConfig
 from edgebert_tvm.models.inference import torch_all_exits
@@ -191,9 +191,9 @@ def _perturbed_model(config, edgebert: EdgeBertConfig) -> EdgeBertForSequenceCla
 
 @pytest.mark.parametrize("family", ["bert", "albert"])
 def test_save_then_load_returns_the_saved_model(family, minilm_dir, tmp_path):
-    config = tiny_bert_config() if family == "bert" else albert_config(
-        vocab_size=30522, embedding_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64)
+    config = tiny_bert_config() if family == "bert" else AlbertConfig(**{
+        **ALBERT_BASE, "vocab_size": 30522, "embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64})
     rows = 3 if family == "bert" else 1
     edgebert = EdgeBertConfig(  # every field away from its default; spans exact in float32
         num_labels=3, exit_thresholds=[0.25, 0.5], attention_spans=[[0.0, 0.125, 0.5, 1.0]] * rows, span_max=64,

@@ -9,24 +9,20 @@ explicit, announced step (`edgebert-tvmc build-default NAME`), which also reruns
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
-
-from transformers import AlbertConfig, PretrainedConfig
+from typing import Any, Callable
 
 from ..errors import EdgeBertError
 from ..fileio import cache_dir
 from ..training.config import DEFAULT_BUILTIN, TRAINED_BUILTINS, recipe_id
 
 
-def albert_config(**overrides: int) -> PretrainedConfig:
-    """ALBERT-base as in the EdgeBERT paper: 12 layers sharing one, hidden 768, embedding 128."""
-    shape = dict(
-        vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-        intermediate_size=3072, hidden_act="gelu_new", max_position_embeddings=512,
-        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-    )
-    shape.update(overrides)
-    return AlbertConfig(**shape)
+# ALBERT-base as in the EdgeBERT paper: 12 layers sharing one, hidden 768, embedding 128
+# (transformers.AlbertConfig keyword arguments: naming a built-in imports no transformers).
+ALBERT_BASE: dict[str, Any] = dict(
+    vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+    intermediate_size=3072, hidden_act="gelu_new", max_position_embeddings=512,
+    hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+)
 
 
 def minilm_dir() -> Path:
@@ -70,10 +66,10 @@ def _trained(name: str) -> Callable[[], Path]:
 
 
 BUILTIN_DIRS: dict[str, Callable[[], Path]] = {"minilm-l6": minilm_dir, **{name: _trained(name) for name in TRAINED_BUILTINS}}
-BUILTIN_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
-    "albert-base": albert_config,
-    "albert-tiny": lambda: albert_config(
-        embedding_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128
-    ),
+# Built-ins with random weights, by shape: AlbertConfig keyword arguments (`checkpoint.load` builds them).
+BUILTIN_SHAPES: dict[str, dict[str, Any]] = {
+    "albert-base": ALBERT_BASE,
+    "albert-tiny": {**ALBERT_BASE, "embedding_size": 32, "hidden_size": 64, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "intermediate_size": 128},
 }
-BUILTIN_NAMES = sorted([*BUILTIN_DIRS, *BUILTIN_CONFIGS])
+BUILTIN_NAMES = sorted([*BUILTIN_DIRS, *BUILTIN_SHAPES])

@@ -20,14 +20,14 @@ from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
-from transformers import PretrainedConfig
+from transformers import AlbertConfig, PretrainedConfig
 
 from ..adaptivfloat.fake_quant import QUANTIZED_MODULES
 from ..errors import EdgeBertError
 from ..fileio import atomic_directory
 from . import packed
 from .architectures import architecture_for
-from .builtins import BUILTIN_CONFIGS, BUILTIN_DIRS, BUILTIN_NAMES
+from .builtins import BUILTIN_DIRS, BUILTIN_NAMES, BUILTIN_SHAPES
 from .config import EdgeBertConfig
 from .modeling import EdgeBertForSequenceClassification, init_offramps_from_pooler
 
@@ -51,10 +51,10 @@ class Checkpoint:
 def load(name_or_dir: str | Path, edgebert: EdgeBertConfig | None = None) -> Checkpoint:
     """Load a built-in model by name or a checkpoint directory; the model is in eval mode."""
     name = str(name_or_dir)
-    if name in BUILTIN_CONFIGS:
+    if name in BUILTIN_SHAPES:
         with torch.random.fork_rng():
             torch.manual_seed(INIT_SEED)
-            model = EdgeBertForSequenceClassification(BUILTIN_CONFIGS[name](), edgebert or EdgeBertConfig())
+            model = EdgeBertForSequenceClassification(AlbertConfig(**BUILTIN_SHAPES[name]), edgebert or EdgeBertConfig())
             init_offramps_from_pooler(model)
         return Checkpoint(model.eval(), name, None)
     directory = BUILTIN_DIRS[name]() if name in BUILTIN_DIRS else Path(name_or_dir)
