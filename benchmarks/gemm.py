@@ -31,14 +31,14 @@ BLOCK_MS = 20.0  # each peer's calls back to back for this long per round (harne
 SHAPES = [(128, 768, 768), (128, 768, 3072), (128, 3072, 768), (128, 384, 384), (128, 384, 1536), (128, 1536, 384)]
 
 
-def _ours(x: np.ndarray, w: np.ndarray, b: np.ndarray, threads: int):
+def _ours(x: np.ndarray, w: np.ndarray, b: np.ndarray, threads: int, mcpu: str | None = None):
     bb = relax.BlockBuilder()
     xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
     with bb.function("main", [xv]):
         with bb.dataflow():
             out = bb.emit_output(relax.op.add(relax.op.matmul(xv, relax.const(w)), relax.const(b)))
         bb.emit_func_output(out)
-    target = make_target("llvm", threads)
+    target = make_target("llvm", threads, mcpu)
     with target:
         mod = lowering_pipeline(target)(bb.finalize())
     vm = relax.VirtualMachine(tvm.compile(mod, target, relax_pipeline=None), tvm.cpu())
@@ -64,7 +64,7 @@ def _ort(x: np.ndarray, w: np.ndarray, b: np.ndarray, threads: int):
     return lambda: session.run(None, {"x": x})[0]
 
 
-def gemm_benchmark(threads: int, rounds: int) -> list[dict]:
+def gemm_benchmark(threads: int, rounds: int, mcpu: str | None = None) -> list[dict]:
     rng = np.random.default_rng(0)
     results = []
     computed, peak = host_fp32_peak(threads), measured_fp32_gflops(threads)
@@ -75,7 +75,7 @@ def gemm_benchmark(threads: int, rounds: int) -> list[dict]:
         x, w, b = (rng.standard_normal(s, dtype=np.float32) for s in ((m, k), (k, n), (n,)))
         xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
         runners = {
-            "edgebert-tvm": _ours(x, w, b, threads),
+            "edgebert-tvm": _ours(x, w, b, threads, mcpu),
             "pytorch": lambda: torch.addmm(bt, xt, wt).numpy(),
             "onnxruntime": _ort(x, w, b, threads),
         }

@@ -26,6 +26,7 @@ from edgebert_tvm.compiler import CompileOptions, compile_model
 from edgebert_tvm.fileio import write_json_atomic
 from edgebert_tvm.importer import InputSpec, import_model
 from edgebert_tvm.models.checkpoint import Checkpoint
+from edgebert_tvm.target.cpu.common import vector_bits
 from edgebert_tvm.target.cpu.host import describe_host, host_fp32_peak
 from edgebert_tvm.target.registry import make_target
 
@@ -58,6 +59,19 @@ def machine(threads: int) -> str:
     computed from the reported clock and as measured (fma_peak.py)."""
     return (f"{describe_host()}; {host_fp32_peak(threads)}; measured "
             f"{measured_fp32_gflops(threads):.0f} GFLOP/s on {threads} threads")
+
+
+# The variables that cap the ISA PyTorch's kernels use (ATen's own, MKL's GEMMs, oneDNN's); set before
+# torch is imported. ONNX Runtime has none: MLAS takes the widest this CPU has.
+TORCH_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def peer_isas(mcpu: str | None) -> str:
+    """Which vector ISA each peer was allowed, in words: ours by `--mcpu`, PyTorch by its variables."""
+    target = make_target("llvm", mcpu=mcpu)
+    caps = ", ".join(f"{v}={os.environ[v]}" for v in TORCH_ISA_VARIABLES if v in os.environ)
+    return (f"ours compiled for {target.attrs['mcpu']} ({vector_bits(target)}-bit vectors); PyTorch "
+            f"{caps or 'uncapped (this CPU widest)'}; ONNX Runtime this CPU's widest (MLAS dispatches on cpuid)")
 
 
 def write_report(path: str | Path, report: dict) -> None:
@@ -122,10 +136,10 @@ def _vm_runner(executable: tvm.runtime.Executable, inputs: dict[str, np.ndarray]
 
 
 def edgebert_tvm_runner(checkpoint: Checkpoint, inputs: dict[str, np.ndarray], threads: int,
-                        tuning_records: Path | None = None) -> Runner:
+                        tuning_records: Path | None = None, mcpu: str | None = None) -> Runner:
     batch, seq_len = inputs["input_ids"].shape
     compiled = compile_model(checkpoint, CompileOptions(batch=batch, seq_len=seq_len, num_cores=threads,
-                                                        tuning_records=tuning_records))
+                                                        tuning_records=tuning_records, mcpu=mcpu))
     return _vm_runner(compiled.executable, inputs)
 
 

@@ -6,6 +6,14 @@ then a GEMM micro-benchmark on the encoder shapes. Prints medians and ratios aga
 and writes JSON.
 
     .venv/bin/python benchmarks/peers.py --json benchmarks/results/peers.json
+
+`--mcpu` compiles ours for another CPU this one can run (e.g. znver3 on an AVX-512 machine: the
+AVX2 kernels); cap PyTorch the same way with its variables (harness.TORCH_ISA_VARIABLES), e.g.
+
+    ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
+        .venv/bin/python benchmarks/peers.py --mcpu znver3 --no-stock-tvm
+
+ONNX Runtime cannot be capped: it keeps this CPU's widest ISA, so ours/ORT is then a harsh ratio.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from harness import (  # noqa: E402
     machine,
     make_inputs,
     median,
+    peer_isas,
     ort_runner,
     set_threads,
     stock_tvm_runner,
@@ -42,7 +51,8 @@ MODELS = ["albert-base", "minilm-l6"]
 SINGLE_SHOT_MS = 5000.0  # slower peers (stock TVM) are timed once
 
 
-def model_benchmark(name: str, batch: int, seq_len: int, threads: int, rounds: int, stock: bool) -> dict:
+def model_benchmark(name: str, batch: int, seq_len: int, threads: int, rounds: int, stock: bool,
+                    mcpu: str | None = None) -> dict:
     """One model and shape: every peer checked against PyTorch, then timed interleaved."""
     checkpoint = load(name)
     deployed = Deployed(checkpoint.model).eval()
@@ -51,7 +61,7 @@ def model_benchmark(name: str, batch: int, seq_len: int, threads: int, rounds: i
         "pytorch": torch_runner(deployed, inputs),
         "torch.compile": torch_compile_runner(deployed, inputs),
         "onnxruntime": ort_runner(deployed, inputs, threads),
-        "edgebert-tvm": edgebert_tvm_runner(checkpoint, inputs, threads),
+        "edgebert-tvm": edgebert_tvm_runner(checkpoint, inputs, threads, mcpu=mcpu),
     }
     if stock:
         runners["stock-tvm"] = stock_tvm_runner(checkpoint, inputs, threads)
@@ -94,22 +104,24 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--no-stock-tvm", action="store_true", help="skip stock TVM (minutes per configuration)")
     parser.add_argument("--skip-gemm", action="store_true")
+    parser.add_argument("--mcpu", help="compile ours for this CPU (LLVM's name; default: this one)")
     parser.add_argument("--json", default="benchmarks/results/peers.json")
     args = parser.parse_args()
     set_threads(args.threads)
     print(f"machine: {machine(args.threads)}", flush=True)
+    print(f"ISA: {peer_isas(args.mcpu)}", flush=True)
 
     results = []
     for name in args.models:
         for batch, seq_len in CONFIGS:
             print(f"{name} batch {batch} seq {seq_len} ...", flush=True)
             stock = not args.no_stock_tvm and batch == 1  # untuned TVM takes minutes per batch-8 call
-            results.append(model_benchmark(name, batch, seq_len, args.threads, args.rounds, stock))
+            results.append(model_benchmark(name, batch, seq_len, args.threads, args.rounds, stock, args.mcpu))
             print_table(results[-1:])
     print_table(results)
-    gemms = [] if args.skip_gemm else gemm_benchmark(args.threads, args.rounds)
-    write_report(args.json, {"machine": machine(args.threads), "threads": args.threads, "models": results,
-                             "gemm": gemms})
+    gemms = [] if args.skip_gemm else gemm_benchmark(args.threads, args.rounds, args.mcpu)
+    write_report(args.json, {"machine": machine(args.threads), "isa": peer_isas(args.mcpu), "threads": args.threads,
+                             "models": results, "gemm": gemms})
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from .fileio import atomic_directory
 from .contract import ALL_EXITS, INPUT_NAMES, MAIN
 from .lengths import fit, length_for, suffix
 from .target.cpu import schedule_parameters
-from .target.cpu.host import size_thread_pool
+from .target.cpu.host import describe_host, isa_flags, missing_isa, size_thread_pool
 from .target.targets import run_device
 
 if TYPE_CHECKING:  # running an artifact must not import torch
@@ -89,7 +89,7 @@ def write_artifact(checkpoint: "Checkpoint", compiled: "CompiledModel", out_dir:
         },
         "input": {"names": list(INPUT_NAMES), "batch": options.batch, "seq_len": options.seq_len,
                   "lengths": list(options.lengths)},
-        "target": {"name": options.target, "tvm": str(compiled.target)},
+        "target": {"name": options.target, "tvm": str(compiled.target), "isa": isa_flags(compiled.target)},
         "passes": compiled.passes,
         "exit_thresholds": options.exit_thresholds,
         "from_checkpoint": list(options.from_checkpoint),  # the options the checkpoint's own settings filled in
@@ -132,6 +132,20 @@ def _check_metadata(meta: Any, path: Path) -> None:
             raise EdgeBertError(f"{path}: {section}.{missing[0]} is missing (a damaged artifact; recompile the model)")
 
 
+def _check_isa(meta: dict[str, Any], directory: Path) -> None:
+    """Refuse an artifact compiled for ISA extensions this CPU lacks: its first such instruction would
+    kill the process (SIGILL) instead of failing with a message."""
+    isa = meta["target"].get("isa", [])
+    if not isinstance(isa, list) or not all(isinstance(flag, str) for flag in isa):
+        raise EdgeBertError(f"{directory / METADATA_NAME}: target.isa must be a list of ISA flags (a damaged "
+                            "artifact; recompile the model)")
+    missing = missing_isa(isa)
+    if missing:
+        mcpu = (meta.get("cpu_schedule") or {}).get("mcpu", "another CPU")
+        raise EdgeBertError(f"{directory}: compiled for {mcpu}, whose {' '.join(missing)} this CPU lacks "
+                            f"({describe_host()}): recompile it on this machine, or with --mcpu for this CPU")
+
+
 @dataclasses.dataclass
 class RunResult:
     """Outputs of `main` for every input row, and optionally per-call times in milliseconds."""
@@ -164,6 +178,7 @@ class Artifact:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise EdgeBertError(f"{meta_path}: not valid JSON ({err})") from None
         _check_metadata(meta, meta_path)
+        _check_isa(meta, directory)
         device = run_device(meta["target"]["name"])
         if not device.exist:
             raise EdgeBertError(f"{directory}: compiled for {meta['target']['name']}, but no such device is present")

@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "once (default: 16 to 64 in steps of 8, then steps of at most 25%% up to --seq-len; "
                             "the edgebert target: --seq-len only)")
         p.add_argument("--num-cores", type=_positive_int, default=None, help="CPU threads (default: all available)")
+        p.add_argument("--mcpu", metavar="CPU",
+                       help="compile for this CPU, by LLVM's name (e.g. znver3, skylake-avx512, x86-64-v3; default: "
+                            "this machine's): its vector ISA picks the kernels' register tiles; an artifact refuses "
+                            "to load on a CPU that lacks an ISA extension it was compiled for (llvm, cuda's host)")
         exits = p.add_mutually_exclusive_group()
         exits.add_argument("--exit-threshold", type=_number, nargs="+", metavar="T",
                            help="fold entropy early exit into the graph: one threshold (nats) for every exit, "

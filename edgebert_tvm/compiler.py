@@ -31,7 +31,7 @@ from .passes.quantize_weights_adaptivfloat import QuantizeWeightsAdaptivFloat
 from .target.registry import compile_target
 from .target.targets import build, run_device
 from .target.cpu import unscheduled_functions
-from .target.cpu.host import size_thread_pool
+from .target.cpu.host import check_mcpu, size_thread_pool
 from .target.cpu.fold_sparsity import FoldSparsity
 from .tuning.records import tuned_functions
 
@@ -52,6 +52,7 @@ class CompileOptions:
     seq_len: int = 128  # the longest input the artifact takes
     lengths: tuple[int, ...] | None = None  # compiled lengths up to seq_len (None: the target's default, `lengths`)
     num_cores: int | None = None
+    mcpu: str | None = None  # the CPU to compile for, by LLVM's name (None: this machine's)
     exit_thresholds: list[float] | str | None = None  # FROM_CHECKPOINT: its calibrated thresholds
     span_folding: str | None = "auto"  # a level, None (keep the run-time mask) or auto (see span_level)
     attention_spans: list[list[float]] | None = None  # overrides the checkpoint's spans
@@ -92,6 +93,8 @@ class CompileOptions:
             raise EdgeBertError(f"--seq-len must be in [1, {max_positions}] for this model, got {self.seq_len}")
         if self.num_cores is not None and self.num_cores < 1:
             raise EdgeBertError(f"--num-cores must be >= 1, got {self.num_cores}")
+        if self.mcpu is not None:
+            check_mcpu(self.mcpu)
         if self.span_folding not in (None, "auto", *SPAN_LEVELS):
             raise EdgeBertError(f"--span-folding must be one of {', '.join(SPAN_LEVELS)} or off, "
                                 f"got {self.span_folding!r}")
@@ -250,7 +253,7 @@ def _graph_module(
     (edgebert_tvm/lengths.py); the reports are those of the longest length."""
     size_thread_pool()  # before any kernel runs here (FoldConstant, the sparsity cost model, tuning's timing)
     model = checkpoint.model
-    target = compile_target(options.target).tvm_target(options.num_cores)
+    target = compile_target(options.target).tvm_target(options.num_cores, options.mcpu)
     passes = edgebert_passes(options, model.edgebert)
     start = time.perf_counter()
     imported = import_lengths(model, options.batch, options.lengths)

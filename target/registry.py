@@ -20,6 +20,6 @@ def compile_target(name: str) -> CompileTarget:
     return TARGETS[name]
 
 
-def make_target(name: str, num_cores: int | None = None) -> tvm.target.Target:
-    """The TVM target of `--target name`."""
-    return compile_target(name).tvm_target(num_cores)
+def make_target(name: str, num_cores: int | None = None, mcpu: str | None = None) -> tvm.target.Target:
+    """The TVM target of `--target name` (and `--mcpu`)."""
+    return compile_target(name).tvm_target(num_cores, mcpu)

@@ -2,19 +2,18 @@
 runs between the EdgeBERT graph passes and lowering, its lowering, and the device its artifacts run on
 (docs/ARCHITECTURE.md, "Adding a target"), the way TVM lays out `relax/backend/<target>/pipeline.py`.
 
-TVM 0.27 rejects string targets with `-mcpu`, so targets are built from dicts. The host CPU is
-detected through LLVM (its real name, e.g. znver5, so the artifact's metadata says what it was
-compiled for) and the core count comes from the scheduler affinity of this process.
+TVM 0.27 rejects string targets with `-mcpu`, so targets are built from dicts (target/cpu/host.py). The
+host CPU is detected through LLVM (its real name, e.g. znver5, so the artifact's metadata says what it
+was compiled for) unless `--mcpu` names another, and the core count comes from the scheduler affinity
+of this process.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import tvm
-from tvm.target import codegen
 
 from ..errors import EdgeBertError
 from ..lengths import default_lengths
@@ -23,6 +22,7 @@ from ..passes.fold_constant_transposes import FoldConstantTransposes
 from ..passes.lower_adaptivfloat import LowerAdaptivFloat, register_pipeline
 from ..tuning.records import apply_records
 from .cpu import cpu_passes
+from .cpu.host import check_runs_here, host_target
 from .gpu import cuda_passes
 
 if TYPE_CHECKING:  # types only: the compiler imports the targets, not the other way round
@@ -33,20 +33,15 @@ if TYPE_CHECKING:  # types only: the compiler imports the targets, not the other
 DEFAULT_CUDA_ARCH = "sm_80"
 
 
-def host_target(num_cores: int | None = None) -> tvm.target.Target:
-    """The CPU this process runs on, with its vector features and core count."""
-    cores = num_cores or len(os.sched_getaffinity(0))
-    return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores})
-
-
-def cuda_target(num_cores: int | None = None, cuda_arch: str = DEFAULT_CUDA_ARCH) -> tvm.target.Target:
-    """An NVIDIA GPU of `cuda_arch`, with the host CPU as host."""
+def cuda_target(num_cores: int | None = None, cuda_arch: str = DEFAULT_CUDA_ARCH,
+                mcpu: str | None = None) -> tvm.target.Target:
+    """An NVIDIA GPU of `cuda_arch`, with this CPU (or `mcpu`) as host."""
     if not cuda_arch.startswith("sm_") or not cuda_arch[3:].isdigit():
         raise EdgeBertError(f"invalid CUDA architecture {cuda_arch!r} (expected e.g. sm_80)")
     # The limits MetaSchedule's GPU rules read (the same for every arch since sm_50 here).
     limits = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152, "thread_warp_size": 32,
               "max_num_threads": 1024, "registers_per_block": 65536}
-    return tvm.target.Target({"kind": "cuda", "arch": cuda_arch, **limits}, host=host_target(num_cores))
+    return tvm.target.Target({"kind": "cuda", "arch": cuda_arch, **limits}, host=host_target(num_cores, mcpu))
 
 
 def run_device(target_name: str) -> tvm.runtime.Device:
@@ -85,7 +80,8 @@ class CompileTarget:
 
     name: str
 
-    def tvm_target(self, num_cores: int | None = None) -> tvm.target.Target:
+    def tvm_target(self, num_cores: int | None = None, mcpu: str | None = None) -> tvm.target.Target:
+        """The TVM target on `num_cores` cores, for the CPU LLVM calls `mcpu` (default: this one)."""
         raise NotImplementedError
 
     def check(self, options: CompileOptions, model: EdgeBertForSequenceClassification) -> None:
@@ -94,6 +90,8 @@ class CompileTarget:
             raise EdgeBertError("--rda-activations is for --target edgebert (it changes the chip's SRAM traffic)")
         if options.accelerator_config is not None:
             raise EdgeBertError("--accelerator-config is for --target edgebert")
+        if options.sparse and options.mcpu is not None:  # the cost model times its kernels here
+            check_runs_here(self.tvm_target(options.num_cores, options.mcpu), "--sparse")
 
     def default_lengths(self, cap: int) -> tuple[int, ...]:
         """The sequence lengths compiled in when `--lengths` is not given (edgebert_tvm/lengths.py)."""
@@ -114,8 +112,8 @@ class LlvmTarget(CompileTarget):
 
     name = "llvm"
 
-    def tvm_target(self, num_cores: int | None = None) -> tvm.target.Target:
-        return host_target(num_cores)
+    def tvm_target(self, num_cores: int | None = None, mcpu: str | None = None) -> tvm.target.Target:
+        return host_target(num_cores, mcpu)
 
 
 class CudaTarget(CompileTarget):
@@ -123,8 +121,8 @@ class CudaTarget(CompileTarget):
 
     name = "cuda"
 
-    def tvm_target(self, num_cores: int | None = None) -> tvm.target.Target:
-        return cuda_target(num_cores)
+    def tvm_target(self, num_cores: int | None = None, mcpu: str | None = None) -> tvm.target.Target:
+        return cuda_target(num_cores, mcpu=mcpu)
 
     def check(self, options: CompileOptions, model: EdgeBertForSequenceClassification) -> None:
         super().check(options, model)

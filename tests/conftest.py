@@ -6,8 +6,10 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import torch
 from transformers import BertConfig
 
 from edgebert_tvm import cli
+from edgebert_tvm.fileio import exclusive_lock
 from edgebert_tvm.models.builtins import BUILTIN_DIRS
 from edgebert_tvm.models.checkpoint import Checkpoint, save
 from edgebert_tvm.models.config import EdgeBertConfig
@@ -42,13 +45,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("tuning") is None)
 
 
+def _run_directory(tmp_path_factory) -> Path:
+    """This run's temporary directory, the same for every xdist worker (each has its own below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def shared_build(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """`build(directory)` once per run for every xdist worker: the first to ask builds it under a
+    lock, the others wait and read it (fixtures that only read what they build; a chip compile
+    built on both workers cost 14 s twice)."""
+    directory = _run_directory(tmp_path_factory) / "shared" / name
+    directory.parent.mkdir(exist_ok=True)
+    done = directory.with_name(f"{name}.built")
+    with exclusive_lock(directory.with_name(f"{name}.lock"), f"building {name}", wait=True):
+        if not done.exists():
+            shutil.rmtree(directory, ignore_errors=True)  # a build that failed in another worker
+            build(directory)
+            done.touch()
+    return directory
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_cache(tmp_path_factory) -> Path:
     """`$EDGEBERT_TVM_CACHE` (translations, cost models) under this run's temporary directory, one
     for every xdist worker and every process the tests start: a block translated once is read by
     the others, and nothing the suite builds lands in the user's cache."""
-    base = tmp_path_factory.getbasetemp()
-    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "edgebert-cache"
+    cache = _run_directory(tmp_path_factory) / "edgebert-cache"
     cache.mkdir(exist_ok=True)
     os.environ["EDGEBERT_TVM_CACHE"] = str(cache)
     return cache
@@ -69,19 +92,28 @@ def minilm_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
     """A 3-layer random BERT saved the way the project saves checkpoints, with MiniLM's tokenizer."""
-    torch.manual_seed(1)
-    model = EdgeBertForSequenceClassification(tiny_bert_config(), EdgeBertConfig(num_labels=3)).eval()
-    directory = tmp_path_factory.mktemp("ckpt") / "tiny-bert"
-    save(Checkpoint(model, "tiny-bert", minilm_dir), directory)
-    return directory
+
+    def build(directory: Path) -> None:
+        torch.manual_seed(1)
+        model = EdgeBertForSequenceClassification(tiny_bert_config(), EdgeBertConfig(num_labels=3)).eval()
+        save(Checkpoint(model, "tiny-bert", minilm_dir), directory)
+
+    return shared_build(tmp_path_factory, "tiny-bert", build)
+
+
+def compile_shared(tmp_path_factory, name: str, *args: str) -> Path:
+    """`compile *args -o DIR` through the CLI, once per run (`shared_build`)."""
+
+    def build(out: Path) -> None:
+        assert cli.main(["compile", *args, "-o", str(out)]) == 0
+
+    return shared_build(tmp_path_factory, name, build)
 
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory) -> Path:
     """albert-tiny compiled at seq 8 through the CLI."""
-    out = tmp_path_factory.mktemp("art") / "A"
-    assert cli.main(["compile", "albert-tiny", "-o", str(out), "--seq-len", "8"]) == 0
-    return out
+    return compile_shared(tmp_path_factory, "albert-tiny-8", "albert-tiny", "--seq-len", "8")
 
 
 @pytest.fixture(scope="session")

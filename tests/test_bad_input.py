@@ -15,8 +15,10 @@ from safetensors.torch import load_file, save_file
 from edgebert_tvm import __version__, cli
 from edgebert_tvm.commands import compile as compile_command
 from edgebert_tvm.errors import InternalError
+from edgebert_tvm.target.cpu.host import isa_flags, missing_isa
+from edgebert_tvm.target.registry import make_target
 
-from .conftest import run_cli_fresh
+from .conftest import compile_shared, run_cli_fresh
 
 
 def _fails_cleanly(capsys, *args: str, match: str) -> str:
@@ -260,10 +262,37 @@ def _damage_metadata(directory: Path, **changes) -> None:
     (lambda d: _damage_metadata(d, model={"source": "x"}), "model.num_layers is missing"),
     (lambda d: (d / "model.so").write_bytes(b"\x7fELF truncated"), "model.so: cannot load library"),
     (lambda d: (d / "model.so").unlink(), "not an artifact"),
+    (lambda d: _damage_metadata(d, target={"name": "llvm", "isa": "avx2"}), "target.isa must be a list of ISA flags"),
+    (lambda d: _damage_metadata(d, target={"name": "llvm", "isa": ["sse4_2", "no_such_isa"]}),
+     "whose no_such_isa this CPU lacks"),
 ])
 def test_damaged_artifact(capsys, artifact_copy, damage, match):
     damage(artifact_copy)
     _fails_cleanly(capsys, "run", str(artifact_copy), "--inputs", "unused.npz", match=match)
+
+
+def _cpu_this_one_is_not() -> str:
+    """An x86 CPU with an ISA extension this machine lacks."""
+    for mcpu in ("sapphirerapids", "graniterapids", "znver5", "znver4", "skylake-avx512"):
+        if missing_isa(isa_flags(make_target("llvm", mcpu=mcpu))):
+            return mcpu
+    pytest.skip("this CPU has every ISA extension of the CPUs tried")
+
+
+def test_compiling_for_another_cpu_runs_nothing_here_and_its_artifact_is_refused(capsys, tmp_path):
+    """`--mcpu` for a CPU with instructions this one lacks: the compile runs none of them (the
+    weight packing is built for this CPU), and the artifact refuses to load instead of dying of SIGILL."""
+    mcpu, out = _cpu_this_one_is_not(), tmp_path / "A"
+    assert cli.main(["compile", "albert-tiny", "--seq-len", "8", "--lengths", "8", "--mcpu", mcpu, "-o", str(out)]) == 0
+    capsys.readouterr()
+    _fails_cleanly(capsys, "run", str(out), "--inputs", "unused.npz", match=f"compiled for {mcpu}, whose ")
+    for args, match in [(["--sparse"], "--sparse runs code for --mcpu"), (["--target", "edgebert"], "--mcpu is for llvm and cuda")]:
+        _fails_cleanly(capsys, "compile", "albert-tiny", "--mcpu", mcpu, *args, "-o", str(tmp_path / "B"), match=match)
+    _fails_cleanly(capsys, "tune", "albert-tiny", "--mcpu", mcpu, "--trials", "1", "-o", str(tmp_path / "T"),
+                   match="tune runs code for --mcpu")
+    _fails_cleanly(capsys, "compile", "albert-tiny", "--mcpu", "no-such-cpu", "-o", str(tmp_path / "B"),
+                   match="--mcpu 'no-such-cpu' is not a CPU LLVM knows")
+    assert not (tmp_path / "B").exists() and not (tmp_path / "T").exists()
 
 
 def test_corrupt_tokenizer_in_artifact(capsys, tiny_bert_dir, tmp_path):
@@ -289,9 +318,7 @@ def test_over_long_text_is_cut_with_a_note(capsys, tiny_bert_artifact):
 @pytest.fixture(scope="module")
 def tiny_bert_artifact(tiny_bert_dir, tmp_path_factory) -> Path:
     """The tiny BERT compiled at seq 8, with its tokenizer."""
-    out = tmp_path_factory.mktemp("bert-art") / "A"
-    assert cli.main(["compile", str(tiny_bert_dir), "-o", str(out), "--seq-len", "8"]) == 0
-    return out
+    return compile_shared(tmp_path_factory, "tiny-bert-8", str(tiny_bert_dir), "--seq-len", "8")
 
 
 @pytest.mark.parametrize("name, value, match", [

@@ -24,7 +24,7 @@ from edgebert_tvm.target.edgebert.cost import (ActMatmul, Add, Dense, Entropy, L
 from edgebert_tvm.target.edgebert.sentence import ChipWorkload, chip_workloads, dvfs_point, run_sentence
 from edgebert_tvm.target.targets import host_target
 
-from .conftest import random_inputs, read_json, run_cli, run_cli_fresh, torch_exits
+from .conftest import random_inputs, read_json, run_cli, run_cli_fresh, shared_build, torch_exits
 
 # ---------------------------------------------------------------- configuration
 
@@ -520,13 +520,14 @@ def spans_checkpoint(tmp_path_factory, minilm_dir) -> Path:
 
     from .conftest import tiny_bert_config
 
-    torch.manual_seed(3)
-    model = EdgeBertForSequenceClassification(tiny_bert_config(num_hidden_layers=2),
-                                              EdgeBertConfig(num_labels=2, task="sst2"))
-    model.enable_spans(0.02)
-    directory = tmp_path_factory.mktemp("ckpt") / "spans"
-    save(Checkpoint(model.eval(), "spans", minilm_dir), directory)
-    return directory
+    def build(directory: Path) -> None:
+        torch.manual_seed(3)
+        model = EdgeBertForSequenceClassification(tiny_bert_config(num_hidden_layers=2),
+                                                  EdgeBertConfig(num_labels=2, task="sst2"))
+        model.enable_spans(0.02)
+        save(Checkpoint(model.eval(), "spans", minilm_dir), directory)
+
+    return shared_build(tmp_path_factory, "spans", build)
 
 
 EXIT_THRESHOLD = 0.685  # between the test model's exit-1 entropies (0.679 to 0.692 nats): some rows exit
@@ -534,11 +535,13 @@ EXIT_THRESHOLD = 0.685  # between the test model's exit-1 entropies (0.679 to 0.
 
 @pytest.fixture(scope="module")
 def edgebert_artifact(tmp_path_factory, spans_checkpoint) -> Path:
-    out_dir = tmp_path_factory.mktemp("art") / "edgebert"
     """Two lengths, early exit, and RDA activation buffers measured at compile."""
-    run_cli("compile", str(spans_checkpoint), "--target", "edgebert", "--seq-len", "16", "--lengths", "8", "16",
-            "--exit-threshold", str(EXIT_THRESHOLD), "--rda-activations", "255", "-o", str(out_dir), check=True)
-    return out_dir
+
+    def build(out: Path) -> None:
+        run_cli("compile", str(spans_checkpoint), "--target", "edgebert", "--seq-len", "16", "--lengths", "8", "16",
+                "--exit-threshold", str(EXIT_THRESHOLD), "--rda-activations", "255", "-o", str(out), check=True)
+
+    return shared_build(tmp_path_factory, "spans-edgebert", build)
 
 
 def _workloads(artifact: Path) -> dict[int, ChipWorkload]:

@@ -23,7 +23,7 @@ from edgebert_tvm.lengths import default_lengths, length_for
 from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.models.modeling import early_exit
 
-from .conftest import INPUT_ORDER, random_inputs, read_json, torch_exits
+from .conftest import INPUT_ORDER, compile_shared, random_inputs, read_json, torch_exits
 
 TOLERANCE = 1e-4
 CAP = 24
@@ -40,9 +40,7 @@ def _rows_of_length(lengths: list[int], seed: int = 0) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def tiny_bert_any_length(tmp_path_factory, tiny_bert_dir) -> Artifact:
-    out = tmp_path_factory.mktemp("lengths") / "A"
-    assert cli.main(["compile", str(tiny_bert_dir), "-o", str(out), "--seq-len", str(CAP)]) == 0
-    return Artifact.load(out)
+    return Artifact.load(compile_shared(tmp_path_factory, f"tiny-bert-{CAP}", str(tiny_bert_dir), "--seq-len", str(CAP)))
 
 
 def test_default_lengths_step_by_8_then_by_a_quarter_up_to_the_cap():

@@ -24,30 +24,32 @@ from edgebert_tvm.models.modeling import early_exit
 from edgebert_tvm.models.checkpoint import load, save
 from edgebert_tvm.models.packed import PACKED_WEIGHTS_NAME
 
-from .conftest import INPUT_ORDER, random_inputs, read_json, torch_exits
+from .conftest import INPUT_ORDER, random_inputs, read_json, shared_build, torch_exits
 
 
 @pytest.fixture(scope="module")
 def pruned_dir(tiny_bert_dir, tmp_path_factory) -> Path:
     """The tiny BERT with its Linear weights 60 % pruned, one all-zero row each, embeddings dense, and
     an exit threshold as if calibrated."""
-    checkpoint = load(tiny_bert_dir)
-    checkpoint.model.edgebert.exit_thresholds = [0.6]
-    with torch.no_grad():
-        for seed, linear in enumerate(m for m in checkpoint.model.modules() if isinstance(m, torch.nn.Linear)):
-            weight = linear.weight
-            weight.mul_(torch.rand(weight.shape, generator=torch.Generator().manual_seed(seed)) > 0.6)
-            weight[0] = 0
-    directory = tmp_path_factory.mktemp("pruned") / "ckpt"
-    save(checkpoint, directory)
-    return directory
+    def build(directory: Path) -> None:
+        checkpoint = load(tiny_bert_dir)
+        checkpoint.model.edgebert.exit_thresholds = [0.6]
+        with torch.no_grad():
+            for seed, linear in enumerate(m for m in checkpoint.model.modules() if isinstance(m, torch.nn.Linear)):
+                weight = linear.weight
+                weight.mul_(torch.rand(weight.shape, generator=torch.Generator().manual_seed(seed)) > 0.6)
+                weight[0] = 0
+        save(checkpoint, directory)
+
+    return shared_build(tmp_path_factory, "tiny-bert-pruned", build)
 
 
 @pytest.fixture(scope="module")
 def packed_dir(pruned_dir, tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("packed") / "P"
-    assert cli.main(["pack", str(pruned_dir), "-o", str(directory)]) == 0
-    return directory
+    def build(directory: Path) -> None:
+        assert cli.main(["pack", str(pruned_dir), "-o", str(directory)]) == 0
+
+    return shared_build(tmp_path_factory, "tiny-bert-packed", build)
 
 
 def test_packed_checkpoint_is_the_float_model_on_the_af8_grid(pruned_dir, packed_dir):

@@ -32,7 +32,7 @@ from edgebert_tvm.models.inference import torch_all_exits
 from edgebert_tvm.models.modeling import EdgeBertForSequenceClassification
 from edgebert_tvm.target.cpu.host import describe_host
 
-from .conftest import tiny_bert_config, torch_exits
+from .conftest import compile_shared, shared_build, tiny_bert_config, torch_exits
 
 SEQ_LEN = 32
 SENTENCES = 8
@@ -259,18 +259,18 @@ QNLI_SEQ = 64
 
 @pytest.fixture(scope="module")
 def qnli_checkpoint(tmp_path_factory, minilm_dir) -> Path:
-    torch.manual_seed(3)
-    model = EdgeBertForSequenceClassification(tiny_bert_config(), EdgeBertConfig(num_labels=2, task="qnli")).eval()
-    directory = tmp_path_factory.mktemp("qnli") / "tiny-qnli"
-    save(Checkpoint(model, "tiny-qnli", minilm_dir), directory)
-    return directory
+    def build(directory: Path) -> None:
+        torch.manual_seed(3)
+        model = EdgeBertForSequenceClassification(tiny_bert_config(), EdgeBertConfig(num_labels=2, task="qnli")).eval()
+        save(Checkpoint(model, "tiny-qnli", minilm_dir), directory)
+
+    return shared_build(tmp_path_factory, "tiny-qnli", build)
 
 
 @pytest.fixture(scope="module")
 def qnli_artifact(qnli_checkpoint, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("qnli-art") / "A"
-    _compile(qnli_checkpoint, out, "--seq-len", str(QNLI_SEQ), "--lengths", "32")  # and 64: two suffice here
-    return out
+    return compile_shared(tmp_path_factory, "tiny-qnli-64", str(qnli_checkpoint), "--seq-len", str(QNLI_SEQ),
+                          "--lengths", "32")  # and 64: two suffice here
 
 
 def test_qnli_pairs_are_encoded_as_pairs_and_compiled_equals_pytorch(qnli_checkpoint, qnli_artifact):

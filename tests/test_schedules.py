@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ from edgebert_tvm.models.checkpoint import load
 from edgebert_tvm.passes.canonicalize import Canonicalize
 from edgebert_tvm.target.registry import make_target
 from edgebert_tvm.target.cpu import unscheduled_functions
-from edgebert_tvm.target.cpu.host import fp32_peak
+from edgebert_tvm.target.cpu.common import vector_bits
+from edgebert_tvm.target.cpu.host import fp32_peak, isa_flags, missing_isa
 
 
 def _lower(mod: tvm.IRModule) -> tvm.IRModule:
@@ -86,6 +88,26 @@ def test_matmul_whose_epilogue_reads_a_slice_of_the_product():
     s_tir.analysis.OOBChecker()(tvm.IRModule(  # raises on an access past a buffer's end
         {gv: f for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}))
     np.testing.assert_allclose(_run(mod, x, r), (x @ w + b)[:, :1] + r[:, :1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mcpu, bits, rows", [("x86-64-v2", 128, 6), ("znver3", 256, 6), ("skylake-avx512", 512, 8)])
+def test_register_tile_follows_the_target_isa(mcpu, bits, rows):
+    """The tile is chosen from the target's CPU features, not this machine's: 6 rows of two vectors on
+    the 16 registers of SSE and AVX2, 8 on AVX-512's 32; where this CPU can run it, it is right."""
+    target = make_target("llvm", mcpu=mcpu)
+    assert vector_bits(target) == bits
+    rng = np.random.default_rng(3)
+    w, x = rng.standard_normal((32, 64), dtype=np.float32), rng.standard_normal((1, 48, 32), dtype=np.float32)
+    mod = _function({"x": x.shape}, lambda xv: relax.op.matmul(xv, relax.const(w)))
+    with target:
+        lowered = lowering_pipeline(target)(mod)
+    (matmul,) = [f.script() for gv, f in lowered.functions_items() if "matmul" in gv.name_hint]
+    loops = {kind: {int(n) for n in re.findall(rf"T\.{kind}\(T\.int64\((\d+)\)\)", matmul)}
+             for kind in ("unroll", "vectorized")}
+    assert loops == {"unroll": {rows}, "vectorized": {2 * bits // 32}}
+    if not missing_isa(isa_flags(target)):
+        vm = relax.VirtualMachine(tvm.compile(lowered, target, relax_pipeline=None), tvm.cpu())
+        np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), x @ w, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("batch, m, k, n", [(12, 128, 64, 128), (4, 9, 16, 9), (3, 1, 5, 7)])

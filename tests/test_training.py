@@ -32,6 +32,8 @@ from edgebert_tvm.training import recipe
 from edgebert_tvm.training.recipe import STATE_DIR, RecipeConfig, Trainer, build_trained_builtin
 from edgebert_tvm.training.state import load_state, save_state
 
+from .conftest import shared_build
+
 TINY = dict(max_examples=200, batch_size=20, epochs=20, lr=3e-3, max_seq_len=32, sparsity=0.5, embedding_keep=0.5,
             offramp_epochs=2, offramp_lr=3e-3, save_every=25)
 
@@ -44,9 +46,7 @@ def _train(backbone: Path, out: Path, **overrides) -> Trainer:
 
 @pytest.fixture(scope="module")
 def trained_tiny(tiny_bert_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("train") / "trained"
-    _train(tiny_bert_dir, out)
-    return out
+    return shared_build(tmp_path_factory, "trained-tiny", lambda out: _train(tiny_bert_dir, out))
 
 
 def test_tiny_recipe_learns_and_writes_a_checkpoint(trained_tiny):

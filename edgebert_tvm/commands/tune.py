@@ -10,6 +10,8 @@ from pathlib import Path
 from ..errors import EdgeBertError
 from ..fileio import write_json_atomic
 from ..models.checkpoint import load
+from ..target.cpu.host import check_mcpu, check_runs_here
+from ..target.registry import make_target
 from ..tuning import report as tuning_report
 from ..tuning.measure import Tracker
 from ..tuning.records import open_for_tuning
@@ -26,6 +28,9 @@ def execute(args: argparse.Namespace) -> None:
     tracker = Tracker.parse(args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None
     if tracker is not None:
         tracker.servers()  # fail now if nothing can measure
+    if args.mcpu is not None and tracker is None:  # the kernels are timed here
+        check_mcpu(args.mcpu)
+        check_runs_here(make_target(args.target, args.num_cores, args.mcpu), "tune")
     work_dir = Path(args.output)
     open_for_tuning(work_dir)  # a corrupt database fails here, untouched, before the long work
     checkpoint = load(args.model)

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import functools
+
 from tvm import s_tir, tirx
 from tvm.target import Target
-from tvm.target.codegen import llvm_get_vector_width
+from tvm.target.codegen import llvm_get_cpu_features
 
 # Below this many output elements a parallel loop costs more in thread wake-ups than it saves.
 MIN_PARALLEL_ELEMENTS = 4096
 
 
+@functools.cache
+def _vector_bits(target_text: str) -> int:
+    features = llvm_get_cpu_features(Target(target_text))
+    if "avx512f" in features:
+        return 512
+    return 256 if "avx" in features else 128  # SSE, NEON
+
+
+def vector_bits(target: Target) -> int:
+    """The width of the target's widest vector register, from the CPU features LLVM gives its `mcpu`
+    and `mattr`. Not TVM's `llvm_get_vector_width`: on an AVX-512 host it answered 512 for every x86
+    `mcpu` (znver3 and x86-64-v2 included), so kernels compiled there for an AVX2 CPU got AVX-512's
+    register tiles, twice the accumulators its 16 vector registers hold (1.65x slower end to end)."""
+    return _vector_bits(str(target))
+
+
 def vector_lanes(target: Target, dtype_bits: int = 32) -> int:
     """Lanes of the target's widest vector register for this element width (AVX-512 -> 16 floats)."""
-    bits = llvm_get_vector_width(target)
-    return max((bits if bits > 0 else 128) // dtype_bits, 1)
+    return max(vector_bits(target) // dtype_bits, 1)
 
 
 def dividing_lanes(extent: int, lanes: int) -> int:

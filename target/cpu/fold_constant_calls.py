@@ -8,6 +8,9 @@ handful of distinct packing functions. Here the distinct functions are built tog
 library (one LLVM module: about 15 ms a function less than a build each), and each is run on every
 constant it is called with.
 
+The functions are built for this machine's CPU, not the compile target's: they run here, and with
+`--mcpu` the target may be a CPU whose instructions this one lacks.
+
 Place in the pipeline: after SplitLayoutRewritePreproc and DeduplicatePrimFuncs, before Relax's
 FoldConstant, which folds whatever else is constant (target/cpu/pipeline.py).
 """
@@ -18,6 +21,8 @@ import tvm
 from tvm import relax, tirx
 from tvm.ir.transform import PassContext
 from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from .host import host_target
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
@@ -53,9 +58,6 @@ class _FoldCalls(PyExprMutator):
 class FoldConstantCalls:
     """Run `call_tir` on constant arguments at compile time (module docstring)."""
 
-    def __init__(self, target: tvm.target.Target) -> None:
-        self.target = target
-
     def transform_module(self, mod: tvm.IRModule, _ctx: PassContext) -> tvm.IRModule:
         functions = [(gv, func) for gv, func in mod.functions_items() if isinstance(func, relax.Function)]
         callees: dict[str, tirx.PrimFunc] = {}
@@ -69,7 +71,7 @@ class FoldConstantCalls:
             relax.analysis.post_order_visit(func, collect)
         if not callees:
             return mod
-        library = tvm.tirx.build(tvm.IRModule(callees), target=self.target)
+        library = tvm.tirx.build(tvm.IRModule(callees), target=host_target())
         folded = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs, global_infos=mod.global_infos)
         for gv, func in functions:
             folded[gv] = _FoldCalls(mod, library).visit_expr(func)

@@ -1,17 +1,35 @@
 """What CPU this is, in words a benchmark can print: its model name, LLVM's name for it, its vector ISA,
-and its theoretical fp32 peak (what a kernel's GFLOP/s is a fraction of)."""
+and its theoretical fp32 peak (what a kernel's GFLOP/s is a fraction of); the TVM target for it or for
+another CPU, and which of a target's ISA extensions this CPU lacks."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
+import tvm
 from tvm.target import codegen
+
+from ...errors import EdgeBertError
 
 # The ISA extensions our CPU schedules care about, widest first (Linux /proc/cpuinfo flag names).
 ISA_FLAGS = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "avx2", "fma", "avx_vnni", "sse4_2", "neon", "asimd")
+
+
+# LLVM's names of the x86 ISA extensions compiled code may use, with /proc/cpuinfo's names for them:
+# what an artifact needs of the CPU it runs on (an instruction the CPU lacks kills the process, SIGILL).
+X86_ISA_FLAGS = {
+    "sse4.2": "sse4_2", "popcnt": "popcnt", "avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c",
+    "bmi": "bmi1", "bmi2": "bmi2", "lzcnt": "abm", "movbe": "movbe", "avxvnni": "avx_vnni",
+    "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
+    "avx512cd": "avx512cd", "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16", "avx512fp16": "avx512_fp16",
+    "avx512vbmi": "avx512vbmi", "avx512vbmi2": "avx512_vbmi2", "avx512ifma": "avx512ifma",
+    "avx512bitalg": "avx512_bitalg", "avx512vpopcntdq": "avx512_vpopcntdq",
+    "amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16",
+}
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -26,6 +44,50 @@ def _cpuinfo() -> dict[str, str]:
         if sep:
             fields[key.strip()] = value.strip()
     return fields
+
+
+def host_flags() -> set[str]:
+    """This CPU's ISA flags as /proc/cpuinfo names them (empty where there is no /proc/cpuinfo)."""
+    info = _cpuinfo()
+    return set((info.get("flags") or info.get("Features") or "").split())
+
+
+def host_target(num_cores: int | None = None, mcpu: str | None = None) -> tvm.target.Target:
+    """The CPU this process runs on, or the one LLVM calls `mcpu` (cross-compiling), with its vector
+    features and `num_cores` (default: the cores this process may run on)."""
+    cores = num_cores or len(os.sched_getaffinity(0))
+    return tvm.target.Target({"kind": "llvm", "mcpu": mcpu or codegen.llvm_get_system_cpu(), "num-cores": cores})
+
+
+def check_mcpu(mcpu: str) -> None:
+    """Refuse a CPU name LLVM does not know for this machine's architecture."""
+    triple = codegen.llvm_get_system_triple()
+    if not codegen.llvm_is_valid_cpu(mcpu, triple):
+        raise EdgeBertError(f"--mcpu {mcpu!r} is not a CPU LLVM knows for {triple.split('-')[0]} (for example "
+                            f"znver3, skylake-avx512, x86-64-v3; this machine's is {codegen.llvm_get_system_cpu()})")
+
+
+def isa_flags(target: tvm.target.Target) -> list[str]:
+    """The x86 ISA extensions code compiled for `target` (or its host) may use, by /proc/cpuinfo's names
+    (none on other architectures: their artifacts are not checked)."""
+    cpu = target if target.kind.name == "llvm" else target.host
+    features = codegen.llvm_get_cpu_features(cpu)
+    return sorted(flag for name, flag in X86_ISA_FLAGS.items() if name in features)
+
+
+def missing_isa(flags: Iterable[str]) -> list[str]:
+    """Those of `flags` this CPU lacks (none where it does not say what it has)."""
+    have = host_flags()
+    return [flag for flag in flags if flag not in have] if have else []
+
+
+def check_runs_here(target: tvm.target.Target, what: str) -> None:
+    """Refuse to run code compiled for `target` on this CPU if it lacks an ISA extension the code may use."""
+    missing = missing_isa(isa_flags(target))
+    if missing:
+        cpu = target if target.kind.name == "llvm" else target.host
+        raise EdgeBertError(f"{what} runs code for --mcpu {cpu.mcpu} on this CPU, which lacks {' '.join(missing)}: "
+                            f"use --mcpu {codegen.llvm_get_system_cpu()} (this CPU) or one whose extensions it has")
 
 
 # The L2 a schedule assumes when it cannot read the target's: the smallest per-core L2 of the
@@ -84,7 +146,7 @@ def size_thread_pool() -> None:
 def describe_host() -> str:
     """e.g. 'Intel(R) Xeon(R) Processor (LLVM sapphirerapids; avx512f avx512_vnni avx2 fma)'."""
     info = _cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
+    flags = host_flags()
     isa = " ".join(f for f in ISA_FLAGS if f in flags) or "no vector ISA flags found"
     name = info.get("model name") or info.get("Hardware") or "unknown CPU"
     return f"{name} (LLVM {codegen.llvm_get_system_cpu()}; {isa})"
@@ -131,6 +193,5 @@ def _clock_ghz(info: dict[str, str]) -> float:
 
 def host_fp32_peak(threads: int | None = None) -> Fp32Peak:
     """This CPU's peak on `threads` cores (default: its physical cores)."""
-    info = _cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
+    info, flags = _cpuinfo(), host_flags()
     return fp32_peak(threads or physical_cores(), _clock_ghz(info), flags, codegen.llvm_get_system_cpu())

@@ -29,9 +29,8 @@ from tvm.s_tir.dlight.gpu.matmul import (
     get_reduction_blocks,
 )
 from tvm.target import Target
-from tvm.target.codegen import llvm_get_vector_width
 
-from .common import const_extent, vector_lanes
+from .common import const_extent, vector_bits, vector_lanes
 from .host import l2_bytes
 
 # The share of L2 one block of B may take: the rest holds the A tiles, the C tiles, what the
@@ -83,7 +82,7 @@ def schedule_parameters(target: Target) -> dict[str, object]:
     if cpu is None:
         return {}
     l2, source = l2_bytes(str(cpu.mcpu))
-    return {"mcpu": str(cpu.mcpu), "vector_bits": llvm_get_vector_width(cpu), "l2_bytes": l2, "l2_from": source,
+    return {"mcpu": str(cpu.mcpu), "vector_bits": vector_bits(cpu), "l2_bytes": l2, "l2_from": source,
             "weight_block_l2_share": L2_SHARE_FOR_B}
 
 

@@ -41,7 +41,7 @@ def cpu_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
             dlight.ApplyDefaultSchedule(*schedule_rules()),
             relax.transform.SplitLayoutRewritePreproc(),  # weight packing, folded into the constants
             DeduplicatePrimFuncs(),  # the same packing at every length and for every weight of a shape
-            FoldConstantCalls(target),  # the packing functions built in one library, each run on every weight it packs
+            FoldConstantCalls(),  # the packing functions built in one library, each run on every weight it packs
             relax.transform.FoldConstant(),
             relax.transform.DeadCodeElimination(),
         ]

@@ -17,7 +17,7 @@ from tvm import relax
 
 from . import functional
 from .patterns import Region, pattern
-from ..targets import host_target
+from ..cpu.host import host_target
 
 CODEGEN = "edgebert"
 

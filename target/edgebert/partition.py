@@ -31,7 +31,7 @@ from ...passes.canonicalize import Canonicalize
 from ...passes.fold_constant_subgraphs import FoldConstantSubgraphs
 from ...passes.fold_constant_transposes import FoldConstantTransposes
 from ...passes.fold_entropy_exit import ENTROPY_KERNEL
-from ..targets import host_target
+from ..cpu.host import host_target
 from . import codegen  # registers relax.ext.edgebert
 from .patterns import PREFIX, edgebert_patterns, pattern
 from .sentence import ChipWorkload

@@ -46,6 +46,9 @@ class EdgebertTarget(LlvmTarget):
 
     def check(self, options: CompileOptions, model: EdgeBertForSequenceClassification) -> None:
         _calibration_task(model.edgebert)  # fails now if there is nothing to choose formats from
+        if options.mcpu is not None:
+            raise EdgeBertError("--mcpu is for llvm and cuda: the edgebert chip's functional model is built for "
+                                "this CPU, which runs it at compile time to calibrate the chip")
         if options.fuse_qkv:
             raise EdgeBertError("--fuse-qkv is for llvm and cuda: the edgebert chip's patterns take one matmul per "
                                 "projection")
