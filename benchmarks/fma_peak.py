@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 
 import numpy as np
 import tvm
@@ -44,10 +45,9 @@ def fma_kernel(target: tvm.target.Target, threads: int, lanes: int) -> tvm.runti
     return tvm.tirx.build(tvm.IRModule({"main": fma_chains}), target=target)
 
 
-@functools.cache
-def measured_fp32_gflops(threads: int, seconds: float = 0.25, repeat: int = 5) -> float:
-    """The best of `repeat` timed runs of about `seconds` each (others on the machine only ever slow it);
-    measured once per process, as every benchmark's machine line and the GEMMs' fractions name it."""
+def fma_call(threads: int, seconds: float) -> tuple[Callable[[], None], float]:
+    """A call of the FMA loop on `threads` threads taking about `seconds`, and the FLOPs it does: a
+    peer that can be timed in the same interleaved rounds as the kernels it is the peak of."""
     pool = tvm.get_global_func("runtime.NumThreads")()
     if pool < threads:  # the parallel loop would run on `pool` threads and count `threads`' work
         raise ValueError(f"TVM's thread pool has {pool} threads, fewer than {threads}: set TVM_NUM_THREADS first "
@@ -66,9 +66,17 @@ def measured_fp32_gflops(threads: int, seconds: float = 0.25, repeat: int = 5) -
             break
         n *= 4
     n = int(n * seconds / elapsed)
+    return (lambda: kernel(acc, n)), threads * n * CHAINS * lanes * 2
+
+
+@functools.cache
+def measured_fp32_gflops(threads: int, seconds: float = 0.25, repeat: int = 5) -> float:
+    """The best of `repeat` timed runs of about `seconds` each (others on the machine only ever slow it);
+    measured once per process, as every benchmark's machine line names it."""
+    call, flops = fma_call(threads, seconds)
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
-        kernel(acc, n)
+        call()
         best = min(best, time.perf_counter() - start)
-    return threads * n * CHAINS * lanes * 2 / best / 1e9
+    return flops / best / 1e9
