@@ -99,6 +99,12 @@ def torch_runner(model: nn.Module, inputs: dict[str, np.ndarray]) -> Runner:
 
 
 def torch_compile_runner(model: nn.Module, inputs: dict[str, np.ndarray]) -> Runner:
+    """torch.compile's kernels, cached per set of PyTorch's ISA caps (its cache is not keyed by them):
+    an uncapped run right after one under ATEN_CPU_CAPABILITY=avx2 died in inductor's code with
+    "double free or corruption", and ran once that cache was removed."""
+    caps = [f"{v}-{os.environ[v]}" for v in TORCH_ISA_VARIABLES if v in os.environ]
+    if caps and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / f"torchinductor-{'-'.join(caps)}")
     run = torch_runner(torch.compile(model), inputs)
     run()  # compiles
     return run
