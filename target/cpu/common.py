@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 
-from tvm import s_tir, tirx
+from tvm import relax, s_tir, tirx
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_cpu_features
+
+# The attributes of a hand-written kernel whose loops are already scheduled (the default rules skip it).
+SCHEDULED = {"tirx.is_scheduled": True, "tirx.noalias": True}
 
 # Below this many output elements a parallel loop costs more in thread wake-ups than it saves.
 MIN_PARALLEL_ELEMENTS = 4096
@@ -31,6 +34,14 @@ def vector_bits(target: Target) -> int:
 def vector_lanes(target: Target, dtype_bits: int = 32) -> int:
     """Lanes of the target's widest vector register for this element width (AVX-512 -> 16 floats)."""
     return max(vector_bits(target) // dtype_bits, 1)
+
+
+def static_shape(expr: relax.Expr) -> list[int] | None:
+    """The shape of a Relax expression if every dimension is a constant."""
+    values = getattr(getattr(expr.ty, "shape", None), "values", None)
+    if values is None or not all(isinstance(d, tirx.IntImm) for d in values):
+        return None
+    return [int(d) for d in values]
 
 
 def dividing_lanes(extent: int, lanes: int) -> int:
@@ -62,3 +73,10 @@ def parallelize_and_vectorize(sch: s_tir.Schedule, block: s_tir.schedule.SBlockR
             pass  # e.g. a data-dependent gather: the loop stays scalar, still correct
     if extent is None or extent >= MIN_PARALLEL_ELEMENTS:
         sch.parallel(fused)
+
+
+def specialized(template: tirx.PrimFunc, **sizes: int | tirx.PrimExpr) -> tirx.PrimFunc:
+    """A kernel template (TVMScript parsed once, its sizes as parameters) with its size parameters
+    bound by name to `sizes`: only its buffers remain."""
+    params = {str(param.name): param for param in template.params}
+    return template.specialize({params[name]: size for name, size in sizes.items()})

@@ -26,6 +26,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ...contract import EMBEDDINGS, LAYER, block_functions, with_report
 from ...errors import EdgeBertError
+from .common import static_shape
 from .sparse import bsr_matmul, csr_matmul, masked_gather, to_bsr, to_csr, to_masked_table
 from .sparse_cost import BSR_BLOCKS, CostModel, kind_name, load_cost_model
 
@@ -86,20 +87,13 @@ class _Rewriter(PyExprMutator):
             return self._take(call)
         return call
 
-    def _static_shape(self, expr: relax.Expr) -> list[int] | None:
-        shape = getattr(expr.ty, "shape", None)
-        values = getattr(shape, "values", None)
-        if values is None or not all(isinstance(d, tvm.tirx.IntImm) for d in values):
-            return None
-        return [int(d) for d in values]
-
     def _matmul(self, call: relax.Call) -> relax.Expr:
         x, rhs = call.args
         bound = self.lookup_binding(rhs) if isinstance(rhs, relax.Var) else None
         if not (isinstance(bound, relax.Call) and bound.op == tvm.ir.Op.get("relax.permute_dims")):
             return call
         weight = _constant_array(bound.args[0])
-        x_shape = self._static_shape(x)
+        x_shape = static_shape(x)
         if weight is None or weight.ndim != 2 or x_shape is None or len(x_shape) != 2 or weight.dtype != "float32":
             return call
         if bound.attrs.axes is not None and [int(a) for a in bound.attrs.axes] != [1, 0]:
@@ -125,7 +119,7 @@ class _Rewriter(PyExprMutator):
     def _take(self, call: relax.Call) -> relax.Expr:
         table, ids = call.args
         array = _constant_array(table)
-        id_shape = self._static_shape(ids)
+        id_shape = static_shape(ids)
         if (array is None or array.ndim != 2 or array.dtype != "float32" or array.shape[1] % 32 or id_shape is None
                 or len(id_shape) != 1 or int(call.attrs.axis) != 0 or ids.ty.dtype != "int32"):
             return call

@@ -8,6 +8,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.s_tir import dlight
 
 from ...passes.deduplicate_prim_funcs import DeduplicatePrimFuncs
+from .attention import FuseAttention
 from .elementwise import Elementwise
 from .fast_math import FastMath
 from .fold_constant_calls import FoldConstantCalls
@@ -27,13 +28,13 @@ def schedule_rules() -> list[dlight.ScheduleRule]:
 def cpu_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """cpu_generic's passes with `ApplyDefaultSchedule` between fusion and lowering.
 
-    FastMath swaps tanh, erf, exp and softmax for TVM's vectorizable approximations (libm's are
+    FuseAttention puts each layer's attention in one kernel (target/cpu/attention.py). FastMath swaps tanh, erf, exp and softmax for TVM's vectorizable approximations (libm's are
     scalar calls); the differential tests against PyTorch bound the error. Tuning extracts its
     tasks from the module as it reaches `ApplyDefaultSchedule` and applies its records just
     before it (edgebert_tvm.tuning), so it sees the same PrimFuncs as the default schedules.
     """
     return (
-        [FastMath()]
+        [FuseAttention(target), FastMath()]
         + cpu_generic.library_dispatch_passes(target)
         + cpu_generic.legalize_passes(target)
         + [

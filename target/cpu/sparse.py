@@ -31,8 +31,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-SCHEDULED = {"tirx.is_scheduled": True, "tirx.noalias": True}
-
+from .common import SCHEDULED, specialized
 
 @dataclasses.dataclass
 class BSRWeight:
@@ -128,7 +127,7 @@ def bsr_matmul(m: int, weight: BSRWeight, rows: int = 8) -> tvm.tirx.PrimFunc:
     """Y[m, N] = X[m, K] @ W^T for a BSR weight; `rows` rows of Y per register tile."""
     n, k = weight.shape
     bn, bk = weight.block
-    return _specialized(_bsr_matmul(), m=m, k=k, n=n, nnzb=weight.data.shape[0], bk=bk, bn=bn,
+    return specialized(_bsr_matmul(), m=m, k=k, n=n, nnzb=weight.data.shape[0], bk=bk, bn=bn,
                         rows=_divisor_at_most(m, rows))
 
 
@@ -172,7 +171,7 @@ def _csr_matmul() -> tvm.tirx.PrimFunc:
 def csr_matmul(m: int, weight: CSRWeight, width: int = 64) -> tvm.tirx.PrimFunc:
     """Y[m, N] = X[m, K] @ W^T for a CSR weight; `width` rows of Y form the vector of one FMA chain."""
     n, k = weight.shape
-    return _specialized(_csr_matmul(), m=m, k=k, n=n, nnz=weight.data.shape[0], width=_divisor_at_most(m, width))
+    return specialized(_csr_matmul(), m=m, k=k, n=n, nnz=weight.data.shape[0], width=_divisor_at_most(m, width))
 
 
 @dataclasses.dataclass
@@ -238,13 +237,7 @@ def _masked_gather() -> tvm.tirx.PrimFunc:
 def masked_gather(count: int, table: MaskedTable) -> tvm.tirx.PrimFunc:
     """out[t, :] = row ids[t] of the table, decoded from its bitmask and values."""
     v, h = table.shape
-    return _specialized(_masked_gather(), count=count, v=v, h=h, nnz=table.values.shape[0])
-
-
-def _specialized(template: tvm.tirx.PrimFunc, **sizes: int) -> tvm.tirx.PrimFunc:
-    """`template` with its size parameters bound (by name) to `sizes`: only its buffers remain."""
-    params = {str(param.name): param for param in template.params}
-    return template.specialize({params[name]: size for name, size in sizes.items()})
+    return specialized(_masked_gather(), count=count, v=v, h=h, nnz=table.values.shape[0])
 
 
 def _divisor_at_most(extent: int, wanted: int) -> int:
