@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
+from tvm import relax
 
 from edgebert_tvm.importer import InputSpec, import_model
 from edgebert_tvm.models.checkpoint import load
-from edgebert_tvm.target.cpu.attention import attention_kernel
+from edgebert_tvm.target.cpu.attention import FuseAttention, attention_kernel
 from edgebert_tvm.target.registry import make_target
 from edgebert_tvm.target.targets import lowering_pipeline
 
@@ -50,3 +51,40 @@ def test_every_layer_of_the_model_runs_one_fused_kernel(tiny_bert_dir):
     assert not any("softmax" in n for n in names)
     calls = sum(lowered[name].script().count("fused_attention") for name in ("layer_0", "layer_1", "layer_2"))
     assert calls == 3
+
+
+def _chain(axis: int) -> tvm.IRModule:
+    """The frontend's attention chain on its own: batch 2, 3 heads, 8 tokens, head size 16."""
+    b, h, s, d = 2, 3, 8, 16
+    bb = relax.BlockBuilder()
+    q, kt, v = (relax.Var(n, relax.TensorType(shape, "float32"))
+                for n, shape in (("q", (b * h, s, d)), ("kt", (b * h, d, s)), ("v", (b * h, s, d))))
+    bias = relax.Var("bias", relax.TensorType((b, 1, 1, s), "float32"))
+    with bb.function("main", [q, kt, v, bias]):
+        with bb.dataflow():
+            scores = bb.emit(relax.op.reshape(relax.op.matmul(q, kt), (b, h, s, s)))
+            probs = bb.emit(relax.op.nn.softmax(relax.op.add(relax.op.multiply(scores, relax.const(0.25, "float32")),
+                                                             bias), axis=axis))
+            flat = bb.emit(relax.op.reshape(relax.op.broadcast_to(probs, (b, h, s, s)), (b * h, s, s)))
+            out = bb.emit_output(relax.op.matmul(flat, v))
+        bb.emit_func_output(out)
+    return bb.finalize()
+
+
+@pytest.mark.parametrize("axis, fused", [(-1, True), (2, False)])
+def test_only_a_softmax_over_the_keys_is_fused(axis, fused):
+    target = make_target("llvm")
+    mod = _chain(axis)
+    assert any(gv.name_hint.startswith("fused_attention") for gv in FuseAttention(target)(mod).get_global_vars()) == fused
+    rng = np.random.default_rng(4)
+    q, kt, v = (rng.standard_normal(s, dtype=np.float32) for s in ((6, 8, 16), (6, 16, 8), (6, 8, 16)))
+    bias = np.zeros((2, 1, 1, 8), np.float32)
+    bias[1, ..., 5:] = np.finfo(np.float32).min
+    with target:
+        lowered = lowering_pipeline(target)(mod)
+    vm = relax.VirtualMachine(tvm.compile(lowered, target, relax_pipeline=None), tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(a) for a in (q, kt, v, bias)]).numpy()
+    scores = ((q @ kt) * 0.25).reshape(2, 3, 8, 8) + bias
+    probs = np.exp(scores - scores.max(axis, keepdims=True))
+    expected = (probs / probs.sum(axis, keepdims=True)).reshape(6, 8, 8) @ v
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -132,11 +132,13 @@ def attention_kernel(bh: int, heads: int, sq: int, sk: int, d: int, scale: float
 
 
 def _pattern():
+    """The frontend's attention: 3-D matmuls around a 4-D scale, bias and softmax; returns the
+    pattern and its parts (q, kT, v, bias, scale, the 4-D scores, the softmax, the 3-D probabilities)."""
     q, kt, v, bias, scale = wildcard(), wildcard(), wildcard(), wildcard(), is_const()
     scores = is_op("relax.reshape")(is_op("relax.matmul")(q, kt), wildcard())
     probs = is_op("relax.nn.softmax")(is_op("relax.add")(is_op("relax.multiply")(scores, scale), bias))
     flat = is_op("relax.reshape")(is_op("relax.broadcast_to")(probs, wildcard()), wildcard())
-    return is_op("relax.matmul")(flat, v), (q, kt, v, bias, scale)
+    return is_op("relax.matmul")(flat, v), (q, kt, v, bias, scale, scores, probs, flat)
 
 
 @tvm.transform.module_pass(opt_level=0, name="edgebert.FuseAttention")
@@ -147,21 +149,23 @@ class FuseAttention:
         self.lanes = vector_lanes(target)
 
     def transform_module(self, mod: tvm.IRModule, _ctx: PassContext) -> tvm.IRModule:
-        pattern, (q, kt, v, bias, scale) = _pattern()
+        pattern, (q, kt, v, bias, scale, scores, probs, flat) = _pattern()
         builder = relax.BlockBuilder(mod)
         kernels: dict[tuple, tvm.ir.GlobalVar] = {}
 
         def rewrite(expr: relax.Call, matches: dict) -> relax.Expr:
-            shapes = [static_shape(matches[p]) for p in (q, kt, v, bias)]
+            shapes = [static_shape(matches[p]) for p in (q, kt, v, bias, scores, flat)]
             factor = matches[scale].value.numpy()
-            if any(s is None for s in shapes) or factor.size != 1 or any(
-                    matches[p].ty.dtype != "float32" for p in (q, kt, v, bias)):
+            if (any(s is None for s in shapes) or [len(s) for s in shapes] != [3, 3, 3, 4, 4, 3] or factor.size != 1
+                    or any(matches[p].ty.dtype != "float32" for p in (q, kt, v, bias))
+                    or int(matches[probs].attrs.axis) not in (-1, 3)):
                 return expr
-            (bh, sq, d), (bh_k, d_k, sk), (bh_v, sk_v, d_v), bias_shape = shapes
-            if len(bias_shape) != 4 or bias_shape[1:3] != [1, 1] or bias_shape[3] != sk or bh % bias_shape[0] \
-                    or (bh_k, d_k, bh_v, sk_v, d_v) != (bh, d, bh, sk, d):
-                return expr
-            key = (bh, bh // bias_shape[0], sq, sk, d, float(factor.reshape(())))
+            (bh, sq, d), (bh_k, d_k, sk), (bh_v, sk_v, d_v), bias_shape, scores_shape, flat_shape = shapes
+            batch = bias_shape[0]
+            if (bias_shape[1:] != [1, 1, sk] or bh % batch or scores_shape != [batch, bh // batch, sq, sk]
+                    or flat_shape != [bh, sq, sk] or (bh_k, d_k, bh_v, sk_v, d_v) != (bh, d, bh, sk, d)):
+                return expr  # another layout: the kernel's b = bh // heads would not hold
+            key = (bh, bh // batch, sq, sk, d, float(factor.reshape(())))
             if key not in kernels:
                 kernels[key] = builder.add_func(attention_kernel(*key, lanes=self.lanes), "fused_attention")
             return relax.call_tir(kernels[key], [matches[p] for p in (q, kt, v, bias)],
