@@ -286,7 +286,8 @@ def test_compiling_for_another_cpu_runs_nothing_here_and_its_artifact_is_refused
     assert cli.main(["compile", "albert-tiny", "--seq-len", "8", "--lengths", "8", "--mcpu", mcpu, "-o", str(out)]) == 0
     capsys.readouterr()
     _fails_cleanly(capsys, "run", str(out), "--inputs", "unused.npz", match=f"compiled for {mcpu}, whose ")
-    for args, match in [(["--sparse"], "--sparse runs code for --mcpu"), (["--target", "edgebert"], "--mcpu is for llvm and cuda")]:
+    for args, match in [(["--sparse"], "--sparse runs code for --mcpu"),
+                        (["--target", "edgebert"], "--mcpu is for llvm and cuda")]:
         _fails_cleanly(capsys, "compile", "albert-tiny", "--mcpu", mcpu, *args, "-o", str(tmp_path / "B"), match=match)
     _fails_cleanly(capsys, "tune", "albert-tiny", "--mcpu", mcpu, "--trials", "1", "-o", str(tmp_path / "T"),
                    match="tune runs code for --mcpu")

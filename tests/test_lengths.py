@@ -40,7 +40,8 @@ def _rows_of_length(lengths: list[int], seed: int = 0) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def tiny_bert_any_length(tmp_path_factory, tiny_bert_dir) -> Artifact:
-    return Artifact.load(compile_shared(tmp_path_factory, f"tiny-bert-{CAP}", str(tiny_bert_dir), "--seq-len", str(CAP)))
+    out = compile_shared(tmp_path_factory, f"tiny-bert-{CAP}", str(tiny_bert_dir), "--seq-len", str(CAP))
+    return Artifact.load(out)
 
 
 def test_default_lengths_step_by_8_then_by_a_quarter_up_to_the_cap():

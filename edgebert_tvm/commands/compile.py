@@ -23,7 +23,8 @@ def compile_options(args: argparse.Namespace) -> CompileOptions:
     if args.accelerator_config:
         load_config(args.accelerator_config)  # fail before the long work
     return CompileOptions(target=args.target, batch=args.batch, seq_len=args.seq_len,
-                          lengths=tuple(args.lengths) if args.lengths else None, num_cores=args.num_cores, mcpu=args.mcpu,
+                          lengths=tuple(args.lengths) if args.lengths else None, num_cores=args.num_cores,
+                          mcpu=args.mcpu,
                           exit_thresholds=None if args.full_depth else args.exit_threshold or FROM_CHECKPOINT,
                           span_folding=None if args.span_folding == "off" else args.span_folding,
                           attention_spans=_read_spans(Path(args.spans)) if args.spans else None,

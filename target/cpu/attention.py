@@ -41,6 +41,13 @@ def _fast_exp(x: tvm.tirx.PrimExpr) -> tvm.tirx.PrimExpr:
     return T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23)) * p
 
 
+@T.macro
+def _zero(tile: T.Buffer, rows: T.int32, width: T.int32):
+    for r in T.unroll(rows):
+        for w in T.vectorized(width):
+            tile[r, w] = T.float32(0)
+
+
 @functools.cache
 def _attention() -> tvm.tirx.PrimFunc:
     """The fused kernel with its sizes as parameters (`attention_kernel` binds them)."""
@@ -59,24 +66,22 @@ def _attention() -> tvm.tirx.PrimFunc:
                 T.reads(q[0:bh, 0:sq, 0:d], kt[0:bh, 0:d, 0:sk], v[0:bh, 0:sk, 0:d], bias[0:bh // heads, 0, 0, 0:sk])
                 T.writes(out[0:bh, 0:sq, 0:d])
                 for task in T.parallel(bh * (sq // rows)):
+                    b = T.meta_var(task // (sq // rows))  # the (batch x head) of this tile
+                    i0 = T.meta_var(task % (sq // rows) * rows)  # its first query
                     s = T.alloc_buffer((rows, sk), scope="local")
                     acc = T.alloc_buffer((rows, kw), scope="local")
                     part = T.alloc_buffer((kw,), scope="local")
                     row = T.alloc_buffer((2,), scope="local")
                     o = T.alloc_buffer((rows, dw), scope="local")
                     for j0 in range(sk // kw):  # scores of `rows` queries against kw keys, in registers
-                        for r in T.unroll(rows):
-                            for jj in T.vectorized(kw):
-                                acc[r, jj] = T.float32(0)
+                        _zero(acc, rows, kw)
                         for dd in range(d):
                             for r in T.unroll(rows):
                                 for jj in T.vectorized(kw):
-                                    acc[r, jj] = acc[r, jj] + q[task // (sq // rows), task % (sq // rows) * rows + r, dd] \
-                                        * kt[task // (sq // rows), dd, j0 * kw + jj]
+                                    acc[r, jj] = acc[r, jj] + q[b, i0 + r, dd] * kt[b, dd, j0 * kw + jj]
                         for r in T.unroll(rows):
                             for jj in T.vectorized(kw):
-                                s[r, j0 * kw + jj] = acc[r, jj] * scale \
-                                    + bias[task // (sq // rows) // heads, 0, 0, j0 * kw + jj]
+                                s[r, j0 * kw + jj] = acc[r, jj] * scale + bias[b // heads, 0, 0, j0 * kw + jj]
                     for r in range(rows):  # softmax of each row, in vector partials
                         for jj in T.vectorized(kw):
                             part[jj] = s[r, jj]
@@ -100,16 +105,14 @@ def _attention() -> tvm.tirx.PrimFunc:
                             for jj in T.vectorized(kw):
                                 s[r, j0 * kw + jj] = s[r, j0 * kw + jj] * row[1]
                     for e0 in range(d // dw):  # probabilities x V, dw columns at a time in registers
-                        for r in T.unroll(rows):
-                            for ee in T.vectorized(dw):
-                                o[r, ee] = T.float32(0)
+                        _zero(o, rows, dw)
                         for j in range(sk):
                             for r in T.unroll(rows):
                                 for ee in T.vectorized(dw):
-                                    o[r, ee] = o[r, ee] + s[r, j] * v[task // (sq // rows), j, e0 * dw + ee]
+                                    o[r, ee] = o[r, ee] + s[r, j] * v[b, j, e0 * dw + ee]
                         for r in T.unroll(rows):
                             for ee in T.vectorized(dw):
-                                out[task // (sq // rows), task % (sq // rows) * rows + r, e0 * dw + ee] = o[r, ee]
+                                out[b, i0 + r, e0 * dw + ee] = o[r, ee]
 
     return func
 

@@ -67,11 +67,15 @@ def check_mcpu(mcpu: str) -> None:
                             f"znver3, skylake-avx512, x86-64-v3; this machine's is {codegen.llvm_get_system_cpu()})")
 
 
+def cpu_of(target: tvm.target.Target) -> tvm.target.Target | None:
+    """The llvm target that runs on the CPU: `target` itself, or a GPU target's host."""
+    return target if target.kind.name == "llvm" else target.host
+
+
 def isa_flags(target: tvm.target.Target) -> list[str]:
     """The x86 ISA extensions code compiled for `target` (or its host) may use, by /proc/cpuinfo's names
     (none on other architectures: their artifacts are not checked)."""
-    cpu = target if target.kind.name == "llvm" else target.host
-    features = codegen.llvm_get_cpu_features(cpu)
+    features = codegen.llvm_get_cpu_features(cpu_of(target))
     return sorted(flag for name, flag in X86_ISA_FLAGS.items() if name in features)
 
 
@@ -85,9 +89,9 @@ def check_runs_here(target: tvm.target.Target, what: str) -> None:
     """Refuse to run code compiled for `target` on this CPU if it lacks an ISA extension the code may use."""
     missing = missing_isa(isa_flags(target))
     if missing:
-        cpu = target if target.kind.name == "llvm" else target.host
-        raise EdgeBertError(f"{what} runs code for --mcpu {cpu.mcpu} on this CPU, which lacks {' '.join(missing)}: "
-                            f"use --mcpu {codegen.llvm_get_system_cpu()} (this CPU) or one whose extensions it has")
+        raise EdgeBertError(f"{what} runs code for --mcpu {cpu_of(target).mcpu} on this CPU, which lacks "
+                            f"{' '.join(missing)}: use --mcpu {codegen.llvm_get_system_cpu()} (this CPU) or one "
+                            "whose extensions it has")
 
 
 # The L2 a schedule assumes when it cannot read the target's: the smallest per-core L2 of the

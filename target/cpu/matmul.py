@@ -31,7 +31,7 @@ from tvm.s_tir.dlight.gpu.matmul import (
 from tvm.target import Target
 
 from .common import const_extent, vector_bits, vector_lanes
-from .host import l2_bytes
+from .host import cpu_of, l2_bytes
 
 # The share of L2 one block of B may take: the rest holds the A tiles, the C tiles, what the
 # epilogue reads and the activations the next kernel reads. On a 2 MB L2, a GEMM alone ran best
@@ -78,7 +78,7 @@ def _tile_width(extent: int, lanes: int) -> int:
 
 def schedule_parameters(target: Target) -> dict[str, object]:
     """What the CPU kernels were blocked for, and where each number came from (metadata.json)."""
-    cpu = target if target.kind.name == "llvm" else target.host
+    cpu = cpu_of(target)
     if cpu is None:
         return {}
     l2, source = l2_bytes(str(cpu.mcpu))

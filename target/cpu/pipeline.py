@@ -28,10 +28,11 @@ def schedule_rules() -> list[dlight.ScheduleRule]:
 def cpu_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """cpu_generic's passes with `ApplyDefaultSchedule` between fusion and lowering.
 
-    FuseAttention puts each layer's attention in one kernel (target/cpu/attention.py). FastMath swaps tanh, erf, exp and softmax for TVM's vectorizable approximations (libm's are
-    scalar calls); the differential tests against PyTorch bound the error. Tuning extracts its
-    tasks from the module as it reaches `ApplyDefaultSchedule` and applies its records just
-    before it (edgebert_tvm.tuning), so it sees the same PrimFuncs as the default schedules.
+    FuseAttention puts each layer's attention in one kernel (target/cpu/attention.py). FastMath
+    swaps tanh, erf, exp and softmax for TVM's vectorizable approximations (libm's are scalar
+    calls); the differential tests against PyTorch bound the error. Tuning extracts its tasks from
+    the module as it reaches `ApplyDefaultSchedule` and applies its records just before it
+    (edgebert_tvm.tuning), so it sees the same PrimFuncs as the default schedules.
     """
     return (
         [FuseAttention(target), FastMath()]

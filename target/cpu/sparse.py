@@ -33,6 +33,7 @@ from tvm.script import tirx as T
 
 from .common import SCHEDULED, specialized
 
+
 @dataclasses.dataclass
 class BSRWeight:
     """W[N, K] in blocks of (bn, bk): data[nnzb, bk, bn] (blocks transposed), indices[nnzb] (block
